@@ -1,0 +1,285 @@
+"""Finding, loading and querying plugins.
+
+Built-in plugins are modules inside restorekit registered through the same hooks
+as third-party plugins, which are found through the ``restorekit`` entry-point
+group. A plugin that fails to import, declares an incompatible API version,
+implements an unknown hook or raises inside a hook is recorded as a load failure
+and skipped; ``RESTOREKIT_STRICT_PLUGINS=1`` makes any failure an error instead.
+
+Environment variables:
+    RESTOREKIT_DISABLE_PLUGINS  comma-separated entry-point names not to load
+    RESTOREKIT_STRICT_PLUGINS   "1": a plugin failure raises ``PluginError``
+    RESTOREKIT_TRACE_PLUGINS    "1": log every hook call to stderr
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from restorekit import hookspecs
+from restorekit.api import API_VERSION, Metric, Model, Preprocessor
+from restorekit.errors import PluginError
+
+ENTRY_POINT_GROUP = "restorekit"
+BUILTIN_MODULES = (
+    "restorekit.builtin.preprocessors",
+    "restorekit.builtin.metrics",
+    "restorekit.builtin.models",
+)
+KINDS = ("preprocessors", "models", "metrics")
+_ITEM_TYPES: dict[str, type] = {"preprocessors": Preprocessor, "metrics": Metric}
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``restorekit plugins`` shows it."""
+
+    name: str
+    source: str  # "built-in" or the distribution that ships it
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    error: str | None = None
+
+
+@dataclass
+class Registry:
+    """Every registered item by kind and name, with the plugin that registered it."""
+
+    items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    owners: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    conflicts: dict[str, dict[str, list[str]]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+
+    def get(self, kind: str, name: str) -> Any:
+        """The item ``name`` of ``kind``; a clear ``PluginError`` when unknown or contested."""
+        if name in self.conflicts[kind]:
+            who = " and ".join(repr(p) for p in self.conflicts[kind][name])
+            raise PluginError(f"{kind[:-1]} {name!r} is registered by both {who}; "
+                              f"disable one with RESTOREKIT_DISABLE_PLUGINS")
+        try:
+            return self.items[kind][name]
+        except KeyError:
+            known = ", ".join(sorted(self.items[kind])) or "none"
+            raise PluginError(f"unknown {kind[:-1]} {name!r} (known: {known})") from None
+
+    def preprocessor(self, name: str) -> Preprocessor:
+        return self.get("preprocessors", name)
+
+    def metric(self, name: str) -> Metric:
+        return self.get("metrics", name)
+
+    def model(self, name: str) -> type[Model]:
+        return self.get("models", name)
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.error]
+
+
+def _strict() -> bool:
+    return os.environ.get("RESTOREKIT_STRICT_PLUGINS", "") not in ("", "0")
+
+
+def _disabled() -> set[str]:
+    raw = os.environ.get("RESTOREKIT_DISABLE_PLUGINS", "")
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
+class PluginManager:
+    """pluggy's manager plus load-failure isolation and the item registry."""
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._registry: Registry | None = None
+        if os.environ.get("RESTOREKIT_TRACE_PLUGINS", "") not in ("", "0"):
+            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(f"[restorekit] {msg}"))
+            self.pm.enable_tracing()
+        for module_name in BUILTIN_MODULES:
+            module = importlib.import_module(module_name)
+            self._register(module, module_name, PluginInfo(module_name, "built-in", _version()))
+        if load_entry_points:
+            self._load_entry_points()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        disabled = _disabled()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in disabled or ep.name in self.infos:
+                continue
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(ep.name, dist.name if dist else "unknown distribution",
+                              dist.version if dist else "?")
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the CLI down
+                self._fail(info, f"failed to import {ep.value!r}: {_one_line(exc)}")
+                continue
+            self._register(plugin, ep.name, info)
+
+    def _register(self, plugin: object, name: str, info: PluginInfo) -> None:
+        self.infos[name] = info
+        wanted = getattr(plugin, "RESTOREKIT_API", API_VERSION)
+        if wanted != API_VERSION:
+            self._fail(info, f"needs restorekit plugin API {wanted}, this restorekit "
+                             f"provides API {API_VERSION}")
+            return
+        try:
+            self.pm.register(plugin, name=name)
+            self._check_pending(plugin)
+        except Exception as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self._fail(info, _one_line(exc))
+            return
+        info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self._registry = None
+
+    def _check_pending(self, plugin: object) -> None:
+        """Like ``pm.check_pending()`` but for one plugin: an unknown hook name is an error."""
+        for attr in dir(plugin):
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is not None and not hasattr(hookspecs, attr):
+                raise PluginError(f"implements unknown hook {attr!r} "
+                                  f"(known: {', '.join(_hook_names())})")
+
+    def _fail(self, info: PluginInfo, message: str) -> None:
+        info.error = message
+        if _strict():
+            raise PluginError(f"plugin {info.name!r} ({info.source}): {message}")
+        sys.stderr.write(f"restorekit: warning: plugin {info.name!r} ({info.source}) "
+                         f"skipped: {message}\n")
+
+    # -- registration for tests and embedding -----------------------------------------------
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object or module now (it joins the registry)."""
+        name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
+        self._register(plugin, name, PluginInfo(name, "registered at run time", "-"))
+        return name
+
+    def unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.infos.pop(name, None)
+        self._registry = None
+
+    # -- the registry ------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return self._registry
+
+    def _build_registry(self) -> Registry:
+        reg = Registry(plugins=self.infos)
+        for info in self.infos.values():
+            info.registered = {k: [] for k in KINDS}
+        for kind in KINDS:
+            caller = getattr(self.pm.hook, f"register_{kind}")
+            # Call each implementation alone so a failure is attributed to its plugin.
+            for impl in caller.get_hookimpls():
+                info = self.infos.get(impl.plugin_name)
+                if info is None or info.error:
+                    continue
+                staged: list[Any] = []
+                try:
+                    impl.function(register=lambda item, **_: staged.append(item))
+                    for item in staged:
+                        _validate(kind, item)
+                except Exception as exc:
+                    self._fail(info, f"register_{kind} raised {_one_line(exc)}")
+                    continue
+                for item in staged:
+                    self._add(reg, kind, item, info)
+        return reg
+
+    def _add(self, reg: Registry, kind: str, item: Any, info: PluginInfo) -> None:
+        name = item.name
+        owner = reg.owners[kind].get(name)
+        if owner is not None and owner != info.name:
+            reg.conflicts[kind].setdefault(name, [owner]).append(info.name)
+            message = (f"{kind[:-1]} {name!r} is registered by both {owner!r} and "
+                       f"{info.name!r}")
+            if _strict():
+                raise PluginError(message)
+            sys.stderr.write(f"restorekit: warning: {message}\n")
+            return
+        reg.items[kind][name] = item
+        reg.owners[kind][name] = info.name
+        info.registered[kind].append(name)
+
+
+def _validate(kind: str, item: Any) -> None:
+    if kind == "models":
+        if not (isinstance(item, type) and issubclass(item, Model)):
+            raise PluginError(f"register_models expects a Model subclass, got {item!r}")
+        if not item.name:
+            raise PluginError(f"model class {item.__name__} has no 'name'")
+        return
+    expected = _ITEM_TYPES[kind]
+    if not isinstance(item, expected):
+        raise PluginError(f"register_{kind} expects {expected.__name__}, got {item!r}")
+    if not item.name or not item.name.replace("_", "").replace("-", "").isalnum():
+        raise PluginError(f"invalid {kind[:-1]} name {item.name!r}")
+
+
+def _hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("restorekit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager (built on first use)."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def get_registry() -> Registry:
+    """Every preprocessor, model and metric registered by the loaded plugins."""
+    return get_plugin_manager().registry
+
+
+def reset() -> None:
+    """Forget the loaded plugins (the next query loads them again)."""
+    global _manager
+    _manager = None
+
+
+@contextmanager
+def registered(plugin: object, name: str | None = None) -> Iterator[str]:
+    """Register ``plugin`` for the duration of a ``with`` block (tests, notebooks)."""
+    pm = get_plugin_manager()
+    plugin_name = pm.register(plugin, name)
+    try:
+        yield plugin_name
+    finally:
+        pm.unregister(plugin_name)
