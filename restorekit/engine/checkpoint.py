@@ -1,0 +1,424 @@
+"""Safe, atomic checkpoints: one ``.safetensors`` file plus a JSON sidecar.
+
+A checkpoint holds every tensor (network weights ``net.<name>.<param>``, optimiser
+state ``optim.<name>.state.<i>.<key>``, torch RNG states ``rng.torch``/``rng.cuda.<i>``)
+in one safetensors file. Everything else (model name, options, preprocessing spec,
+epoch/step counters, optimiser param groups, GradScaler and python/numpy RNG states) is
+JSON, stored both as the file's safetensors metadata under the key ``"restorekit"``
+(so a lone file describes itself; this copy is the one loading uses) and in a sidecar
+``<name>.json`` next to it for people to read.
+
+Checkpoints are only ever read with safetensors and ``json``: pickles (``torch.save``
+files) are refused, never unpickled.
+
+A run folder's ``checkpoints/`` holds ``last.safetensors`` (overwritten at each save),
+``best.safetensors`` (best test PSNR so far) and ``latest.json``, a pointer to the
+newest checkpoint written last, atomically, after the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+
+from restorekit.api import TrainableModel
+from restorekit.engine.config import resolve_device
+from restorekit.errors import CheckpointError, RestorekitError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "restorekit"
+SUFFIX = ".safetensors"
+LAST = "last"
+BEST = "best"
+POINTER = "latest.json"
+
+Tensors = dict[str, torch.Tensor]
+
+
+# -- atomic file writing ---------------------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. not supported on this platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _replace_synced(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    tmp = _temp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        _replace_synced(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (temp file, fsync, rename)."""
+    tmp = _temp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        _replace_synced(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(dst.parent)
+
+
+def sidecar(path: Path) -> Path:
+    """The JSON sidecar of a checkpoint file."""
+    return path.with_suffix(".json")
+
+
+def write_checkpoint(path: Path, tensors: Tensors, meta: dict[str, Any]) -> None:
+    """Write ``tensors`` + ``meta`` to ``path`` (.safetensors) and its JSON sidecar, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(meta, indent=1)
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    tmp = _temp_path(path)
+    try:
+        safetensors.torch.save_file(cpu, str(tmp), metadata={METADATA_KEY: text})
+        _replace_synced(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(sidecar(path), text + "\n")
+
+
+def _refusal(path: Path, reason: str) -> CheckpointError:
+    head = b""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        pass
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return CheckpointError(f"{path}: refusing to load a pickle/torch.save file; restorekit "
+                               f"only loads .safetensors checkpoints")
+    return CheckpointError(f"{path}: not a valid safetensors checkpoint ({reason})")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint file (tensors are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise _refusal(path, " ".join(str(exc).split())) from None
+    if raw is None:
+        raise CheckpointError(f"{path}: not a restorekit checkpoint "
+                              f"(no {METADATA_KEY!r} metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (no model name)")
+    return meta
+
+
+def read_checkpoint(path: str | Path) -> tuple[Tensors, dict[str, Any]]:
+    """All tensors (on CPU) and the metadata of a checkpoint file."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise _refusal(path, " ".join(str(exc).split())) from None
+    return tensors, meta
+
+
+# -- finding checkpoints ---------------------------------------------------------------------
+def checkpoint_dir(path: Path) -> Path:
+    """``path/checkpoints`` for a run folder, else ``path`` itself."""
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint in a checkpoints folder (``latest.json``), or None."""
+    pointer = folder / POINTER
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{pointer}: corrupt checkpoint pointer") from None
+        target = folder / name
+        if not target.is_file():
+            raise CheckpointError(f"{pointer}: points to missing file {target}")
+        return target
+    last = folder / f"{LAST}{SUFFIX}"
+    return last if last.is_file() else None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a file, a ``checkpoints/`` folder or a run folder.
+
+    For a folder, ``best.safetensors`` (best test PSNR) is used when present, else the
+    newest checkpoint (``latest.json``, else ``last.safetensors``).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    folder = checkpoint_dir(path)
+    best = folder / f"{BEST}{SUFFIX}"
+    if best.is_file():
+        return best
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        raise CheckpointError(f"{path}: no checkpoint found (expected "
+                              f"checkpoints/{BEST}{SUFFIX} or checkpoints/{LAST}{SUFFIX})")
+    return latest
+
+
+# -- model state -----------------------------------------------------------------------------
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+def capture_options(model: TrainableModel) -> dict[str, Any]:
+    """The model's options as JSON-ready values."""
+    if dataclasses.is_dataclass(model.options) and not isinstance(model.options, type):
+        return _json_value(dataclasses.asdict(model.options))
+    return {}
+
+
+def capture(model: TrainableModel, *, optimizers: bool = True) -> tuple[Tensors, dict[str, Any]]:
+    """Tensors and JSON metadata of a model's networks (and optimisers)."""
+    tensors: Tensors = {}
+    meta: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "model": type(model).name,
+        "options": capture_options(model),
+        "preprocess": str(model.preprocess),
+        "networks": sorted(model.networks()),
+        "optimizers": {},
+    }
+    for name, net in model.networks().items():
+        for key, value in net.state_dict().items():
+            tensors[f"net.{name}.{key}"] = value
+    if optimizers:
+        for name, opt in model.optimizers().items():
+            meta["optimizers"][name] = _capture_optimizer(name, opt, tensors)
+    return tensors, meta
+
+
+def _capture_optimizer(name: str, opt: torch.optim.Optimizer, tensors: Tensors) -> dict:
+    state = opt.state_dict()
+    groups = []
+    for g, group in enumerate(state["param_groups"]):
+        plain = {}
+        for key, value in group.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{name}.group.{g}.{key}"] = value
+                plain[key] = {"tensor": True}
+            else:
+                plain[key] = _json_value(value)
+        groups.append(plain)
+    entries: dict[str, dict[str, Any]] = {}
+    for index, entry in state["state"].items():
+        plain = {}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{name}.state.{index}.{key}"] = value
+                plain[key] = {"tensor": True}
+            else:
+                plain[key] = _json_value(value)
+        entries[str(index)] = plain
+    return {"param_groups": groups, "state": entries}
+
+
+def check_model(path: Path, meta: dict[str, Any], model: TrainableModel) -> None:
+    """A ``CheckpointError`` naming both models when ``meta`` is another model's."""
+    if meta.get("model") != type(model).name:
+        raise CheckpointError(f"{path}: checkpoint of model {meta.get('model')!r}, "
+                              f"not of model {type(model).name!r}")
+
+
+def restore_networks(path: Path, tensors: Tensors, model: TrainableModel) -> None:
+    """Load every network's weights, checking names and shapes first."""
+    for name, net in model.networks().items():
+        prefix = f"net.{name}."
+        current = net.state_dict()
+        loaded = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        for key, value in current.items():
+            if key not in loaded:
+                raise CheckpointError(f"{path}: tensor {prefix + key!r} is missing from "
+                                      f"the checkpoint")
+            if tuple(loaded[key].shape) != tuple(value.shape):
+                raise CheckpointError(
+                    f"{path}: tensor {prefix + key!r} has shape {tuple(loaded[key].shape)} in "
+                    f"the checkpoint but {tuple(value.shape)} in the model")
+        extra = sorted(set(loaded) - set(current))
+        if extra:
+            raise CheckpointError(f"{path}: tensor {prefix + extra[0]!r} in the checkpoint "
+                                  f"is not in the model")
+        net.load_state_dict(loaded, strict=True)
+
+
+def restore_optimizers(path: Path, tensors: Tensors, meta: dict[str, Any],
+                       model: TrainableModel) -> None:
+    """Load every optimiser's state (param groups and per-parameter tensors)."""
+    saved = meta.get("optimizers", {})
+    for name, opt in model.optimizers().items():
+        if name not in saved:
+            raise CheckpointError(f"{path}: optimizer {name!r} is missing from the checkpoint")
+        entry = saved[name]
+        if len(entry["param_groups"]) != len(opt.param_groups):
+            raise CheckpointError(f"{path}: optimizer {name!r} has {len(opt.param_groups)} "
+                                  f"parameter group(s), the checkpoint "
+                                  f"{len(entry['param_groups'])}")
+        groups = []
+        for g, (plain, current) in enumerate(zip(entry["param_groups"], opt.param_groups,
+                                                 strict=True)):
+            group = {}
+            for key, value in plain.items():
+                if isinstance(value, dict) and value.get("tensor"):
+                    value = _tensor(path, tensors, f"optim.{name}.group.{g}.{key}")
+                elif isinstance(value, list) and isinstance(current.get(key), tuple):
+                    value = tuple(value)
+                group[key] = value
+            groups.append(group)
+        state: dict[int, dict[str, Any]] = {}
+        for index, plain in entry["state"].items():
+            values = {}
+            for key, value in plain.items():
+                if isinstance(value, dict) and value.get("tensor"):
+                    value = _tensor(path, tensors, f"optim.{name}.state.{index}.{key}")
+                values[key] = value
+            state[int(index)] = values
+        try:
+            opt.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: optimizer {name!r} does not match the model "
+                                  f"({' '.join(str(exc).split())})") from None
+
+
+def _tensor(path: Path, tensors: Tensors, key: str) -> torch.Tensor:
+    if key not in tensors:
+        raise CheckpointError(f"{path}: tensor {key!r} is missing from the checkpoint")
+    return tensors[key]
+
+
+# -- random number generators ----------------------------------------------------------------
+def capture_rng(tensors: Tensors) -> dict[str, Any]:
+    """Python/numpy RNG states as JSON; torch (and CUDA) states as uint8 tensors."""
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def restore_rng(tensors: Tensors, rng: dict[str, Any]) -> None:
+    """Restore the RNG states written by :func:`capture_rng`."""
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def update_pointer(folder: Path, target: Path, info: dict[str, Any]) -> None:
+    """Point ``latest.json`` at ``target`` (written atomically, after the checkpoint)."""
+    data = {"file": target.name, **info,
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(folder / POINTER, json.dumps(data, indent=1) + "\n")
+
+
+# -- loading a trained model -----------------------------------------------------------------
+def _options(cls: type[TrainableModel], values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            continue  # an option this version of the model no longer has
+        default = fields[key].default
+        if isinstance(value, list) and isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls.Options(**kwargs)
+
+
+def _pipeline(spec: str) -> Any:
+    from restorekit.pipeline import Pipeline  # written elsewhere; imported lazily
+
+    return Pipeline.parse(spec)
+
+
+def load_trained(checkpoint: str | Path, models: Callable[[str], type[TrainableModel]],
+                 device: str | torch.device = "auto") -> TrainableModel:
+    """Rebuild a trained model from a checkpoint file or a run folder, ready to enhance.
+
+    ``checkpoint``: a ``.safetensors`` file, a run folder or its ``checkpoints/`` folder
+    (``best`` is used when present, else the newest checkpoint). ``models`` maps the stored
+    model name to its class (e.g. ``get_registry().model``). The model is rebuilt from the
+    stored options and preprocessing spec, built on ``device``, its weights loaded and its
+    networks put in eval mode.
+    """
+    path = find_checkpoint(checkpoint)
+    tensors, meta = read_checkpoint(path)
+    name = meta["model"]
+    try:
+        cls = models(name)
+    except (RestorekitError, KeyError) as exc:
+        raise CheckpointError(f"{path}: checkpoint of model {name!r}, which is not "
+                              f"available ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, TrainableModel)):
+        raise CheckpointError(f"{path}: model {name!r} is not a trainable model")
+    try:
+        options = _options(cls, meta.get("options", {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: stored options do not fit model {name!r} "
+                              f"({exc})") from None
+    model = cls(options, _pipeline(meta.get("preprocess", "")))
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model.build(dev)
+    restore_networks(path, tensors, model)
+    for net in model.networks().values():
+        net.eval()
+    return model

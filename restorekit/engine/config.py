@@ -1,0 +1,64 @@
+"""Training options shared by every trainable model.
+
+A trainable model's ``Options`` dataclass subclasses :class:`TrainConfig`; the CLI turns
+every field into a ``--field-name`` option and shows ``metadata["help"]`` as its help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from restorekit.errors import UsageError
+
+
+@dataclass
+class TrainConfig:
+    """Options of the training loop (epochs, batches, evaluation, checkpoints, limits)."""
+
+    epochs: int = field(default=10, metadata={"help": "number of training epochs"})
+    batch_size: int = field(default=1, metadata={"help": "training pairs per batch"})
+    crop_size: int = field(default=256, metadata={"help": "side of the random training crops"})
+    samples_per_epoch: int = field(
+        default=0, metadata={"help": "training crops per epoch (0 = one per training pair)"})
+    eval_every: int = field(
+        default=1, metadata={"help": "evaluate every N epochs (0 = only at the end)"})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "also checkpoint every N steps (0 = at epoch ends only)"})
+    log_every: int = field(default=10, metadata={"help": "log the losses every N steps"})
+    num_samples: int = field(
+        default=3, metadata={"help": "test images shown in the sample grids"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    amp: bool = field(
+        default=True, metadata={"help": "mixed precision (only effective on CUDA)"})
+    seed: int = field(default=0, metadata={"help": "random seed (python, numpy, torch, data)"})
+    max_steps: int = field(
+        default=0,
+        metadata={"help": "stop with a checkpoint after N steps in total (0 = no limit)"})
+    max_minutes: float = field(
+        default=0.0,
+        metadata={"help": "stop with a checkpoint after N minutes of wall time (0 = no limit)"})
+    num_workers: int = field(
+        default=0, metadata={"help": "data loading worker processes (0 = in the main process)"})
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; a clear ``UsageError`` otherwise."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: unknown device {name!r} "
+                         f"(use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                             f"device(s) present")
+    elif device.type != "cpu":
+        raise UsageError(f"--device: unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    return device

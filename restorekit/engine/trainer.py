@@ -1,0 +1,545 @@
+"""The training loop: devices, mixed precision, checkpoints, resume, evaluation, reports.
+
+The engine owns the loop; a :class:`~restorekit.api.TrainableModel` owns its networks,
+optimisers and the loss of one step (``train_step``), in the spirit of BasicSR's split
+between training logic and architectures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import restorekit
+from restorekit.api import Metric, TrainableModel
+from restorekit.engine import checkpoint as ckpt
+from restorekit.engine.config import TrainConfig, resolve_device
+from restorekit.engine.report import read_jsonl, write_report
+from restorekit.errors import DataError, TrainingError, UsageError
+
+SAMPLE_HEIGHT = 256
+"""Sample grid cells are downscaled to at most this many pixels high."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``stopped`` is ``"completed"``, ``"max_steps"``, ``"max_minutes"`` or
+    ``"interrupted"`` (Ctrl-C; continue with ``resume=True``).
+    """
+
+    run_dir: Path
+    epoch: int
+    step: int
+    stopped: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_psnr: float | None = None
+    checkpoint: Path | None = None
+    report: Path | None = None
+
+
+class StepContextImpl:
+    """The :class:`~restorekit.api.StepContext` a model's ``train_step`` receives."""
+
+    def __init__(self, device: torch.device, optimizers: dict[str, torch.optim.Optimizer],
+                 amp: bool) -> None:
+        self.device = device
+        self.epoch = 0
+        self.step = 0
+        self.amp = amp
+        self.optimizers = optimizers
+        self.scalers = {name: torch.amp.GradScaler("cuda", enabled=amp) for name in optimizers}
+        self.updates = 0  # optimiser steps taken in the current train_step
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """float16 autocast on CUDA with amp on, else a no-op."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: str) -> None:
+        """Zero the named optimiser's gradients, backpropagate ``loss``, step (scaled)."""
+        if optimizer not in self.optimizers:
+            known = ", ".join(sorted(self.optimizers)) or "none"
+            raise TrainingError(f"train_step asked for unknown optimizer {optimizer!r} "
+                                f"(known: {known})")
+        opt, scaler = self.optimizers[optimizer], self.scalers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        self.updates += 1
+
+
+class _DeferredInterrupt:
+    """First Ctrl-C: finish the current step, then stop with a checkpoint; second: at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("restorekit: interrupted: finishing this step, then saving a checkpoint "
+                   "(Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old)
+
+
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    """Evaluation must not change what training draws next (resume exactness)."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (all devices) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop records logged after the checkpoint a run resumes from."""
+    if path.is_file():
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+        ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _downscale(image: np.ndarray, height: int) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    h, w = image.shape[:2]
+    if h <= height:
+        return image.astype(np.float32)
+    size = (max(1, round(w * height / h)), height)
+    pil = PILImage.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+    return np.asarray(pil.resize(size, PILImage.Resampling.LANCZOS), np.float32) / 255.0
+
+
+def sample_grid(rows: Sequence[Sequence[np.ndarray]], height: int = SAMPLE_HEIGHT) -> np.ndarray:
+    """Images side by side per row (each at most ``height`` px high), rows stacked."""
+    strips = []
+    for row in rows:
+        cells = [_downscale(np.asarray(img)[..., :3], height) for img in row]
+        h = min(c.shape[0] for c in cells)
+        strips.append(np.concatenate([c[:h] for c in cells], axis=1))
+    width = max(s.shape[1] for s in strips)
+    padded = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips]
+    return np.concatenate(padded, axis=0).astype(np.float32)
+
+
+class Trainer:
+    """Trains one model into one run folder; :meth:`run` does the work (see :func:`train`)."""
+
+    def __init__(self, model: TrainableModel, *, train_pairs: Any, test_pairs: Any,
+                 run_dir: Path, resume: bool = False, overwrite: bool = False,
+                 data_desc: str = "", extra_config: dict[str, Any] | None = None,
+                 metrics: Sequence[Metric] | None = None) -> None:
+        if not isinstance(model.options, TrainConfig):
+            raise UsageError(f"model {type(model).name!r}: its Options must subclass "
+                             f"restorekit.engine.TrainConfig")
+        if resume and overwrite:
+            raise UsageError("use either --resume or --overwrite, not both")
+        self.model = model
+        self.cfg: TrainConfig = model.options
+        self.train_pairs = train_pairs
+        self.test_pairs = test_pairs
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.resume = resume
+        self.overwrite = overwrite
+        self.data_desc = data_desc
+        self.extra_config = dict(extra_config or {})
+        self.metrics = list(metrics) if metrics is not None else None
+        # Progress: the epoch in progress (0-based) and batches of it done; ``step`` in total.
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.step = 0
+        self.best_psnr: float | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.checkpoint: Path | None = None
+        self._in_step = False
+        self._interrupt = _DeferredInterrupt()
+
+    # -- setup -------------------------------------------------------------------------------
+    def _prepare_folder(self) -> Path | None:
+        """Create/clear the run folder; the checkpoint to resume from, if any."""
+        exists = self.run_dir.is_dir() and any(self.run_dir.iterdir())
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UsageError(f"run folder {self.run_dir} exists and is not a folder")
+        resume_from = None
+        if exists and self.resume:
+            resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.is_dir() \
+                else None
+            if resume_from is None:
+                tqdm.write(f"restorekit: {self.run_dir} has no checkpoint yet; starting over")
+                shutil.rmtree(self.run_dir)
+        elif exists and self.overwrite:
+            shutil.rmtree(self.run_dir)
+        elif exists:
+            raise UsageError(f"run folder {self.run_dir} already exists; use --resume to "
+                             f"continue it or --overwrite to start over")
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        return resume_from
+
+    def _write_config(self, device: torch.device, amp: bool, resumed: bool) -> None:
+        path = self.run_dir / "config.json"
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        config = {
+            "run": self.run_dir.name,
+            "model": type(self.model).name,
+            "options": ckpt.capture_options(self.model),
+            "preprocess": str(self.model.preprocess),
+            "data": self.data_desc or getattr(self.train_pairs, "describe", str)(),
+            "train_pairs": len(self.train_pairs),
+            "test_pairs": len(self.test_pairs) if self.test_pairs is not None else 0,
+            "restorekit_version": restorekit.__version__,
+            "torch_version": torch.__version__,
+            "device": str(device),
+            "amp": amp,
+            "started_at": old.get("started_at", _now()),
+            "resumed_at": old.get("resumed_at", []) + ([_now()] if resumed else []),
+            "extra": self.extra_config,
+        }
+        ckpt.atomic_write_text(path, json.dumps(config, indent=1) + "\n")
+
+    def _dataset(self) -> Any:
+        from restorekit.data import TrainCrops
+
+        cfg = self.cfg
+        dataset = TrainCrops(self.train_pairs, cfg.crop_size,
+                             samples_per_epoch=cfg.samples_per_epoch, seed=cfg.seed,
+                             preprocess=self.model.preprocess)
+        if len(dataset) == 0:
+            raise DataError("no training pairs to train on")
+        return dataset
+
+    def _setup_metrics(self) -> dict[str, dict[str, float]]:
+        """Metrics to evaluate and the classic baselines (computed once per run folder)."""
+        from restorekit import evaluate
+
+        if self.metrics is None:
+            self.metrics = list(evaluate.default_metrics())
+        if not self._can_evaluate():
+            return {}
+        path = self.run_dir / "baselines.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        tqdm.write("restorekit: computing the identity and classic baselines on the test split")
+        baselines = evaluate.classic_baselines(self.test_pairs, self.metrics)
+        baselines = {k: {m: float(v) for m, v in row.items()} for k, row in baselines.items()}
+        ckpt.atomic_write_text(path, json.dumps(baselines, indent=1) + "\n")
+        return baselines
+
+    def _can_evaluate(self) -> bool:
+        return self.test_pairs is not None and len(self.test_pairs) > 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _save(self, ctx: StepContextImpl, best: bool = False) -> Path:
+        tensors, meta = ckpt.capture(self.model)
+        meta.update({
+            "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+            "best_psnr": self.best_psnr, "metrics": self.last_metrics,
+            "scalers": {name: s.state_dict() for name, s in ctx.scalers.items()},
+            "rng": ckpt.capture_rng(tensors),
+            "restorekit_version": restorekit.__version__, "torch_version": torch.__version__,
+            "saved_at": _now(),
+        })
+        path = self.ckpt_dir / f"{ckpt.LAST}{ckpt.SUFFIX}"
+        ckpt.write_checkpoint(path, tensors, meta)
+        if best:
+            target = self.ckpt_dir / f"{ckpt.BEST}{ckpt.SUFFIX}"
+            ckpt.atomic_copy(path, target)
+            ckpt.atomic_copy(ckpt.sidecar(path), ckpt.sidecar(target))
+        ckpt.update_pointer(self.ckpt_dir, path, {"epoch": self.epoch, "step": self.step})
+        self.checkpoint = path
+        return path
+
+    def _restore(self, path: Path, ctx: StepContextImpl) -> None:
+        tensors, meta = ckpt.read_checkpoint(path)
+        ckpt.check_model(path, meta, self.model)
+        ckpt.restore_networks(path, tensors, self.model)
+        ckpt.restore_optimizers(path, tensors, meta, self.model)
+        for name, state in meta.get("scalers", {}).items():
+            if name in ctx.scalers and state and ctx.scalers[name].is_enabled():
+                ctx.scalers[name].load_state_dict(state)
+        self.epoch = int(meta["epoch"])
+        self.step = int(meta["step"])
+        self.step_in_epoch = int(meta["step_in_epoch"])
+        self.best_psnr = meta.get("best_psnr")
+        self.last_metrics = meta.get("metrics") or {}
+        ckpt.restore_rng(tensors, meta["rng"])
+        self.checkpoint = path
+        changed = [k for k, v in ckpt.capture_options(self.model).items()
+                   if meta.get("options", {}).get(k, v) != v]
+        note = f" (changed options: {', '.join(changed)})" if changed else ""
+        tqdm.write(f"restorekit: resuming {self.run_dir} from {path.name} at epoch "
+                   f"{self.epoch + 1}, step {self.step}{note}")
+        _truncate_jsonl(self.run_dir / "losses.jsonl", self.step)
+        _truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _evaluate(self, epoch_label: int) -> bool:
+        """Evaluate on the test split, log it, write samples; True when PSNR improved."""
+        from restorekit import evaluate
+
+        modes = {m: m.training for net in self.model.networks().values() for m in net.modules()}
+        try:
+            with _preserved_rng():
+                for net in self.model.networks().values():
+                    net.eval()
+                results = evaluate.evaluate(self.test_pairs, self.model.enhance, self.metrics)
+                self._write_samples(epoch_label)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+        results = {k: float(v) for k, v in results.items()}
+        self.last_metrics = results
+        _append_jsonl(self.run_dir / "metrics.jsonl",
+                      {"epoch": epoch_label, "step": self.step, **results})
+        improved = False
+        psnr = results.get("psnr")
+        if psnr is not None and math.isfinite(psnr) and (
+                self.best_psnr is None or psnr > self.best_psnr):
+            self.best_psnr, improved = psnr, True
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+        best = f" (best psnr {self.best_psnr:.4f})" if self.best_psnr is not None else ""
+        tqdm.write(f"epoch {epoch_label} step {self.step}: {summary}{best}")
+        return improved
+
+    def _write_samples(self, epoch_label: int) -> None:
+        from restorekit.data import write_image
+
+        count = min(self.cfg.num_samples, len(self.test_pairs))
+        if count <= 0:
+            return
+        rows = []
+        for i in range(count):
+            low, high = self.test_pairs.pair(i)
+            rows.append([low, self.model.enhance(low), high])
+        write_image(self.run_dir / "samples" / f"epoch_{epoch_label:03d}.png", sample_grid(rows))
+
+    def _report(self) -> Path:
+        higher = {m.name: m.higher_is_better for m in self.metrics or []}
+        return write_report(self.run_dir, higher)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        if not terms:
+            return {}
+        names = list(terms)
+        stacked = torch.stack([torch.as_tensor(terms[n]).detach().float().reshape(())
+                               for n in names]).cpu()
+        values = dict(zip(names, stacked.tolist(), strict=True))
+        for name, value in values.items():
+            if not math.isfinite(value):
+                where = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
+                         else "no checkpoint was saved yet")
+                raise TrainingError(f"loss {name!r} is {value} at epoch {self.epoch + 1}, "
+                                    f"step {self.step + 1}; training stopped, {where}")
+        return values
+
+    def _log_losses(self, sums: dict[str, float], count: int) -> None:
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step}
+        record.update({k: v / count for k, v in sums.items()})
+        lrs = {name: float(opt.param_groups[0]["lr"])
+               for name, opt in self.model.optimizers().items()}
+        if lrs:
+            record["lr"] = next(iter(lrs.values()))
+            if len(lrs) > 1:
+                record.update({f"lr_{name}": lr for name, lr in lrs.items()})
+        _append_jsonl(self.run_dir / "losses.jsonl", record)
+
+    def _limit_reached(self, started: float) -> str | None:
+        cfg = self.cfg
+        if self._interrupt.requested:
+            return "interrupted"
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_minutes and time.monotonic() - started >= cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
+    def _loader(self, dataset: Any, device: torch.device) -> tuple[Any, int]:
+        """The remaining batches of ``self.epoch`` and the epoch's number of batches."""
+        cfg = self.cfg
+        n = len(dataset)
+        per_epoch = max(1, n // cfg.batch_size)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000003 + self.epoch)
+        order = torch.randperm(n, generator=gen).tolist()
+        batches = [order[b * cfg.batch_size:(b + 1) * cfg.batch_size] for b in range(per_epoch)]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches[self.step_in_epoch:], num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            # Its own generator: the loader must not draw from torch's global RNG.
+            generator=torch.Generator().manual_seed(cfg.seed))
+        return loader, per_epoch
+
+    def _train_epochs(self, dataset: Any, ctx: StepContextImpl, device: torch.device,
+                      started: float) -> str:
+        model, cfg = self.model, self.cfg
+        num_epochs = model.num_epochs()
+        stopped = self._limit_reached(started)
+        while stopped is None and self.epoch < num_epochs:
+            ctx.epoch = self.epoch
+            model.on_epoch_start(self.epoch)
+            dataset.set_epoch(self.epoch)
+            loader, per_epoch = self._loader(dataset, device)
+            sums: dict[str, float] = {}
+            count = 0
+            bar = tqdm(total=per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
+                       desc=f"epoch {self.epoch + 1}/{num_epochs}", leave=False)
+            try:
+                for batch in loader:
+                    low = batch["low"].to(device, non_blocking=True)
+                    high = batch["high"].to(device, non_blocking=True)
+                    ctx.step, ctx.updates = self.step, 0
+                    self._in_step = True
+                    values = self._check_finite(model.train_step(low, high, ctx))
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    self._in_step = False
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
+                    if cfg.log_every > 0 and self.step % cfg.log_every == 0:
+                        self._log_losses(sums, count)
+                        sums, count = {}, 0
+                    if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                        self._save(ctx)
+                    stopped = self._limit_reached(started)
+                    if stopped:
+                        break
+            finally:
+                bar.close()
+            if self.step_in_epoch >= per_epoch:  # the epoch is complete
+                label = self.epoch + 1
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                last = self.epoch >= num_epochs
+                due = cfg.eval_every > 0 and label % cfg.eval_every == 0
+                improved = False
+                if self._can_evaluate() and (due or last or stopped in ("max_steps",
+                                                                       "max_minutes")):
+                    improved = self._evaluate(label)
+                self._save(ctx, best=improved)
+                if improved or last:
+                    self._report()
+            elif stopped:
+                improved = False
+                if self._can_evaluate() and stopped != "interrupted":
+                    improved = self._evaluate(self.epoch + 1)
+                self._save(ctx, best=improved)
+        return stopped or "completed"
+
+    def run(self) -> TrainResult:
+        """Train (or resume) until the epochs are done or a limit/interrupt stops it."""
+        model, cfg = self.model, self.cfg
+        resume_from = self._prepare_folder()
+        device = resolve_device(cfg.device)
+        amp = bool(cfg.amp) and device.type == "cuda"
+        seed_everything(cfg.seed)
+        model.build(device)
+        ctx = StepContextImpl(device, dict(model.optimizers()), amp)
+        if resume_from is not None:
+            self._restore(resume_from, ctx)
+        self._write_config(device, amp, resumed=resume_from is not None)
+        dataset = self._dataset()
+        baselines = self._setup_metrics()
+        for net in model.networks().values():
+            net.train()
+        tqdm.write(f"restorekit: training {type(model).name} on {device}"
+                   f"{' with amp' if amp else ''}: {len(dataset)} crops per epoch, "
+                   f"batch {cfg.batch_size}, {model.num_epochs()} epochs -> {self.run_dir}")
+        started = time.monotonic()
+        with self._interrupt:
+            try:
+                stopped = self._train_epochs(dataset, ctx, device, started)
+            except KeyboardInterrupt:
+                stopped = "interrupted"
+                if self._in_step and ctx.updates > 0:
+                    where = self.checkpoint or "none saved yet"
+                    tqdm.write(f"restorekit: interrupted in the middle of step {self.step + 1}; "
+                               f"its partial update is not saved (last checkpoint: {where})")
+                else:
+                    self._save(ctx)
+        report = self._report()
+        if stopped != "completed":
+            tqdm.write(f"restorekit: stopped ({stopped}) at epoch {self.epoch + 1}, step "
+                       f"{self.step}; checkpoint {self.checkpoint}; continue with --resume")
+        elif self.last_metrics and baselines:
+            from restorekit import evaluate
+
+            rows = {type(model).name: self.last_metrics, **baselines}
+            tqdm.write(evaluate.format_table(rows, self.metrics))
+        return TrainResult(run_dir=self.run_dir, epoch=self.epoch, step=self.step,
+                           stopped=stopped, metrics=dict(self.last_metrics),
+                           best_psnr=self.best_psnr, checkpoint=self.checkpoint, report=report)
+
+
+def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: Path,
+          resume: bool = False, overwrite: bool = False, data_desc: str = "",
+          extra_config: dict[str, Any] | None = None,
+          metrics: Sequence[Metric] | None = None) -> TrainResult:
+    """Train ``model`` (options from ``model.options``, a :class:`TrainConfig`) into ``run_dir``.
+
+    ``train_pairs``/``test_pairs`` are ``restorekit.data`` PairSets. A non-empty
+    ``run_dir`` is refused unless ``resume`` (continue from its latest checkpoint,
+    bit-exactly on CPU) or ``overwrite`` (clear it). ``metrics`` defaults to
+    ``restorekit.evaluate.default_metrics()``. Raises ``TrainingError`` on a non-finite loss.
+    """
+    trainer = Trainer(model, train_pairs=train_pairs, test_pairs=test_pairs,
+                      run_dir=Path(run_dir), resume=resume, overwrite=overwrite,
+                      data_desc=data_desc, extra_config=extra_config, metrics=metrics)
+    return trainer.run()
+
+
+__all__ = ["StepContextImpl", "TrainResult", "Trainer", "train"]
