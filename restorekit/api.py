@@ -72,6 +72,8 @@ class Model:
     Options: ClassVar[type] = NoOptions
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str | None] = None
+    default_preprocess: ClassVar[str] = ""
+    """Pipeline spec used when the user gives no ``--preprocess``."""
 
     def __init__(self, options: Any, preprocess: Pipeline) -> None:
         self.options = options

@@ -127,6 +127,7 @@ class PluginManager:
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, dist.name if dist else "unknown distribution",
                               dist.version if dist else "?")
+            self.infos[ep.name] = info
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the CLI down
@@ -200,8 +201,12 @@ class PluginManager:
                 if info is None or info.error:
                     continue
                 staged: list[Any] = []
+
+                def register(item: Any, _staged: list[Any] = staged, **_: Any) -> None:
+                    _staged.append(item)
+
                 try:
-                    impl.function(register=lambda item, **_: staged.append(item))
+                    impl.function(register=register)
                     for item in staged:
                         _validate(kind, item)
                 except Exception as exc:

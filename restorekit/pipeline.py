@@ -1,0 +1,118 @@
+"""Preprocessor pipelines from spec strings such as ``"autogamma,clahe:clip=0.01"``.
+
+Grammar: steps separated by ``,``; a step is ``name`` or ``name:key=value[:key=value...]``.
+Values are parsed by the type of the parameter's default (bool, int, float, str).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from restorekit.api import Image, Preprocessor
+from restorekit.errors import PluginError, UsageError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One preprocessor with its parameter values."""
+
+    preprocessor: Preprocessor
+    params: Mapping[str, Any]
+
+    def __str__(self) -> str:
+        changed = [f"{k}={_format(v)}" for k, v in self.params.items()
+                   if v != self.preprocessor.params.get(k)]
+        return ":".join([self.preprocessor.name, *changed])
+
+
+class Pipeline:
+    """A sequence of preprocessors applied in order; ``str()`` gives its spec back."""
+
+    def __init__(self, steps: tuple[Step, ...] | list[Step] = ()) -> None:
+        self.steps = tuple(steps)
+
+    @classmethod
+    def parse(cls, spec: str | None, registry: Any = None) -> Pipeline:
+        """Parse ``spec`` against the registered preprocessors (``UsageError`` if bad)."""
+        if spec is None or not spec.strip():
+            return cls()
+        if registry is None:
+            from restorekit.plugins import get_registry
+
+            registry = get_registry()
+        steps = [_parse_step(part.strip(), registry) for part in spec.split(",")]
+        return cls(steps)
+
+    def __call__(self, image: Image) -> Image:
+        for step in self.steps:
+            try:
+                out = step.preprocessor.fn(image, **step.params)
+            except ValueError as exc:
+                raise UsageError(f"--preprocess: {step}: {exc}") from None
+            image = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+        return image
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def __str__(self) -> str:
+        return ",".join(str(s) for s in self.steps)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({str(self)!r})"
+
+
+def _parse_step(text: str, registry: Any) -> Step:
+    name, *assignments = text.split(":")
+    name = name.strip()
+    if not name:
+        raise UsageError("--preprocess: empty step in the pipeline spec")
+    try:
+        pre: Preprocessor = registry.preprocessor(name)
+    except PluginError as exc:
+        raise UsageError(f"--preprocess: {exc}") from None
+    params = dict(pre.params)
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--preprocess: {name}: expected key=value, got {assignment!r}")
+        if key not in pre.params:
+            known = ", ".join(sorted(pre.params)) or "none"
+            raise UsageError(f"--preprocess: {name} has no parameter {key!r} "
+                             f"(parameters: {known})")
+        params[key] = _convert(name, key, raw.strip(), pre.params[key])
+    return Step(pre, params)
+
+
+def _convert(name: str, key: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            value = float(raw)
+            if not np.isfinite(value):
+                raise ValueError
+            return value
+    except ValueError:
+        raise UsageError(f"--preprocess: {name}:{key} expects {type(default).__name__}, "
+                         f"got {raw!r}") from None
+    return raw
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
