@@ -1,0 +1,70 @@
+"""Built-in full-reference metrics: PSNR, SSIM, CIEDE2000 and MAE.
+
+Each takes (prediction, target) images of the same shape, float in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from restorekit.api import Image, Metric
+from restorekit.hookspecs import hookimpl
+
+
+def _pair(prediction: Image, target: Image) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(prediction, dtype=np.float64)
+    ref = np.asarray(target, dtype=np.float64)
+    if pred.shape != ref.shape:
+        raise ValueError(f"images differ in shape: prediction {pred.shape}, "
+                         f"target {ref.shape}")
+    return pred, ref
+
+
+def psnr(prediction: Image, target: Image) -> float:
+    """Peak signal-to-noise ratio in dB (data range 1); inf for identical images."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    pred, ref = _pair(prediction, target)
+    if np.array_equal(pred, ref):
+        return float("inf")
+    return float(peak_signal_noise_ratio(ref, pred, data_range=1.0))
+
+
+def ssim(prediction: Image, target: Image) -> float:
+    """Structural similarity (scikit-image defaults, 7x7 window, channels averaged)."""
+    from skimage.metrics import structural_similarity
+
+    pred, ref = _pair(prediction, target)
+    return float(structural_similarity(ref, pred, channel_axis=ref.ndim - 1, data_range=1.0))
+
+
+def ciede2000(prediction: Image, target: Image) -> float:
+    """Mean CIEDE2000 colour difference in CIELAB (0 = identical)."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    pred, ref = _pair(prediction, target)
+    axis = ref.ndim - 1  # a non-negative axis: some scikit-image 0.26 code mis-slices -1
+    lab_pred = rgb2lab(np.clip(pred, 0, 1), channel_axis=axis)
+    lab_ref = rgb2lab(np.clip(ref, 0, 1), channel_axis=axis)
+    return float(np.mean(deltaE_ciede2000(lab_ref, lab_pred, channel_axis=axis)))
+
+
+def mae(prediction: Image, target: Image) -> float:
+    """Mean absolute error."""
+    pred, ref = _pair(prediction, target)
+    return float(np.mean(np.abs(pred - ref)))
+
+
+@hookimpl
+def register_metrics(register: Callable[..., Any]) -> None:
+    """Register the built-in metrics."""
+    register(Metric("psnr", psnr, higher_is_better=True,
+                    description="peak signal-to-noise ratio, dB (data range 1)"))
+    register(Metric("ssim", ssim, higher_is_better=True,
+                    description="structural similarity (scikit-image, channels averaged)"))
+    register(Metric("ciede2000", ciede2000, higher_is_better=False,
+                    description="mean CIEDE2000 colour difference"))
+    register(Metric("mae", mae, higher_is_better=False, description="mean absolute error"))

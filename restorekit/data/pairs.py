@@ -1,0 +1,448 @@
+"""Paired (low-light, normal-light) data sets and training crops.
+
+``open_pairs(data, split)`` is the entry point: ``data=None`` gives the embedded
+default (scikit-image photos with synthesized low-light twins, see
+``restorekit.data.lowlight``); a folder gives ``FolderPairs`` in one of these layouts:
+
+* LOL: ``our485/{low,high}`` (split "train") and ``eval15/{low,high}`` (split "test");
+* ``train/{low,high}`` and ``test/{low,high}``;
+* ``low/`` and ``high/`` (the same pairs for both splits).
+
+Folder names are matched case-insensitively. Pairs are matched by file stem.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from restorekit.api import Image
+from restorekit.data.io import list_images, read_image, to_tensor
+from restorekit.data.lowlight import DEFAULT_MODEL, LowLightModel
+from restorekit.errors import DataError, UsageError
+
+__all__ = [
+    "EMBEDDED_PHOTOS",
+    "EmbeddedPairs",
+    "FolderPairs",
+    "PairSet",
+    "TrainCrops",
+    "check_min_size",
+    "open_pairs",
+]
+
+logger = logging.getLogger("restorekit")
+
+SPLITS = ("train", "test")
+LAYOUTS = ("low/ and high/ folders, train/{low,high} and test/{low,high}, "
+           "or the LOL layout our485/{low,high} and eval15/{low,high}")
+
+
+def check_min_size(image: Image, min_size: int, name: str) -> None:
+    """Raise ``DataError`` naming ``name`` when ``image`` is smaller than min_size x min_size."""
+    h, w = image.shape[:2]
+    if h < min_size or w < min_size:
+        raise DataError(f"{name}: image is {h}x{w} (HxW), smaller than the "
+                        f"{min_size}x{min_size} needed")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UsageError(f"split must be 'train' or 'test' (got {split!r})")
+
+
+def _short_list(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class PairSet(abc.ABC):
+    """An indexable set of (low, high) image pairs."""
+
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @abc.abstractmethod
+    def pair(self, i: int, rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        """The pair ``i`` as (low, high). ``rng`` may drive augmentation (synthetic data)."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for humans, e.g. "LOL eval15: 15 pairs in /x/eval15"."""
+
+    def label(self, i: int) -> str:
+        """What error messages call pair ``i`` (a file path, a photo name)."""
+        return self.names[i]
+
+
+# -- folders ---------------------------------------------------------------------------------
+class _Cache:
+    """A dict cache of decoded images bounded by bytes (oldest entries evicted).
+
+    Images that are exact 8-bit values are stored as uint8 (4x smaller).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.nbytes = 0
+
+    @staticmethod
+    def _pack(image: Image) -> np.ndarray:
+        q = np.round(image * 255).astype(np.uint8)
+        if np.array_equal(q.astype(np.float32) / np.float32(255), image):
+            return q
+        return image.copy()
+
+    @staticmethod
+    def _unpack(stored: np.ndarray) -> Image:
+        if stored.dtype == np.uint8:
+            return stored.astype(np.float32) / np.float32(255)
+        return stored.copy()
+
+    def get(self, key: int) -> tuple[Image, Image] | None:
+        hit = self.items.get(key)
+        if hit is None:
+            return None
+        return self._unpack(hit[0]), self._unpack(hit[1])
+
+    def put(self, key: int, low: Image, high: Image) -> None:
+        entry = (self._pack(low), self._pack(high))
+        size = entry[0].nbytes + entry[1].nbytes
+        if size > self.max_bytes:
+            return
+        while self.items and self.nbytes + size > self.max_bytes:
+            old = self.items.pop(next(iter(self.items)))
+            self.nbytes -= old[0].nbytes + old[1].nbytes
+        self.items[key] = entry
+        self.nbytes += size
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header where possible."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return h, w
+    except Exception:
+        return read_image(path).shape[:2]  # raises ImageReadError when unreadable
+
+
+class FolderPairs(PairSet):
+    """Pairs of images in two folders, matched by file stem, loaded lazily and cached.
+
+    ``skip_bad=True`` skips (with a logged warning each) files without a twin and
+    pairs whose files are unreadable or differ in size (checked up front from the
+    file headers); otherwise those raise ``DataError``/``ImageReadError``.
+    """
+
+    def __init__(self, root_low: str | os.PathLike[str], root_high: str | os.PathLike[str],
+                 *, skip_bad: bool = False, title: str | None = None,
+                 cache_mb: int = 2048) -> None:
+        self.root_low = Path(root_low)
+        self.root_high = Path(root_high)
+        self.title = title or str(self.root_low.parent.name or self.root_low)
+        self.skipped = 0
+        self._cache = _Cache(cache_mb * 2**20)
+        low = self._by_stem(self.root_low)
+        high = self._by_stem(self.root_high)
+        if not low:
+            raise DataError(f"{self.root_low}: no images in this folder")
+        if not high:
+            raise DataError(f"{self.root_high}: no images in this folder")
+        lonely_low = sorted(low[s].name for s in set(low) - set(high))
+        lonely_high = sorted(high[s].name for s in set(high) - set(low))
+        if (lonely_low or lonely_high) and not skip_bad:
+            parts = []
+            if lonely_low:
+                parts.append(f"{_short_list(lonely_low)} in {self.root_low} without a twin "
+                             f"in {self.root_high}")
+            if lonely_high:
+                parts.append(f"{_short_list(lonely_high)} in {self.root_high} without a twin "
+                             f"in {self.root_low}")
+            raise DataError("unpaired image(s): " + "; ".join(parts)
+                            + " (use skip_bad to skip them)")
+        for name in lonely_low:
+            self._skip(f"{self.root_low / name}: no twin in {self.root_high}")
+        for name in lonely_high:
+            self._skip(f"{self.root_high / name}: no twin in {self.root_low}")
+        stems = sorted(set(low) & set(high))
+        self.low_paths: list[Path] = []
+        self.high_paths: list[Path] = []
+        for stem in stems:
+            if skip_bad:
+                problem = self._problem(low[stem], high[stem])
+                if problem:
+                    self._skip(problem)
+                    continue
+            self.low_paths.append(low[stem])
+            self.high_paths.append(high[stem])
+        if not self.low_paths:
+            raise DataError(f"{self.root_low}: no usable pairs with {self.root_high} "
+                            f"({self.skipped} skipped)")
+        self.names = [p.stem for p in self.low_paths]
+
+    @staticmethod
+    def _by_stem(folder: Path) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder")
+        found: dict[str, Path] = {}
+        for path in list_images(folder):
+            if path.stem in found:
+                raise DataError(f"{folder}: two images with the same name: "
+                                f"{found[path.stem].name} and {path.name}")
+            found[path.stem] = path
+        return found
+
+    def _skip(self, message: str) -> None:
+        self.skipped += 1
+        logger.warning("skipping %s", message)
+
+    @staticmethod
+    def _problem(low: Path, high: Path) -> str | None:
+        try:
+            size_low = _header_size(low)
+            size_high = _header_size(high)
+        except DataError as exc:
+            return str(exc)
+        except Exception as exc:  # ImageReadError and friends
+            return str(exc)
+        if size_low != size_high:
+            return _size_message(low, size_low, high, size_high)
+        return None
+
+    def pair(self, i: int, rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        """Load (or take from the cache) pair ``i``; ``rng`` is not used."""
+        cached = self._cache.get(i)
+        if cached is not None:
+            return cached
+        low = read_image(self.low_paths[i])
+        high = read_image(self.high_paths[i])
+        if low.shape != high.shape:
+            raise DataError(_size_message(self.low_paths[i], low.shape[:2],
+                                          self.high_paths[i], high.shape[:2]))
+        self._cache.put(i, low, high)
+        return low, high
+
+    def label(self, i: int) -> str:
+        return str(self.low_paths[i])
+
+    def describe(self) -> str:
+        root = Path(os.path.commonpath([self.root_low, self.root_high]))
+        text = f"{self.title}: {len(self)} pairs in {root}"
+        return text + (f" ({self.skipped} skipped)" if self.skipped else "")
+
+
+def _size_message(low: Path, size_low: tuple[int, ...], high: Path,
+                  size_high: tuple[int, ...]) -> str:
+    return (f"size mismatch: {low} is {size_low[0]}x{size_low[1]} but {high} is "
+            f"{size_high[0]}x{size_high[1]} (HxW)")
+
+
+# -- the embedded default --------------------------------------------------------------------
+EMBEDDED_PHOTOS: dict[str, tuple[str, ...]] = {
+    "train": ("astronaut", "rocket", "immunohistochemistry", "motorcycle_left",
+              "motorcycle_right"),
+    "test": ("coffee", "chelsea"),
+}
+"""The scikit-image photos of each split; the test photos are never used for training."""
+
+EMBEDDED_MAX_SIDE = 512
+_TEST_SEED = 20240415  # the test split's low images never change
+_clean_cache: dict[str, Image] = {}
+
+
+def _load_photo(name: str) -> Image:
+    """A bundled scikit-image photo as an 8-bit-valued image, longer side <= 512."""
+    if name in _clean_cache:
+        return _clean_cache[name]
+    import skimage.data
+    import skimage.transform
+
+    if name.startswith("motorcycle_"):
+        path = Path(skimage.data.__file__).parent / f"{name}.png"
+        rgb = read_image(path)
+    else:
+        rgb = np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / np.float32(255)
+    h, w = rgb.shape[:2]
+    if max(h, w) > EMBEDDED_MAX_SIDE:
+        scale = EMBEDDED_MAX_SIDE / max(h, w)
+        shape = (round(h * scale), round(w * scale))
+        rgb = skimage.transform.resize(rgb, shape, order=1, anti_aliasing=True)
+    rgb = (np.round(np.clip(rgb, 0, 1) * 255) / 255).astype(np.float32)
+    rgb.setflags(write=False)
+    _clean_cache[name] = rgb
+    return rgb
+
+
+def _photo_seed(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+class EmbeddedPairs(PairSet):
+    """Pairs synthesized from colour photos bundled with scikit-image (no download).
+
+    The high image is the photo (longer side scaled to at most 512); the low image
+    comes from the low-light model. Test split: one fixed low image per photo,
+    the same in every run (independent of ``seed`` and ``rng``). Train split: a fresh
+    low image for every call with an ``rng`` (augmentation), else a fixed one per
+    ``seed``.
+    """
+
+    def __init__(self, split: str = "train", seed: int = 0,
+                 model: LowLightModel = DEFAULT_MODEL) -> None:
+        _check_split(split)
+        self.split = split
+        self.seed = seed
+        self.model = model
+        self.names = list(EMBEDDED_PHOTOS[split])
+        self._fixed_low: dict[int, Image] = {}
+
+    def pair(self, i: int, rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        """(low, high) for photo ``i``; see the class docstring for the randomness."""
+        name = self.names[i]
+        high = _load_photo(name)
+        if self.split == "train" and rng is not None:
+            return self.model.synthesize(high, rng), high.copy()
+        if i not in self._fixed_low:
+            base = _TEST_SEED if self.split == "test" else self.seed
+            fixed = np.random.default_rng([base, _photo_seed(name)])
+            self._fixed_low[i] = self.model.synthesize(high, fixed)
+        return self._fixed_low[i].copy(), high.copy()
+
+    def label(self, i: int) -> str:
+        return f"embedded photo {self.names[i]!r}"
+
+    def describe(self) -> str:
+        return (f"embedded default ({self.split}): {len(self)} pairs synthesized from "
+                f"scikit-image photos ({', '.join(self.names)})")
+
+
+# -- opening a data set ------------------------------------------------------------------------
+def _subdir(folder: Path, name: str) -> Path | None:
+    """The child folder called ``name`` (case-insensitively), or None."""
+    exact = folder / name
+    if exact.is_dir():
+        return exact
+    try:
+        for child in folder.iterdir():
+            if child.name.lower() == name and child.is_dir():
+                return child
+    except OSError:
+        return None
+    return None
+
+
+def _low_high(folder: Path | None) -> tuple[Path, Path] | None:
+    if folder is None:
+        return None
+    low, high = _subdir(folder, "low"), _subdir(folder, "high")
+    return (low, high) if low is not None and high is not None else None
+
+
+def open_pairs(data: str | os.PathLike[str] | None, split: str = "train", *, seed: int = 0,
+               skip_bad: bool = False) -> PairSet:
+    """The paired data set ``data`` (None: the embedded default) for ``split``.
+
+    See the module docstring for the accepted folder layouts.
+    """
+    _check_split(split)
+    if data is None:
+        return EmbeddedPairs(split, seed)
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"{root}: no such data folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: is not a folder (expected {LAYOUTS})")
+    lol_train, lol_test = _subdir(root, "our485"), _subdir(root, "eval15")
+    if lol_train is not None or lol_test is not None:
+        sub = lol_train if split == "train" else lol_test
+        wanted = "our485" if split == "train" else "eval15"
+        dirs = _low_high(sub)
+        if dirs is None:
+            raise DataError(f"{root}: LOL layout without {wanted}/low and {wanted}/high "
+                            f"(needed for split {split!r})")
+        return FolderPairs(*dirs, skip_bad=skip_bad, title=f"LOL {wanted}")
+    split_dirs = _low_high(_subdir(root, split))
+    if split_dirs is not None:
+        return FolderPairs(*split_dirs, skip_bad=skip_bad, title=f"{root.name} {split}")
+    if _subdir(root, "train") is not None or _subdir(root, "test") is not None:
+        raise DataError(f"{root}: no {split}/low and {split}/high folders "
+                        f"(needed for split {split!r})")
+    dirs = _low_high(root)
+    if dirs is not None:
+        return FolderPairs(*dirs, skip_bad=skip_bad, title=root.name or str(root))
+    raise DataError(f"{root}: no paired data found; expected {LAYOUTS}")
+
+
+# -- training crops ----------------------------------------------------------------------------
+class TrainCrops(Dataset):
+    """Random aligned crops of a ``PairSet`` for training.
+
+    Item ``i`` uses pair ``i % len(pairs)`` and ``rng = default_rng([seed, epoch, i])``
+    for synthesis (embedded data), the crop position and flips, so an item depends
+    only on (seed, epoch, i), never on the order items are drawn in: resumed training
+    sees exactly the data uninterrupted training would. ``preprocess`` is applied to
+    the whole low image before cropping. Call ``set_epoch`` before each epoch (in
+    every DataLoader worker process, e.g. with non-persistent workers).
+    """
+
+    def __init__(self, pairs: PairSet, crop_size: int, *, samples_per_epoch: int = 0,
+                 seed: int = 0, preprocess: Callable[[Image], Image] | None = None,
+                 hflip: bool = True, vflip: bool = False) -> None:
+        if int(crop_size) <= 0:
+            raise UsageError(f"crop size must be positive (got {crop_size})")
+        if samples_per_epoch < 0:
+            raise UsageError(f"samples per epoch must be >= 0 (got {samples_per_epoch})")
+        if len(pairs) == 0:
+            raise DataError(f"{pairs.describe()}: no pairs")
+        self.pairs = pairs
+        self.crop_size = int(crop_size)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self.preprocess = preprocess
+        self.hflip = hflip
+        self.vflip = vflip
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random crops/synthesis ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch or len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | str]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        j = i % len(self.pairs)
+        low, high = self.pairs.pair(j, rng)
+        if self.preprocess is not None:
+            low = self.preprocess(low)
+        size = self.crop_size
+        check_min_size(high, size, self.pairs.label(j))
+        h, w = high.shape[:2]
+        y = int(rng.integers(0, h - size + 1))
+        x = int(rng.integers(0, w - size + 1))
+        low = low[y:y + size, x:x + size]
+        high = high[y:y + size, x:x + size]
+        if self.hflip and rng.uniform() < 0.5:
+            low, high = low[:, ::-1], high[:, ::-1]
+        if self.vflip and rng.uniform() < 0.5:
+            low, high = low[::-1], high[::-1]
+        return {"low": to_tensor(low), "high": to_tensor(high), "name": self.pairs.names[j]}

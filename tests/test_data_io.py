@@ -1,0 +1,256 @@
+"""Image reading/writing, tensor conversion and folder listing (restorekit.data.io)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from restorekit.data import io, list_images, read_image, to_image, to_tensor, write_image
+from restorekit.errors import DataError, ImageReadError, UsageError
+
+
+def _random_image(h: int = 24, w: int = 36, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+# -- round trips ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("suffix", "bits", "tol"), [
+    (".png", 8, 0.5 / 255 + 1e-6),
+    (".PNG", 8, 0.5 / 255 + 1e-6),
+    (".png", 16, 0.5 / 65535 + 1e-7),
+    (".bmp", 8, 0.5 / 255 + 1e-6),
+    (".tif", 8, 0.5 / 255 + 1e-6),
+    (".tiff", 16, 0.5 / 65535 + 1e-7),
+])
+def test_lossless_round_trip(tmp_path, suffix, bits, tol):
+    image = _random_image()
+    path = tmp_path / f"img{suffix}"
+    write_image(path, image, bits=bits)
+    back = read_image(path)
+    assert back.dtype == np.float32 and back.shape == image.shape
+    assert np.abs(back - image).max() <= tol
+
+
+def test_png16_is_really_16_bit(tmp_path):
+    # Values one 16-bit step apart must survive (an 8-bit file would merge them).
+    image = np.zeros((4, 4, 3), np.float32)
+    image[..., 0] = 1000 / 65535
+    image[..., 1] = 1001 / 65535
+    image[..., 2] = 65535 / 65535
+    path = tmp_path / "deep.png"
+    write_image(path, image, bits=16)
+    header = path.read_bytes()[:32]
+    assert header[24] == 16 and header[25] == 2  # IHDR bit depth and colour type RGB
+    back = read_image(path)
+    assert np.round(back[0, 0] * 65535).tolist() == [1000, 1001, 65535]
+
+
+def test_png16_gray_read(tmp_path):
+    values = np.array([[0, 1, 257, 65535]], dtype=np.uint16)
+    path = tmp_path / "gray16.png"
+    PILImage.fromarray(values).save(path)
+    back = read_image(path)
+    assert back.shape == (1, 4, 3)
+    assert np.round(back[0, :, 1] * 65535).tolist() == [0, 1, 257, 65535]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".JPG"])
+def test_jpeg_round_trip(tmp_path, suffix):
+    yy, xx = np.mgrid[0:32, 0:48] / 48.0
+    image = np.stack([xx, yy, 0.5 * np.ones_like(xx)], axis=-1).astype(np.float32)
+    path = tmp_path / f"smooth{suffix}"
+    write_image(path, image)
+    back = read_image(path)
+    assert back.shape == image.shape
+    assert np.abs(back - image).mean() < 0.01
+
+
+def test_write_clips_creates_parents_and_leaves_no_temp(tmp_path):
+    image = np.full((5, 6, 3), 2.0, np.float32)
+    image[0, 0] = -1.0
+    path = tmp_path / "a" / "b" / "out.png"
+    write_image(path, image)
+    back = read_image(path)
+    assert back[0, 0].tolist() == [0, 0, 0] and back[1, 1].tolist() == [1, 1, 1]
+    assert [p.name for p in path.parent.iterdir()] == ["out.png"]
+
+
+def test_write_overwrites_existing_file(tmp_path):
+    path = tmp_path / "x.png"
+    write_image(path, np.zeros((3, 3, 3), np.float32))
+    write_image(path, np.ones((3, 3, 3), np.float32))
+    assert read_image(path).min() == 1.0
+
+
+def test_write_unknown_suffix(tmp_path):
+    with pytest.raises(UsageError, match="out.gif"):
+        write_image(tmp_path / "out.gif", _random_image())
+
+
+def test_write_bad_bits(tmp_path):
+    with pytest.raises(UsageError, match="x.jpg"):
+        write_image(tmp_path / "x.jpg", _random_image(), bits=16)
+    with pytest.raises(UsageError, match="bits"):
+        write_image(tmp_path / "x.png", _random_image(), bits=12)
+
+
+def test_write_bad_shape(tmp_path):
+    with pytest.raises(UsageError, match="shape"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4, 4), np.float32))
+
+
+# -- conversions on read ------------------------------------------------------------------------
+def test_exif_orientation_is_applied(tmp_path):
+    # 20x40 (HxW): left half red, right half blue; orientation 6 = rotate 90 clockwise.
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20, 0] = 255
+    arr[:, 20:, 2] = 255
+    im = PILImage.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    im.save(path, exif=exif.tobytes(), quality=95)
+    back = read_image(path)
+    assert back.shape == (40, 20, 3)
+    top, bottom = back[:15].mean(axis=(0, 1)), back[25:].mean(axis=(0, 1))
+    assert top[0] > 0.8 and top[2] < 0.2  # the left (red) half is now on top
+    assert bottom[2] > 0.8 and bottom[0] < 0.2
+
+
+def test_grayscale_becomes_rgb(tmp_path):
+    values = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    path = tmp_path / "gray.png"
+    PILImage.fromarray(values, "L").save(path)
+    back = read_image(path)
+    assert back.shape == (3, 4, 3)
+    assert np.array_equal(back[..., 0], back[..., 2])
+    assert np.allclose(back[..., 1], values / 255)
+
+
+def test_float_mode_tiff_via_pillow_and_tifffile(tmp_path):
+    values = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "float.tif"
+    PILImage.fromarray(values, "F").save(path)
+    back = read_image(path)
+    assert back.shape == (3, 4, 3) and np.allclose(back[..., 0], values)
+
+
+def test_palette_becomes_rgb(tmp_path):
+    arr = np.zeros((4, 6, 3), np.uint8)
+    arr[:2] = (255, 0, 0)
+    arr[2:] = (0, 128, 255)
+    path = tmp_path / "palette.png"
+    PILImage.fromarray(arr).convert("P", palette=PILImage.Palette.ADAPTIVE, colors=4).save(path)
+    assert PILImage.open(path).mode == "P"
+    back = read_image(path)
+    assert np.allclose(back, arr / 255, atol=1e-6)
+
+
+def test_alpha_dropped_with_one_warning(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(io, "_alpha_warned", False)
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 1] = 200
+    rgba[..., 3] = 50
+    for name in ("a.png", "b.png"):
+        PILImage.fromarray(rgba, "RGBA").save(tmp_path / name)
+    PILImage.fromarray(rgba[..., 1:3], "LA").save(tmp_path / "c.png")
+    with caplog.at_level(logging.WARNING, logger="restorekit"):
+        images = [read_image(tmp_path / n) for n in ("a.png", "b.png", "c.png")]
+    assert all(im.shape == (4, 4, 3) for im in images)
+    assert np.allclose(images[0][..., 1], 200 / 255)  # colour kept, alpha not blended
+    warnings = [r for r in caplog.records if "alpha" in r.getMessage()]
+    assert len(warnings) == 1 and "a.png" in warnings[0].getMessage()
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+def _assert_read_error(path, *extra):
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert path.name in message and "cannot read image" in message
+    assert "\n" not in message
+    for text in extra:
+        assert text in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    _assert_read_error(tmp_path / "nope.png", "no such file")
+
+
+def test_folder_is_not_an_image(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    _assert_read_error(tmp_path / "dir.png")
+
+
+def test_non_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n" * 20)
+    _assert_read_error(path)
+
+
+def test_corrupt_bytes(tmp_path):
+    path = tmp_path / "corrupt.jpg"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes())
+    _assert_read_error(path)
+
+
+def test_corrupt_png_data(tmp_path):
+    path = tmp_path / "flipped.png"
+    write_image(path, _random_image(32, 32))
+    data = bytearray(path.read_bytes())
+    for k in range(60, 90):
+        data[k] ^= 0xFF  # inside IDAT: checksum and zlib stream are broken
+    path.write_bytes(bytes(data))
+    _assert_read_error(path)
+
+
+@pytest.mark.parametrize(("suffix", "bits"), [(".png", 8), (".png", 16), (".jpg", 8)])
+def test_truncated_file(tmp_path, suffix, bits):
+    path = tmp_path / f"cut{suffix}"
+    write_image(path, _random_image(64, 64), bits=bits)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _assert_read_error(path)
+
+
+def test_unknown_format(tmp_path):
+    path = tmp_path / "anim.gif"
+    # A valid but unsupported-by-suffix file still reads if Pillow knows it; a file of
+    # an unknown format does not.
+    path.write_bytes(b"RIFF0000WXYZ" + bytes(100))
+    _assert_read_error(path)
+
+
+# -- tensors ------------------------------------------------------------------------------------
+def test_to_tensor_and_back():
+    image = _random_image(5, 7)
+    t = to_tensor(image)
+    assert t.shape == (3, 5, 7) and t.dtype == torch.float32 and t.is_contiguous()
+    assert np.array_equal(to_image(t), image)
+    t[0, 0, 0] = 99.0  # the tensor does not share memory with the image
+    assert image[0, 0, 0] != 99.0
+
+
+def test_to_image_clamps_detaches_and_accepts_batch_of_one():
+    t = torch.linspace(-1, 2, 3 * 4 * 5).reshape(1, 3, 4, 5).requires_grad_()
+    image = to_image(t * 1.0)
+    assert image.shape == (4, 5, 3) and image.dtype == np.float32
+    assert image.min() == 0.0 and image.max() == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        to_image(torch.zeros(3, 4))
+
+
+# -- listing ------------------------------------------------------------------------------------
+def test_list_images(tmp_path):
+    for name in ("b.PNG", "a.jpg", "c.tiff", "d.txt", ".hidden.png", "e.Jpeg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()
+    names = [p.name for p in list_images(tmp_path)]
+    assert names == ["a.jpg", "b.PNG", "c.tiff", "e.Jpeg"]
+    with pytest.raises(DataError, match="missing"):
+        list_images(tmp_path / "missing")
