@@ -181,7 +181,7 @@ def test_embedded_images_are_small_and_valid():
         pairs = EmbeddedPairs(split)
         for i in range(len(pairs)):
             low, high = pairs.pair(i)
-            assert low.shape == high.shape and max(high.shape[:2]) <= 512
+            assert low.shape == high.shape and max(high.shape[:2]) <= 600
             assert low.dtype == high.dtype == np.float32
             assert low.min() >= 0 and high.max() <= 1
             assert low.mean() < 0.5 * high.mean()

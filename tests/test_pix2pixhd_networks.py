@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+from restorekit.errors import CheckpointError
 from restorekit_pix2pixhd.losses import (
     VGG19,
     GANLoss,
@@ -27,9 +30,6 @@ from restorekit_pix2pixhd.networks import (
     run_generator,
     set_fused,
 )
-from torch import nn
-
-from restorekit.errors import CheckpointError
 
 
 def n_params(module: nn.Module) -> int:
