@@ -72,6 +72,8 @@ class Model:
     Options: ClassVar[type] = NoOptions
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str | None] = None
+    embedded_preset: ClassVar[str | None] = None
+    """Preset used when training on the embedded default set (no ``--data``)."""
     default_preprocess: ClassVar[str] = ""
     """Pipeline spec used when the user gives no ``--preprocess``."""
 

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ext", help="status of the C++/CUDA extension")
     p.set_defaults(func=cmd_ext)
+
+    from restorekit.scaffold import add_parser as add_new_plugin_parser
+
+    add_new_plugin_parser(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ and skipped; ``RESTOREKIT_STRICT_PLUGINS=1`` makes any failure an error instead.
 Environment variables:
     RESTOREKIT_DISABLE_PLUGINS  comma-separated entry-point names not to load
     RESTOREKIT_STRICT_PLUGINS   "1": a plugin failure raises ``PluginError``
-    RESTOREKIT_TRACE_PLUGINS    "1": log every hook call to stderr
+    RESTOREKIT_TRACE_PLUGINS    "1": log every entry-point load and hook call to stderr
 """
 
 from __future__ import annotations
@@ -109,9 +109,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._registry: Registry | None = None
-        if os.environ.get("RESTOREKIT_TRACE_PLUGINS", "") not in ("", "0"):
-            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(f"[restorekit] {msg}"))
-            self.pm.enable_tracing()
+        self.tracing = os.environ.get("RESTOREKIT_TRACE_PLUGINS", "") not in ("", "0")
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)
             self._register(module, module_name, PluginInfo(module_name, "built-in", _version()))
@@ -128,6 +126,9 @@ class PluginManager:
             info = PluginInfo(ep.name, dist.name if dist else "unknown distribution",
                               dist.version if dist else "?")
             self.infos[ep.name] = info
+            if self.tracing:
+                sys.stderr.write(f"[restorekit] loading entry point {ep.name} = {ep.value} "
+                                 f"({info.source} {info.version})\n")
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the CLI down
@@ -171,6 +172,9 @@ class PluginManager:
     # -- registration for tests and embedding -----------------------------------------------
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object or module now (it joins the registry)."""
+        existing = self.pm.get_name(plugin)
+        if existing is not None:  # e.g. a module already loaded through its entry point
+            return existing
         name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin)}"
         self._register(plugin, name, PluginInfo(name, "registered at run time", "-"))
         return name
@@ -193,28 +197,44 @@ class PluginManager:
         reg = Registry(plugins=self.infos)
         for info in self.infos.values():
             info.registered = {k: [] for k in KINDS}
+        impls: dict[str, list[tuple[str, Any]]] = {}
         for kind in KINDS:
-            caller = getattr(self.pm.hook, f"register_{kind}")
-            # Call each implementation alone so a failure is attributed to its plugin.
-            for impl in caller.get_hookimpls():
-                info = self.infos.get(impl.plugin_name)
-                if info is None or info.error:
-                    continue
-                staged: list[Any] = []
-
-                def register(item: Any, _staged: list[Any] = staged, **_: Any) -> None:
-                    _staged.append(item)
-
-                try:
-                    impl.function(register=register)
-                    for item in staged:
-                        _validate(kind, item)
-                except Exception as exc:
-                    self._fail(info, f"register_{kind} raised {_one_line(exc)}")
-                    continue
-                for item in staged:
-                    self._add(reg, kind, item, info)
+            for impl in getattr(self.pm.hook, f"register_{kind}").get_hookimpls():
+                impls.setdefault(impl.plugin_name, []).append((kind, impl))
+        # Plugins in registration order (built-ins first); each plugin's items join the
+        # registry only if all of its hooks succeed, so a failure never half-registers.
+        for name, info in list(self.infos.items()):
+            if info.error or name not in impls:
+                continue
+            staged = self._call_hooks(info, impls[name])
+            if staged is None:
+                continue
+            for kind, item in staged:
+                self._add(reg, kind, item, info)
         return reg
+
+    def _call_hooks(self, info: PluginInfo,
+                    impls: list[tuple[str, Any]]) -> list[tuple[str, Any]] | None:
+        """Call one plugin's hook implementations; its items, or None if one failed."""
+        staged: list[tuple[str, Any]] = []
+        for kind, impl in impls:
+            items: list[Any] = []
+
+            def register(item: Any, _items: list[Any] = items, **_: Any) -> None:
+                _items.append(item)
+
+            try:
+                impl.function(register=register)
+                for item in items:
+                    _validate(kind, item)
+            except Exception as exc:
+                self._fail(info, f"register_{kind} raised {_one_line(exc)}")
+                return None
+            if self.tracing:
+                names = ", ".join(getattr(i, "name", repr(i)) for i in items) or "nothing"
+                sys.stderr.write(f"[restorekit] {info.name}: register_{kind} -> {names}\n")
+            staged.extend((kind, item) for item in items)
+        return staged
 
     def _add(self, reg: Registry, kind: str, item: Any, info: PluginInfo) -> None:
         name = item.name
@@ -283,8 +303,10 @@ def reset() -> None:
 def registered(plugin: object, name: str | None = None) -> Iterator[str]:
     """Register ``plugin`` for the duration of a ``with`` block (tests, notebooks)."""
     pm = get_plugin_manager()
+    already = pm.pm.get_name(plugin)
     plugin_name = pm.register(plugin, name)
     try:
         yield plugin_name
     finally:
-        pm.unregister(plugin_name)
+        if already is None:
+            pm.unregister(plugin_name)

@@ -84,7 +84,7 @@ def _add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model])
         t = parser.add_argument_group("runs and checkpoints")
         t.add_argument("--preset", default=None, choices=sorted(model_cls.presets) or None,
                        help="option preset (default: "
-                            f"{getattr(model_cls, 'embedded_preset', None)} on the embedded "
+                            f"{model_cls.embedded_preset} on the embedded "
                             f"set, {model_cls.default_preset} on a --data folder)")
         t.add_argument("--name", default=None, help=f"run name: {RUNS_DIR}/NAME "
                        "(default: the model name, numbered so no run is overwritten)")
@@ -162,7 +162,7 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict) ->
     else:
         preset = args.preset
         if preset is None and args.data is None:
-            preset = getattr(model_cls, "embedded_preset", None)
+            preset = model_cls.embedded_preset
         options = model_cls.make_options(preset, **overrides)
         preprocess = _pipeline(model_cls, args.preprocess)
         data = str(args.data) if args.data is not None else None
@@ -187,6 +187,9 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict) ->
     if result.metrics:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"final test metrics: {scores}")
+    if result.best_psnr is not None:
+        print(f"best test PSNR {result.best_psnr:.4f} (checkpoints/best.safetensors, the one "
+              "--eval and --enhance use for this run folder)")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
 

@@ -187,3 +187,39 @@ def test_model_options_come_from_presets_and_overrides() -> None:
         Tiny.make_options("huge")
     with pytest.raises(Exception, match="no option"):
         Tiny.make_options(None, colour=1)
+
+
+def test_a_failing_hook_registers_nothing_of_its_plugin() -> None:
+    class Half:
+        @hookimpl
+        def register_preprocessors(self, register):
+            register(Preprocessor("halfway", lambda image: image))
+
+        @hookimpl
+        def register_metrics(self, register):
+            raise RuntimeError("metrics broke")
+
+    with plugins.registered(Half(), name="half"):
+        reg = plugins.get_registry()
+        assert "metrics broke" in reg.plugins["half"].error
+        assert "halfway" not in reg.items["preprocessors"]
+
+
+def test_trace_logs_loads_and_hook_calls(site: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    make_dist(site, "restorekit-invert", "invert", "rk_invert", GOOD_PLUGIN)
+    monkeypatch.setenv("RESTOREKIT_TRACE_PLUGINS", "1")
+    plugins.get_registry()
+    err = capsys.readouterr().err
+    assert "[restorekit] loading entry point invert = rk_invert" in err
+    assert "[restorekit] invert: register_preprocessors -> invert" in err
+    assert "[restorekit] restorekit.builtin.metrics: register_metrics -> psnr" in err
+
+
+def test_registering_an_already_loaded_plugin_is_harmless() -> None:
+    import restorekit_pix2pixhd
+
+    with plugins.registered(restorekit_pix2pixhd) as name:
+        assert name == "pix2pixhd"
+    reg = plugins.get_registry()
+    assert reg.plugins["pix2pixhd"].error is None and "pix2pixhd" in reg.items["models"]

@@ -63,8 +63,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _temp_path(path: Path) -> Path:
+    """A fresh temp file beside ``path`` with the usual (umask) permissions, not 0600."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 

@@ -1,0 +1,133 @@
+"""``restorekit new-plugin``: the generated packages install, list, lint and pass their tests."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from restorekit import plugins
+from restorekit.cli import main
+from restorekit.errors import UsageError
+from restorekit.scaffold import KINDS, add_parser, create_plugin
+
+NAMES = {"preprocessor": "brighten", "metric": "meanshift", "model": "tinynet"}
+ITEMS = {"preprocessor": "preprocessors", "metric": "metrics", "model": "models"}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("scaffold")
+    return {kind: create_plugin(NAMES[kind], kind, root / f"restorekit-{NAMES[kind]}")
+            for kind in KINDS}
+
+
+def fake_install(folder: Path, site: Path) -> None:
+    """A dist-info on ``site`` built from the generated pyproject, as pip would write it."""
+    text = (folder / "pyproject.toml").read_text()
+    dist = re.search(r'^name = "([^"]+)"', text, re.M).group(1)
+    entry = re.search(r"^\[project\.entry-points\.restorekit\]\n(\w+) = \"([^\"]+)\"",
+                      text, re.M)
+    info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[restorekit]\n{entry[1]} = {entry[2]}\n")
+
+
+def test_files_of_a_generated_plugin(generated: dict[str, Path]) -> None:
+    model = generated["model"]
+    names = sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_file())
+    assert names == [".gitignore", "README.md", "pyproject.toml", "tests/test_tinynet.py",
+                     "tinynet_plugin/__init__.py", "tinynet_plugin/model.py"]
+    pyproject = (model / "pyproject.toml").read_text()
+    assert '[project.entry-points.restorekit]\ntinynet = "tinynet_plugin"' in pyproject
+    assert 'name = "restorekit-tinynet"' in pyproject
+    assert "plugins.registered(" in (model / "tests" / "test_tinynet.py").read_text()
+
+
+def test_generated_plugins_are_listed_by_restorekit_plugins(
+        generated: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for folder in generated.values():
+        fake_install(folder, tmp_path)
+        monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.reset()
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for kind, name in NAMES.items():
+        assert f"{name}  0.1.0  (restorekit-{name})  ok" in out
+        assert f"    {ITEMS[kind]}: {name}" in out
+    reg = plugins.get_registry()
+    assert not reg.failures
+    for name in NAMES.values():
+        sys.modules.pop(f"{name}_plugin", None)
+        sys.modules.pop(f"{name}_plugin.model", None)
+
+
+def test_generated_tests_pass(generated: dict[str, Path]) -> None:
+    folders = list(generated.values())
+    env = {**os.environ, "RESTOREKIT_EXT": "off",
+           "PYTHONPATH": os.pathsep.join([*map(str, folders), *sys.path])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *[str(f / "tests") for f in folders]],
+                          capture_output=True, text=True, timeout=300, env=env,
+                          cwd=folders[0].parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 passed" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+@pytest.mark.parametrize("kind", KINDS)
+def test_generated_files_are_ruff_clean(generated: dict[str, Path], kind: str) -> None:
+    proc = subprocess.run(["ruff", "check", "--no-cache", "."], cwd=generated[kind],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "My-Plugin", "has space", "class", "Upper",
+                                  "restorekit_x", "a.b"])
+def test_bad_names_are_refused(name: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="invalid name"):
+        create_plugin(name, "metric", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_kind_and_non_empty_target_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--kind"):
+        create_plugin("ok", "sampler", tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not empty"):
+        create_plugin("ok", "metric", tmp_path / "b")
+    assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
+    (tmp_path / "c").mkdir()  # an existing empty folder is fine
+    assert create_plugin("ok", "metric", tmp_path / "c") == tmp_path / "c"
+
+
+def test_add_parser_wires_the_subcommand(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="restorekit")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["new-plugin", "sharpen", "--kind", "metric",
+                              "-o", str(tmp_path / "p")])
+    assert args.func(args) == 0
+    assert (tmp_path / "p" / "sharpen_plugin" / "__init__.py").exists()
+    assert "pip install -e" in capsys.readouterr().out
+
+
+def test_cli_new_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Needs cli.build_parser() to call restorekit.scaffold.add_parser."""
+    out = tmp_path / "restorekit-sharpen"
+    assert main(["new-plugin", "sharpen", "-o", str(out)]) == 0
+    assert (out / "sharpen_plugin" / "__init__.py").exists()
+    assert main(["new-plugin", "sharpen", "-o", str(out)]) == 2  # not empty any more
+    assert main(["new-plugin", "Bad-Name"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "invalid name 'Bad-Name'" in err
