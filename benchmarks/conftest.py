@@ -1,0 +1,60 @@
+"""Shared fixtures of the restorekit.ext benchmarks (run: pytest benchmarks --benchmark-only).
+
+Shapes are the Pix2PixHD ResnetBlock sizes: the global generator's bottleneck on a 400x600
+image down to the local enhancer, plus one batch-4 training crop. Each shape is its own
+benchmark group; every record carries ``extra_info`` (case, mode, impl, shape, device) that
+``benchmarks/ratios.py`` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+import torch
+from bench_common import DEVICES, SHAPES
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record torch version, thread count and CPU/GPU in the benchmark JSON."""
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["cpu_model"] = _cpu_name()
+    machine_info["mkldnn"] = torch.backends.mkldnn.is_available()
+    if torch.cuda.is_available():
+        machine_info["gpu"] = torch.cuda.get_device_name()
+        machine_info["torch_cuda"] = torch.version.cuda
+
+
+@pytest.fixture(scope="session")
+def restorekit_ops():
+    """The built extension (RESTOREKIT_EXT=on semantics: a failed build fails loudly)."""
+    from restorekit.ext import _build
+
+    st = _build.ensure()
+    if not st.ok:
+        pytest.fail(f"restorekit extension failed to build: {st.error}\n{st.log}")
+    return torch.ops.restorekit
+
+
+@pytest.fixture(params=list(SHAPES), scope="session")
+def shape_id(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=DEVICES, scope="session")
+def device(request) -> str:
+    return request.param

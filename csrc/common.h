@@ -1,0 +1,60 @@
+// Shared argument checks and shape helpers for the restorekit ops (CPU and CUDA glue).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace restorekit {
+
+// Every op works on NCHW planes; reflection padding by 1 needs H >= 2 and W >= 2.
+inline void check_planes(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", x.dim(),
+              " dimensions");
+  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "restorekit::", op,
+              ": reflection padding by 1 needs H >= 2 and W >= 2, got ", x.size(2), "x",
+              x.size(3));
+}
+
+inline void check_padded(const at::Tensor& g, const char* op) {
+  TORCH_CHECK(g.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", g.dim(),
+              " dimensions");
+  TORCH_CHECK(g.size(2) >= 4 && g.size(3) >= 4, "restorekit::", op,
+              ": expected a reflection-padded gradient (H+2, W+2 with H, W >= 2), got ",
+              g.size(2), "x", g.size(3));
+}
+
+inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op,
+                       const char* what) {
+  TORCH_CHECK(a.sizes() == b.sizes(), "restorekit::", op, ": ", what, " has shape ", b.sizes(),
+              ", expected ", a.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "restorekit::", op, ": ", what,
+              " has dtype ", b.scalar_type(), ", expected ", a.scalar_type());
+  TORCH_CHECK(a.device() == b.device(), "restorekit::", op, ": ", what, " is on ", b.device(),
+              ", expected ", a.device());
+}
+
+// Per-plane statistics are kept in float32, or float64 for float64 inputs.
+inline at::ScalarType stats_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_stats(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+                        const char* op) {
+  const auto st = stats_dtype(x.scalar_type());
+  for (const at::Tensor* s : {&mean, &rstd}) {
+    TORCH_CHECK(s->dim() == 2 && s->size(0) == x.size(0) && s->size(1) == x.size(1),
+                "restorekit::", op, ": per-plane statistics must have shape (N, C)");
+    TORCH_CHECK(s->scalar_type() == st, "restorekit::", op, ": statistics must be ", st);
+    TORCH_CHECK(s->device() == x.device(), "restorekit::", op,
+                ": statistics are on another device");
+  }
+}
+
+inline std::vector<int64_t> padded_shape(const at::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2) + 2, x.size(3) + 2};
+}
+
+inline std::vector<int64_t> unpadded_shape(const at::Tensor& g) {
+  return {g.size(0), g.size(1), g.size(2) - 2, g.size(3) - 2};
+}
+
+}  // namespace restorekit

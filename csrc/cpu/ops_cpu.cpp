@@ -1,0 +1,373 @@
+// CPU kernels of the restorekit ops: one task per (n, c) plane, spread over threads with
+// at::parallel_for; inner loops are contiguous and written so the compiler vectorises them
+// (-O3, `omp simd`). Each plane is small enough to stay in L2 between the passes over it.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <tuple>
+
+#include "../common.h"
+
+namespace restorekit {
+namespace cpu {
+namespace {
+
+// Partial sums run in T over chunks of this many elements, and chunks are added in double:
+// accurate for large planes while the hot loop stays in vector registers.
+constexpr int64_t kChunk = 2048;
+
+template <typename T>
+inline T chunk_sum(const T* __restrict p, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += p[i];
+  return s;
+}
+
+template <typename T>
+inline T chunk_sqdev(const T* __restrict p, int64_t n, T m) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = p[i] - m;
+    s += d * d;
+  }
+  return s;
+}
+
+// Two-pass mean and biased variance of one contiguous plane.
+template <typename T>
+inline void plane_stats(const T* __restrict x, int64_t n, double eps, T& mean, T& rstd) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i += kChunk) s += chunk_sum(x + i, std::min(kChunk, n - i));
+  const T m = static_cast<T>(s / static_cast<double>(n));
+  double q = 0;
+  for (int64_t i = 0; i < n; i += kChunk) q += chunk_sqdev(x + i, std::min(kChunk, n - i), m);
+  mean = m;
+  rstd = static_cast<T>(1.0 / std::sqrt(q / static_cast<double>(n) + eps));
+}
+
+// dst[c] += reflection-gathered padded row `src` (length W + 2) for c in [0, W).
+template <typename T>
+inline void add_gathered_row(T* __restrict dst, const T* __restrict src, int64_t W) {
+#pragma omp simd
+  for (int64_t c = 0; c < W; ++c) dst[c] += src[c + 1];
+  dst[1] += src[0];
+  dst[W - 2] += src[W + 1];
+}
+
+// Interior row r of the gradient of reflection padding by 1 (gather, no atomics).
+template <typename T>
+inline void gather_row(T* __restrict dst, const T* __restrict g, int64_t r, int64_t H,
+                       int64_t W) {
+  const int64_t Wp = W + 2;
+  const T* __restrict src = g + (r + 1) * Wp;
+#pragma omp simd
+  for (int64_t c = 0; c < W; ++c) dst[c] = src[c + 1];
+  dst[1] += src[0];
+  dst[W - 2] += src[W + 1];
+  if (r == 1) add_gathered_row(dst, g, W);                  // padded row 0 mirrors row 1
+  if (r == H - 2) add_gathered_row(dst, g + (H + 1) * Wp, W);  // padded row H+1 mirrors H-2
+}
+
+// Fill the reflected border of a padded plane whose interior is already written.
+template <typename T>
+inline void fill_border(T* __restrict out, int64_t H, int64_t W) {
+  const int64_t Wp = W + 2;
+  for (int64_t r = 1; r <= H; ++r) {
+    T* row = out + r * Wp;
+    row[0] = row[2];
+    row[W + 1] = row[W - 1];
+  }
+  std::memcpy(out, out + 2 * Wp, sizeof(T) * Wp);
+  std::memcpy(out + (H + 1) * Wp, out + (H - 1) * Wp, sizeof(T) * Wp);
+}
+
+// Run fn(plane) for every plane, a contiguous run of planes per thread.
+template <typename F>
+inline void for_each_plane(int64_t planes, int64_t plane_numel, const F& fn) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_numel));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) fn(p);
+  });
+}
+
+// ------------------------------------------------------------------ one plane each --------
+
+template <typename T>
+void pad_plane(const T* __restrict xp, T* __restrict op, int64_t H, int64_t W) {
+  const int64_t Wp = W + 2;
+  for (int64_t r = 0; r < H; ++r) std::memcpy(op + (r + 1) * Wp + 1, xp + r * W, sizeof(T) * W);
+  fill_border(op, H, W);
+}
+
+template <typename T>
+void pad_backward_plane(const T* __restrict gp, T* __restrict dp, int64_t H, int64_t W) {
+  for (int64_t r = 0; r < H; ++r) gather_row(dp + r * W, gp, r, H, W);
+}
+
+template <typename T>
+void pad_backward_add_plane(const T* __restrict gp, const T* __restrict op,
+                            T* __restrict dp, int64_t H, int64_t W) {
+  for (int64_t r = 0; r < H; ++r) {
+    T* __restrict dr = dp + r * W;
+    const T* __restrict orow = op + r * W;
+    gather_row(dr, gp, r, H, W);
+#pragma omp simd
+    for (int64_t c = 0; c < W; ++c) dr[c] += orow[c];
+  }
+}
+
+template <typename T>
+void inrp_plane(const T* __restrict xp, T* __restrict op, T* mean, T* rstd, int64_t H,
+                int64_t W, double eps) {
+  const int64_t Wp = W + 2;
+  T m, s;
+  plane_stats(xp, H * W, eps, m, s);
+  *mean = m;
+  *rstd = s;
+  for (int64_t r = 0; r < H; ++r) {
+    const T* __restrict xr = xp + r * W;
+    T* __restrict orow = op + (r + 1) * Wp + 1;
+#pragma omp simd
+    for (int64_t c = 0; c < W; ++c) {
+      const T v = (xr[c] - m) * s;
+      orow[c] = v < T(0) ? T(0) : v;  // keeps NaN, like torch.relu
+    }
+  }
+  fill_border(op, H, W);
+}
+
+template <typename T>
+void inrp_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp, T m,
+                         T s, int64_t H, int64_t W) {
+  const int64_t n = H * W;
+  // Pass 1: gather the padded gradient, apply the ReLU mask, sum g and g * xhat.
+  double s1 = 0, s2 = 0;
+  for (int64_t r = 0; r < H; ++r) {
+    T* __restrict dr = dp + r * W;
+    const T* __restrict xr = xp + r * W;
+    gather_row(dr, gp, r, H, W);
+    T a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t c = 0; c < W; ++c) {
+      const T xh = (xr[c] - m) * s;
+      const T gm = xh > T(0) ? dr[c] : T(0);
+      dr[c] = gm;
+      a += gm;
+      b += gm * xh;
+    }
+    s1 += a;
+    s2 += b;
+  }
+  // Pass 2 (the plane is still in cache): dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+  const T k1 = static_cast<T>(s1 / n), k2 = static_cast<T>(s2 / n);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T xh = (xp[i] - m) * s;
+    dp[i] = s * (dp[i] - k1 - xh * k2);
+  }
+}
+
+template <typename T>
+void ina_plane(const T* __restrict xp, const T* __restrict rp, T* __restrict op, T* mean,
+               T* rstd, int64_t n, double eps) {
+  T m, s;
+  plane_stats(xp, n, eps, m, s);
+  *mean = m;
+  *rstd = s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) op[i] = (xp[i] - m) * s + rp[i];
+}
+
+template <typename T>
+void ina_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp, T m,
+                        T s, int64_t n) {
+  double s1 = 0, s2 = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    T a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = i0; i < i1; ++i) {
+      a += gp[i];
+      b += gp[i] * ((xp[i] - m) * s);
+    }
+    s1 += a;
+    s2 += b;
+  }
+  const T k1 = static_cast<T>(s1 / n), k2 = static_cast<T>(s2 / n);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dp[i] = s * (gp[i] - k1 - (xp[i] - m) * s * k2);
+}
+
+// ---------------------------------------------------------------------- the ops --------------
+
+at::Tensor reflection_pad(const at::Tensor& x_) {
+  check_planes(x_, "reflection_pad");
+  const at::Tensor x = x_.contiguous();
+  at::Tensor out = at::empty(padded_shape(x), x.options());
+  const int64_t H = x.size(2), W = x.size(3), P = x.size(0) * x.size(1);
+  if (P == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::reflection_pad", [&] {
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    scalar_t* os = out.mutable_data_ptr<scalar_t>();
+    for_each_plane(P, H * W, [&](int64_t p) {
+      pad_plane(xs + p * H * W, os + p * (H + 2) * (W + 2), H, W);
+    });
+  });
+  return out;
+}
+
+at::Tensor reflection_pad_backward(const at::Tensor& g_) {
+  check_padded(g_, "reflection_pad_backward");
+  const at::Tensor g = g_.contiguous();
+  at::Tensor dx = at::empty(unpadded_shape(g), g.options());
+  const int64_t H = dx.size(2), W = dx.size(3), P = g.size(0) * g.size(1);
+  if (P == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "restorekit::reflection_pad_backward", [&] {
+    const scalar_t* gs = g.const_data_ptr<scalar_t>();
+    scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+    for_each_plane(P, H * W, [&](int64_t p) {
+      pad_backward_plane(gs + p * (H + 2) * (W + 2), ds + p * H * W, H, W);
+    });
+  });
+  return dx;
+}
+
+at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& other_) {
+  check_padded(g_, "reflection_pad_backward_add");
+  TORCH_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)),
+              "restorekit::reflection_pad_backward_add: other has shape ", other_.sizes(),
+              ", expected ", at::IntArrayRef(unpadded_shape(g_)));
+  TORCH_CHECK(other_.scalar_type() == g_.scalar_type(),
+              "restorekit::reflection_pad_backward_add: dtype mismatch");
+  const at::Tensor g = g_.contiguous(), other = other_.contiguous();
+  at::Tensor dx = at::empty(unpadded_shape(g), g.options());
+  const int64_t H = dx.size(2), W = dx.size(3), P = g.size(0) * g.size(1);
+  if (P == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "restorekit::reflection_pad_backward_add", [&] {
+    const scalar_t* gs = g.const_data_ptr<scalar_t>();
+    const scalar_t* os = other.const_data_ptr<scalar_t>();
+    scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+    for_each_plane(P, H * W, [&](int64_t p) {
+      pad_backward_add_plane(gs + p * (H + 2) * (W + 2), os + p * H * W, ds + p * H * W, H, W);
+    });
+  });
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats(
+    const at::Tensor& x_, double eps) {
+  check_planes(x_, "instance_norm_relu_pad");
+  const at::Tensor x = x_.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor out = at::empty(padded_shape(x), x.options());
+  auto sopt = x.options().dtype(stats_dtype(x.scalar_type()));
+  at::Tensor mean = at::empty({N, C}, sopt), rstd = at::empty({N, C}, sopt);
+  if (N * C == 0) return {out, mean, rstd};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad", [&] {
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    scalar_t* os = out.mutable_data_ptr<scalar_t>();
+    scalar_t* ms = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
+    for_each_plane(N * C, H * W, [&](int64_t p) {
+      inrp_plane(xs + p * H * W, os + p * (H + 2) * (W + 2), ms + p, rs + p, H, W, eps);
+    });
+  });
+  return {out, mean, rstd};
+}
+
+at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tensor& x_,
+                                           const at::Tensor& mean_, const at::Tensor& rstd_) {
+  check_planes(x_, "instance_norm_relu_pad_backward");
+  check_padded(g_, "instance_norm_relu_pad_backward");
+  TORCH_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)),
+              "restorekit::instance_norm_relu_pad_backward: grad_out has shape ", g_.sizes(),
+              ", expected ", at::IntArrayRef(padded_shape(x_)));
+  TORCH_CHECK(g_.scalar_type() == x_.scalar_type(),
+              "restorekit::instance_norm_relu_pad_backward: dtype mismatch");
+  check_stats(x_, mean_, rstd_, "instance_norm_relu_pad_backward");
+  const at::Tensor g = g_.contiguous(), x = x_.contiguous();
+  const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  const int64_t P = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (P == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad_backward", [&] {
+    const scalar_t* gs = g.const_data_ptr<scalar_t>();
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* ms = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
+    scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+    for_each_plane(P, H * W, [&](int64_t p) {
+      inrp_backward_plane(gs + p * (H + 2) * (W + 2), xs + p * H * W, ds + p * H * W, ms[p],
+                          rs[p], H, W);
+    });
+  });
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
+    const at::Tensor& x_, const at::Tensor& res_, double eps) {
+  check_planes(x_, "instance_norm_add");
+  check_same(x_, res_, "instance_norm_add", "residual");
+  const at::Tensor x = x_.contiguous(), res = res_.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto sopt = x.options().dtype(stats_dtype(x.scalar_type()));
+  at::Tensor mean = at::empty({N, C}, sopt), rstd = at::empty({N, C}, sopt);
+  if (N * C == 0) return {out, mean, rstd};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add", [&] {
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* rsd = res.const_data_ptr<scalar_t>();
+    scalar_t* os = out.mutable_data_ptr<scalar_t>();
+    scalar_t* ms = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
+    for_each_plane(N * C, n, [&](int64_t p) {
+      ina_plane(xs + p * n, rsd + p * n, os + p * n, ms + p, rs + p, n, eps);
+    });
+  });
+  return {out, mean, rstd};
+}
+
+at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_,
+                                      const at::Tensor& mean_, const at::Tensor& rstd_) {
+  check_planes(x_, "instance_norm_add_backward");
+  check_same(x_, g_, "instance_norm_add_backward", "grad_out");
+  check_stats(x_, mean_, rstd_, "instance_norm_add_backward");
+  const at::Tensor g = g_.contiguous(), x = x_.contiguous();
+  const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  const int64_t P = x.size(0) * x.size(1), n = x.size(2) * x.size(3);
+  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (P == 0) return dx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add_backward", [&] {
+    const scalar_t* gs = g.const_data_ptr<scalar_t>();
+    const scalar_t* xs = x.const_data_ptr<scalar_t>();
+    const scalar_t* ms = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
+    scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+    for_each_plane(P, n, [&](int64_t p) {
+      ina_backward_plane(gs + p * n, xs + p * n, ds + p * n, ms[p], rs[p], n);
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(restorekit, CPU, m) {
+  m.impl("reflection_pad", &cpu::reflection_pad);
+  m.impl("reflection_pad_backward", &cpu::reflection_pad_backward);
+  m.impl("reflection_pad_backward_add", &cpu::reflection_pad_backward_add);
+  m.impl("instance_norm_relu_pad_with_stats", &cpu::instance_norm_relu_pad_with_stats);
+  m.impl("instance_norm_relu_pad_backward", &cpu::instance_norm_relu_pad_backward);
+  m.impl("instance_norm_add_with_stats", &cpu::instance_norm_add_with_stats);
+  m.impl("instance_norm_add_backward", &cpu::instance_norm_add_backward);
+}
+
+}  // namespace restorekit

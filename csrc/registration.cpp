@@ -1,0 +1,69 @@
+// The one place where the restorekit op schemas live.
+//
+// Public ops (what restorekit.ext calls):
+//   reflection_pad, instance_norm_relu_pad, instance_norm_add
+// The two normalising ops are thin composites over "*_with_stats" ops that also return the
+// per-plane mean and 1/std, so that autograd can save them instead of recomputing them.
+// Device kernels: cpu/ops_cpu.cpp and cuda/ops_cuda.cpp. Fake kernels and autograd formulas
+// are registered from Python (restorekit/ext/_ops.py).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+namespace restorekit {
+namespace {
+
+using Stats3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+at::Tensor instance_norm_relu_pad(const at::Tensor& x, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("restorekit::instance_norm_relu_pad_with_stats", "")
+                       .typed<Stats3(const at::Tensor&, double)>();
+  return std::get<0>(op.call(x, eps));
+}
+
+at::Tensor instance_norm_add(const at::Tensor& x, const at::Tensor& residual, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("restorekit::instance_norm_add_with_stats", "")
+                       .typed<Stats3(const at::Tensor&, const at::Tensor&, double)>();
+  return std::get<0>(op.call(x, residual, eps));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(restorekit, m) {
+  // Reflection padding by 1 on H and W: (N, C, H, W) -> (N, C, H+2, W+2).
+  m.def("reflection_pad(Tensor x) -> Tensor");
+  // Gathers the reflected border back into the interior: (N, C, H+2, W+2) -> (N, C, H, W).
+  m.def("reflection_pad_backward(Tensor grad_out) -> Tensor");
+  // reflection_pad_backward(grad_out) + other in one pass (a residual block's input gradient).
+  m.def("reflection_pad_backward_add(Tensor grad_out, Tensor other) -> Tensor");
+
+  // relu(instance_norm(x)), written reflection-padded by 1.
+  m.def("instance_norm_relu_pad(Tensor x, float eps=1e-05) -> Tensor");
+  // Same, plus per-plane mean and rstd, each (N, C).
+  m.def(
+      "instance_norm_relu_pad_with_stats(Tensor x, float eps=1e-05) -> "
+      "(Tensor out, Tensor mean, Tensor rstd)");
+  m.def(
+      "instance_norm_relu_pad_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor rstd) "
+      "-> Tensor");
+
+  // instance_norm(x) + residual.
+  m.def("instance_norm_add(Tensor x, Tensor residual, float eps=1e-05) -> Tensor");
+  m.def(
+      "instance_norm_add_with_stats(Tensor x, Tensor residual, float eps=1e-05) -> "
+      "(Tensor out, Tensor mean, Tensor rstd)");
+  // Gradient with respect to x (the residual's gradient is grad_out itself).
+  m.def(
+      "instance_norm_add_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor rstd) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(restorekit, CompositeImplicitAutograd, m) {
+  m.impl("instance_norm_relu_pad", &instance_norm_relu_pad);
+  m.impl("instance_norm_add", &instance_norm_add);
+}
+
+}  // namespace restorekit

@@ -1,0 +1,438 @@
+"""Tests of the restorekit C++/CUDA extension (restorekit.ext) against plain PyTorch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import restorekit.ext as ext
+from restorekit.errors import RestorekitError
+from restorekit.ext import _build, _reference
+
+SHAPES = [(1, 1, 2, 2), (2, 3, 2, 2), (2, 3, 3, 5), (3, 4, 7, 9), (2, 5, 16, 16), (1, 2, 33, 40)]
+GRAD_SHAPES = [(1, 2, 2, 2), (2, 3, 3, 5), (1, 2, 7, 9)]
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class PlainResnetBlock(nn.Module):
+    """The Pix2PixHD ResnetBlock exactly as the model code writes it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3, padding=0),
+            nn.InstanceNorm2d(dim, affine=False, eps=1e-5),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, 3, padding=0),
+            nn.InstanceNorm2d(dim, affine=False, eps=1e-5),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    """One shared build for the whole module (the first build takes a minute or two)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESTOREKIT_EXT", "on")
+        st = _build.ensure()
+        if not st.ok:
+            pytest.fail(f"extension failed to build: {st.error}\n{st.log}")
+        assert ext.load()
+    return torch.ops.restorekit
+
+
+def _randn(shape, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen, dtype=torch.float64) * 2.0 + 0.5
+    return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+
+def _cases(ops):
+    """(name, fused function, reference function, number of tensor inputs)."""
+    return [
+        ("reflection_pad", ops.reflection_pad, _reference.reflection_pad, 1),
+        (
+            "instance_norm_relu_pad",
+            lambda x: ops.instance_norm_relu_pad(x, 1e-5),
+            lambda x: _reference.instance_norm_relu_pad(x, 1e-5),
+            1,
+        ),
+        (
+            "instance_norm_add",
+            lambda x, r: ops.instance_norm_add(x, r, 1e-5),
+            lambda x, r: _reference.instance_norm_add(x, r, 1e-5),
+            2,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- forward / backward
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_pytorch(ops, shape):
+    for name, fused, ref, nin in _cases(ops):
+        args = [_randn(shape, seed=i) for i in range(nin)]
+        torch.testing.assert_close(fused(*args), ref(*args), rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_pytorch(ops, shape):
+    for name, fused, ref, nin in _cases(ops):
+        a = [_randn(shape, seed=i, requires_grad=True) for i in range(nin)]
+        b = [t.detach().clone().requires_grad_(True) for t in a]
+        y1, y2 = fused(*a), ref(*b)
+        g = _randn(y1.shape, seed=7)
+        d1 = torch.autograd.grad(y1, a, g)
+        d2 = torch.autograd.grad(y2, b, g)
+        for u, v in zip(d1, d2, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_stats_outputs(ops):
+    x = _randn((2, 3, 5, 6))
+    out, mean, rstd = ops.instance_norm_relu_pad_with_stats(x, 1e-5)
+    torch.testing.assert_close(mean, x.mean(dim=(2, 3)))
+    var = x.var(dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(rstd, torch.rsqrt(var + 1e-5))
+    assert out.shape == (2, 3, 7, 8)
+
+
+def test_numerically_stable_variance(ops):
+    # A large offset breaks the naive E[x^2] - E[x]^2 formula in float32.
+    x = _randn((1, 2, 50, 60)) * 0.25 + 3000.0  # std 0.5, float32 spacing at 3000 is 2.4e-4
+    ref = _reference.instance_norm_relu_pad(x.double(), 1e-5).float()
+    torch.testing.assert_close(ops.instance_norm_relu_pad(x, 1e-5), ref, rtol=5e-3, atol=5e-3)
+    _, _, rstd = ops.instance_norm_relu_pad_with_stats(x, 1e-5)
+    true_rstd = torch.rsqrt(x.double().var(dim=(2, 3), unbiased=False) + 1e-5).float()
+    torch.testing.assert_close(rstd, true_rstd, rtol=1e-4, atol=0)
+
+
+def test_non_contiguous_input(ops):
+    x = _randn((2, 3, 9, 7)).transpose(2, 3)
+    torch.testing.assert_close(
+        ops.instance_norm_relu_pad(x, 1e-5),
+        _reference.instance_norm_relu_pad(x, 1e-5),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    cl = _randn((2, 4, 6, 5)).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ops.reflection_pad(cl), _reference.reflection_pad(cl))
+
+
+def test_bad_inputs_raise(ops):
+    with pytest.raises(RuntimeError, match="H >= 2"):
+        ops.reflection_pad(torch.randn(1, 1, 1, 5))
+    with pytest.raises(RuntimeError, match="NCHW"):
+        ops.instance_norm_relu_pad(torch.randn(3, 4, 5), 1e-5)
+    with pytest.raises(RuntimeError, match="residual"):
+        ops.instance_norm_add(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 5), 1e-5)
+    with pytest.raises(RuntimeError):
+        ops.instance_norm_relu_pad(torch.randn(1, 2, 4, 4, dtype=torch.bfloat16), 1e-5)
+
+
+# ------------------------------------------------------------------- gradcheck and opcheck
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES)
+def test_gradcheck(ops, shape):
+    for name, fused, _, nin in _cases(ops):
+        args = [_randn(shape, dtype=torch.float64, seed=i, requires_grad=True) for i in range(nin)]
+        assert torch.autograd.gradcheck(fused, args, eps=1e-6, atol=1e-5), name
+    g = _randn((shape[0], shape[1], shape[2] + 2, shape[3] + 2), torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.reflection_pad_backward, (g,))
+    x = _randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(ops.reflection_pad, (x,))
+
+
+def _opcheck_cases(ops):
+    x = _randn((2, 3, 5, 4), requires_grad=True)
+    r = _randn((2, 3, 5, 4), seed=1, requires_grad=True)
+    xd, rd = x.detach(), r.detach()
+    gp = _randn((2, 3, 7, 6), seed=2)
+    _, m1, s1 = ops.instance_norm_relu_pad_with_stats(xd, 1e-5)
+    _, m2, s2 = ops.instance_norm_add_with_stats(xd, rd, 1e-5)
+    return [
+        (ops.reflection_pad.default, (x,)),
+        (ops.reflection_pad_backward.default, (gp.clone().requires_grad_(True),)),
+        (ops.reflection_pad_backward_add.default, (gp.clone().requires_grad_(True), r)),
+        (ops.instance_norm_relu_pad.default, (x, 1e-5)),
+        (ops.instance_norm_relu_pad_with_stats.default, (x, 1e-5)),
+        (ops.instance_norm_relu_pad_backward.default, (gp, xd, m1, s1)),
+        (ops.instance_norm_add.default, (x, r, 1e-5)),
+        (ops.instance_norm_add_with_stats.default, (x, r, 1e-5)),
+        (ops.instance_norm_add_backward.default, (_randn((2, 3, 5, 4), seed=3), xd, m2, s2)),
+    ]
+
+
+def test_opcheck(ops):
+    for op, args in _opcheck_cases(ops):
+        torch.library.opcheck(op, args)
+
+
+def test_aot_compile_block(ops):
+    torch.manual_seed(0)
+    block = ext.FusedResnetBlock(4)
+    x = _randn((2, 4, 6, 7), requires_grad=True)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, block(x))
+    y.sum().backward()
+    assert x.grad is not None
+
+
+# --------------------------------------------------------------------------- the fused block
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2, 2), (2, 3, 7, 9), (2, 8, 16, 12)])
+def test_fused_block_matches_plain(ops, shape):
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(shape[1])
+    fused = ext.FusedResnetBlock(shape[1])
+    fused.load_state_dict(plain.state_dict())
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    x1 = _randn(shape, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = plain(x1), fused(x2)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-5)
+    g = _randn(shape, seed=3)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-4)
+    for (n1, p1), (n2, p2) in zip(plain.named_parameters(), fused.named_parameters(), strict=True):
+        assert n1 == n2
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-4, atol=2e-4, msg=n1)
+
+
+def test_fused_block_gradcheck(ops):
+    torch.manual_seed(0)
+    block = ext.FusedResnetBlock(2).double()
+    x = _randn((2, 2, 4, 5), dtype=torch.float64, requires_grad=True)
+    params = tuple(block.parameters())
+
+    def f(x, *ps):
+        return ext.resnet_block(x, block.conv_block[1], block.conv_block[5])
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", ["input", "weights"])
+def test_fused_block_partial_grads(ops, frozen):
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(3)
+    fused = ext.FusedResnetBlock(3)
+    fused.load_state_dict(plain.state_dict())
+    x = _randn((1, 3, 6, 7), requires_grad=frozen != "input")
+    for m in (plain, fused):
+        m.conv_block[1].requires_grad_(frozen != "weights")
+    plain(x).sum().backward()
+    want = x.grad.clone() if x.grad is not None else None
+    x.grad = None
+    fused(x).sum().backward()
+    if want is not None:
+        torch.testing.assert_close(x.grad, want, rtol=1e-4, atol=1e-4)
+    for p1, p2 in zip(plain.parameters(), fused.parameters(), strict=True):
+        assert (p1.grad is None) == (p2.grad is None)
+        if p1.grad is not None:
+            torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-4, atol=2e-4)
+
+
+def test_state_dict_round_trip(ops):
+    fused = ext.FusedResnetBlock(3)
+    plain = PlainResnetBlock(3)
+    plain.load_state_dict(fused.state_dict())
+    assert set(plain.state_dict()) == {
+        "conv_block.1.weight",
+        "conv_block.1.bias",
+        "conv_block.5.weight",
+        "conv_block.5.bias",
+    }
+    x = _randn((1, 3, 5, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_block_function_uses_ops(ops, monkeypatch):
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(3)
+    calls = []
+    monkeypatch.setattr(_reference, "resnet_block", lambda *a, **k: calls.append(a))
+    x = _randn((1, 3, 6, 6))
+    with torch.no_grad():
+        y = ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
+        torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+    assert calls == []
+
+
+def test_unsupported_dtype_falls_back(ops):
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(2).to(torch.bfloat16)
+    x = _randn((1, 2, 5, 5), dtype=torch.bfloat16)
+    fused = ext.FusedResnetBlock(2).to(torch.bfloat16)
+    fused.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x))
+
+
+# ------------------------------------------------------------------- selection and build paths
+
+
+def test_off_uses_plain_pytorch(ops, monkeypatch):
+    monkeypatch.setenv("RESTOREKIT_EXT", "off")
+    assert ext.load() is False
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(3)
+    x = _randn((2, 3, 6, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5]), plain(x)
+        )
+        torch.testing.assert_close(
+            ext.instance_norm_relu_pad(x), _reference.instance_norm_relu_pad(x)
+        )
+    s = ext.status()
+    assert s["mode"] == "off"
+    assert "disabled" in ext.describe()
+
+
+def test_invalid_mode(monkeypatch):
+    monkeypatch.setenv("RESTOREKIT_EXT", "maybe")
+    with pytest.raises(ext.ExtensionError, match="auto, off, on"):
+        ext.load()
+
+
+def test_status_and_describe_when_built(ops, monkeypatch):
+    monkeypatch.setenv("RESTOREKIT_EXT", "auto")
+    s = ext.status()
+    assert s["built"] is True and "cpu" in s["devices"]
+    assert s["library"] and s["cache_dir"] in s["library"]
+    text = ext.describe()
+    assert "built for cpu" in text and s["cache_dir"] in text
+
+
+@pytest.fixture
+def broken_build(tmp_path, monkeypatch):
+    """A fresh, unbuilt state whose sources do not compile."""
+    src = tmp_path / "csrc"
+    (src / "cpu").mkdir(parents=True)
+    (src / "registration.cpp").write_text("#error restorekit test: deliberately broken\n")
+    monkeypatch.setattr(_build, "source_dir", lambda: src)
+    monkeypatch.setattr(_build, "_STATE", _build.BuildState())
+    monkeypatch.setattr(_build, "_REGISTERED_LIBRARY", None)
+    monkeypatch.setattr(ext, "_warned", False)
+    monkeypatch.setenv("RESTOREKIT_CACHE", str(tmp_path / "cache"))
+    return src
+
+
+def test_failed_build_auto_warns_and_falls_back(ops, broken_build, monkeypatch):
+    monkeypatch.setenv("RESTOREKIT_EXT", "auto")
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(2)
+    x = _randn((1, 2, 4, 4))
+    with pytest.warns(ext.ExtensionWarning, match="deliberately broken") as rec:
+        y = ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
+        ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    with torch.no_grad():
+        torch.testing.assert_close(y, plain(x))
+    st = _build.state()
+    assert not st.ok and "deliberately broken" in st.error
+    assert st.log_path is not None and st.log_path.is_file()
+    text = ext.describe()
+    assert "NOT built" in text and "deliberately broken" in text and str(st.log_path) in text
+
+
+def test_failed_build_on_raises(ops, broken_build, monkeypatch):
+    monkeypatch.setenv("RESTOREKIT_EXT", "on")
+    with pytest.raises(ext.ExtensionBuildError, match="deliberately broken") as info:
+        ext.resnet_block(_randn((1, 2, 4, 4)), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3))
+    assert "error" in info.value.log
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, RestorekitError)
+
+
+def test_build_key_tracks_sources(tmp_path):
+    src = tmp_path / "csrc"
+    (src / "cpu").mkdir(parents=True)
+    (src / "registration.cpp").write_text("// a\n")
+    k1 = _build.build_key(src, False)
+    assert _build.build_key(src, False) == k1
+    (src / "cpu" / "ops_cpu.cpp").write_text("// b\n")
+    assert _build.build_key(src, False) != k1
+    assert _build.build_key(src, True) != _build.build_key(src, False)
+
+
+def test_import_restorekit_stays_light():
+    code = "import sys, restorekit; print('restorekit.ext' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_check_nvcc_script_runs():
+    script = _build.source_dir() / "check_nvcc.sh"
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------------------------- CUDA
+
+
+@cuda_only
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 1e-1)]
+)
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2), (2, 3, 7, 9), (1, 4, 130, 150)])
+def test_cuda_matches_cpu(ops, dtype, tol, shape):
+    for name, fused, _, nin in _cases(ops):
+        cpu = [_randn(shape, seed=i, requires_grad=True) for i in range(nin)]
+        dev = [t.detach().to("cuda", dtype).requires_grad_(True) for t in cpu]
+        y_cpu, y_dev = fused(*cpu), fused(*dev)
+        assert y_dev.dtype == dtype
+        torch.testing.assert_close(y_dev.float().cpu(), y_cpu, rtol=tol, atol=tol, msg=name)
+        g = _randn(y_cpu.shape, seed=9)
+        d_cpu = torch.autograd.grad(y_cpu, cpu, g)
+        d_dev = torch.autograd.grad(y_dev, dev, g.to("cuda", dtype))
+        for u, v in zip(d_dev, d_cpu, strict=True):
+            torch.testing.assert_close(u.float().cpu(), v, rtol=tol, atol=tol * 4, msg=name)
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_gradcheck_and_opcheck(ops):
+    for name, fused, _, nin in _cases(ops):
+        args = [
+            _randn((2, 2, 3, 5), torch.float64, "cuda", seed=i, requires_grad=True)
+            for i in range(nin)
+        ]
+        assert torch.autograd.gradcheck(fused, args, eps=1e-6, atol=1e-5), name
+    x = _randn((2, 3, 5, 4), device="cuda", requires_grad=True)
+    torch.library.opcheck(ops.instance_norm_relu_pad_with_stats.default, (x, 1e-5))
+    torch.library.opcheck(ops.instance_norm_add_with_stats.default, (x, x.detach() * 2, 1e-5))
+    torch.library.opcheck(ops.reflection_pad.default, (x,))
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_fused_block_matches_plain(ops):
+    torch.manual_seed(0)
+    plain = PlainResnetBlock(8).cuda()
+    fused = ext.FusedResnetBlock(8).cuda()
+    fused.load_state_dict(plain.state_dict())
+    x1 = _randn((2, 8, 20, 24), device="cuda", requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = plain(x1), fused(x2)
+    torch.testing.assert_close(y2, y1, rtol=1e-4, atol=1e-4)
+    y1.sum().backward()
+    y2.sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-3, atol=1e-3)
+    for p1, p2 in zip(plain.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-3, atol=1e-3)
