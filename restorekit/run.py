@@ -188,8 +188,8 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict) ->
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"final test metrics: {scores}")
     if result.best_psnr is not None:
-        print(f"best test PSNR {result.best_psnr:.4f} (checkpoints/best.safetensors, the one "
-              "--eval and --enhance use for this run folder)")
+        print(f"best test PSNR during training {result.best_psnr:.4f} "
+              "(checkpoints/best.safetensors; --checkpoint RUN uses the last checkpoint)")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
 

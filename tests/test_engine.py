@@ -324,6 +324,9 @@ def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -
     run_dir = full_run[0]
     model = load_trained(run_dir, MODELS.__getitem__, device="cpu")
     assert isinstance(model, Tiny) and not model.G.training
+    reference = all_tensors(run_dir)  # a run folder means its last checkpoint
+    for key, value in model.G.state_dict().items():
+        assert torch.equal(value, reference[f"net.G.{key}"])
     best = ckpt.read_metadata(run_dir / "checkpoints" / "best.safetensors")
     assert best["metrics"]["psnr"] == full_run[1].best_psnr
     image = TinyPairs(1, 5).pair(0)[0][:21, :17]

@@ -458,12 +458,14 @@ class TrainCrops(Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         rng = np.random.default_rng([self.seed, self.epoch, i])
         j = i % len(self.pairs)
-        if not self.preprocess:  # None or an empty pipeline
+        if not self.preprocess and isinstance(self.pairs, PairSet):
             low, high = self.pairs.crop(j, self.crop_size, rng)
         else:  # preprocessors see whole images, in training as in inference
             low, high = self.pairs.pair(j, rng)
-            low, high = _random_crop(self.preprocess(low), high, self.crop_size, rng,
-                                     self.pairs.label(j))
+            if self.preprocess:
+                low = self.preprocess(low)
+            label = self.pairs.label(j) if hasattr(self.pairs, "label") else self.pairs.names[j]
+            low, high = _random_crop(low, high, self.crop_size, rng, label)
         if self.hflip and rng.uniform() < 0.5:
             low, high = low[:, ::-1], high[:, ::-1]
         if self.vflip and rng.uniform() < 0.5:

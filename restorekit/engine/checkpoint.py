@@ -190,8 +190,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file from a file, a ``checkpoints/`` folder or a run folder.
 
-    For a folder, ``best.safetensors`` (best test PSNR) is used when present, else the
-    newest checkpoint (``latest.json``, else ``last.safetensors``).
+    For a folder, the newest checkpoint (``latest.json``, else ``last.safetensors``): the
+    model as training left it. ``best.safetensors`` was picked by test-split PSNR, so it
+    is used only when named explicitly (choosing on the test split flatters the scores).
     """
     path = Path(path)
     if path.is_file():
@@ -199,13 +200,10 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint file or run folder")
     folder = checkpoint_dir(path)
-    best = folder / f"{BEST}{SUFFIX}"
-    if best.is_file():
-        return best
     latest = latest_checkpoint(folder)
     if latest is None:
         raise CheckpointError(f"{path}: no checkpoint found (expected "
-                              f"checkpoints/{BEST}{SUFFIX} or checkpoints/{LAST}{SUFFIX})")
+                              f"checkpoints/{LAST}{SUFFIX})")
     return latest
 
 
@@ -399,7 +397,7 @@ def load_trained(checkpoint: str | Path, models: Callable[[str], type[TrainableM
     """Rebuild a trained model from a checkpoint file or a run folder, ready to enhance.
 
     ``checkpoint``: a ``.safetensors`` file, a run folder or its ``checkpoints/`` folder
-    (``best`` is used when present, else the newest checkpoint). ``models`` maps the stored
+    (its newest checkpoint; see :func:`find_checkpoint`). ``models`` maps the stored
     model name to its class (e.g. ``get_registry().model``). The model is rebuilt from the
     stored options and preprocessing spec, built on ``device``, its weights loaded and its
     networks put in eval mode.
