@@ -87,10 +87,10 @@ class Pix2PixHD(TrainableModel):
                     batch_size=4, crop_size=256, samples_per_epoch=485 * 2,
                     niter=50, niter_decay=50, lambda_l1=10.0),
         # The embedded set on 2 CPU cores in under 10 minutes.
-        "quick": dict(netG="global", ngf=16, n_downsample_global=2, n_blocks_global=3,
+        "quick": dict(netG="global", ngf=24, n_downsample_global=2, n_blocks_global=4,
                       ndf=16, n_layers_D=2, num_D=2, batch_size=4, crop_size=96,
-                      samples_per_epoch=64, niter=12, niter_decay=8, lr=5e-4,
-                      lambda_l1=20.0, eval_every=5, log_every=4),
+                      samples_per_epoch=64, niter=50, niter_decay=50, lr=2e-4,
+                      lambda_l1=50.0, eval_every=10, log_every=8),
     }
     default_preset: ClassVar[str | None] = "lol"
     embedded_preset: ClassVar[str | None] = "quick"
