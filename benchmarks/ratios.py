@@ -6,6 +6,7 @@ Columns (values > 1 mean the fused version is faster, except "fused/floor" where
 the floor of the two convolutions alone and lower is better):
   op1 eager/fused: InstanceNorm2d+ReLU+ReflectionPad2d vs instance_norm_relu_pad
   block fused/floor, eager/fused, compile/fused: the whole ResnetBlock
+  train step plain/fused: one Pix2PixHD training step (benchmarks/test_train_step.py)
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ def table(results: dict, stat: str) -> str:
         "| block fused/floor | block eager/fused | block compile/fused |"
     )
     lines = [head, "|" + "---|" * 10]
+    steps = []
     for (device, shape), t in sorted(results.items()):
+        if ("train_step", "fused", "fwdbwd") in t:
+            fused, plain = t[("train_step", "fused", "fwdbwd")], t.get(("train_step", "eager",
+                                                                        "fwdbwd"))
+            steps.append(f"| {device} | {shape} | {fused * 1e3:.1f} | "
+                         + (f"{plain * 1e3:.1f} | {plain / fused:.3f} |" if plain else "n/a |"))
+            continue
         for mode in ("fwd", "fwdbwd"):
             op1 = t.get(("op1", "fused", mode))
             blk = t.get(("block", "fused", mode))
@@ -60,6 +68,9 @@ def table(results: dict, stat: str) -> str:
                 _ratio(t, ("block", "compile", mode), ("block", "fused", mode)),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    if steps:
+        lines += ["", "| device | preset | train step fused ms | plain ms | plain/fused |",
+                  "|---|---|---|---|---|", *steps]
     return "\n".join(lines) + f"\n\n(statistic: {stat} over rounds)"
 
 
