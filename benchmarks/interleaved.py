@@ -18,15 +18,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import SHAPES  # noqa: E402
-from test_resnet_block import EagerResnetBlock, _eager_op1  # noqa: E402
+from test_resnet_block import _eager_op1  # noqa: E402
 
 import restorekit.ext as ext  # noqa: E402
+from restorekit_pix2pixhd.networks import ResnetBlock  # noqa: E402
 
 
 def _cases(shape: tuple[int, int, int, int]) -> dict:
     ops = torch.ops.restorekit
     torch.manual_seed(0)
-    block = EagerResnetBlock(shape[1])
+    block = ResnetBlock(shape[1])
     c1, c2 = block.conv_block[1], block.conv_block[5]
     params = list(block.parameters())
     x = torch.randn(shape, requires_grad=True)

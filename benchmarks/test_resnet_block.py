@@ -7,30 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bench_common import ROUNDS, SHAPES, make_seeded, run_benchmark
-from torch import nn
 
 import restorekit.ext as ext
+from restorekit_pix2pixhd.networks import ResnetBlock
 
 _compiled: dict = {}
-
-
-class EagerResnetBlock(nn.Module):
-    """The Pix2PixHD ResnetBlock as the model code writes it."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, padding=0),
-            nn.InstanceNorm2d(dim, affine=False, eps=1e-5),
-            nn.ReLU(True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, padding=0),
-            nn.InstanceNorm2d(dim, affine=False, eps=1e-5),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
 
 
 def _eager_op1(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +61,7 @@ def test_op1(benchmark, restorekit_ops, shape_id, device, impl, mode):
 
 def _block(shape, device):
     torch.manual_seed(0)
-    block = EagerResnetBlock(shape[1]).to(device)
+    block = ResnetBlock(shape[1]).to(device)
     return block, [p for p in block.parameters()]
 
 

@@ -12,29 +12,11 @@ from torch import nn
 import restorekit.ext as ext
 from restorekit.errors import RestorekitError
 from restorekit.ext import _build, _reference
+from restorekit_pix2pixhd.networks import ResnetBlock
 
 SHAPES = [(1, 1, 2, 2), (2, 3, 2, 2), (2, 3, 3, 5), (3, 4, 7, 9), (2, 5, 16, 16), (1, 2, 33, 40)]
 GRAD_SHAPES = [(1, 2, 2, 2), (2, 3, 3, 5), (1, 2, 7, 9)]
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-class PlainResnetBlock(nn.Module):
-    """The Pix2PixHD ResnetBlock exactly as the model code writes it."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, padding=0),
-            nn.InstanceNorm2d(dim, affine=False, eps=1e-5),
-            nn.ReLU(True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, 3, padding=0),
-            nn.InstanceNorm2d(dim, affine=False, eps=1e-5),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +177,7 @@ def test_aot_compile_block(ops):
 @pytest.mark.parametrize("shape", [(1, 4, 2, 2), (2, 3, 7, 9), (2, 8, 16, 12)])
 def test_fused_block_matches_plain(ops, shape):
     torch.manual_seed(0)
-    plain = PlainResnetBlock(shape[1])
+    plain = ResnetBlock(shape[1])
     fused = ext.FusedResnetBlock(shape[1])
     fused.load_state_dict(plain.state_dict())
     assert list(fused.state_dict()) == list(plain.state_dict())
@@ -227,7 +209,7 @@ def test_fused_block_gradcheck(ops):
 @pytest.mark.parametrize("frozen", ["input", "weights"])
 def test_fused_block_partial_grads(ops, frozen):
     torch.manual_seed(0)
-    plain = PlainResnetBlock(3)
+    plain = ResnetBlock(3)
     fused = ext.FusedResnetBlock(3)
     fused.load_state_dict(plain.state_dict())
     x = _randn((1, 3, 6, 7), requires_grad=frozen != "input")
@@ -247,7 +229,7 @@ def test_fused_block_partial_grads(ops, frozen):
 
 def test_state_dict_round_trip(ops):
     fused = ext.FusedResnetBlock(3)
-    plain = PlainResnetBlock(3)
+    plain = ResnetBlock(3)
     plain.load_state_dict(fused.state_dict())
     assert set(plain.state_dict()) == {
         "conv_block.1.weight",
@@ -262,7 +244,7 @@ def test_state_dict_round_trip(ops):
 
 def test_resnet_block_function_uses_ops(ops, monkeypatch):
     torch.manual_seed(0)
-    plain = PlainResnetBlock(3)
+    plain = ResnetBlock(3)
     calls = []
     monkeypatch.setattr(_reference, "resnet_block", lambda *a, **k: calls.append(a))
     x = _randn((1, 3, 6, 6))
@@ -274,7 +256,7 @@ def test_resnet_block_function_uses_ops(ops, monkeypatch):
 
 def test_unsupported_dtype_falls_back(ops):
     torch.manual_seed(0)
-    plain = PlainResnetBlock(2).to(torch.bfloat16)
+    plain = ResnetBlock(2).to(torch.bfloat16)
     x = _randn((1, 2, 5, 5), dtype=torch.bfloat16)
     fused = ext.FusedResnetBlock(2).to(torch.bfloat16)
     fused.load_state_dict(plain.state_dict())
@@ -289,7 +271,7 @@ def test_off_uses_plain_pytorch(ops, monkeypatch):
     monkeypatch.setenv("RESTOREKIT_EXT", "off")
     assert ext.load() is False
     torch.manual_seed(0)
-    plain = PlainResnetBlock(3)
+    plain = ResnetBlock(3)
     x = _randn((2, 3, 6, 5))
     with torch.no_grad():
         torch.testing.assert_close(
@@ -335,7 +317,7 @@ def broken_build(tmp_path, monkeypatch):
 def test_failed_build_auto_warns_and_falls_back(ops, broken_build, monkeypatch):
     monkeypatch.setenv("RESTOREKIT_EXT", "auto")
     torch.manual_seed(0)
-    plain = PlainResnetBlock(2)
+    plain = ResnetBlock(2)
     x = _randn((1, 2, 4, 4))
     with pytest.warns(ext.ExtensionWarning, match="deliberately broken") as rec:
         y = ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
@@ -424,7 +406,7 @@ def test_cuda_gradcheck_and_opcheck(ops):
 @pytest.mark.cuda
 def test_cuda_fused_block_matches_plain(ops):
     torch.manual_seed(0)
-    plain = PlainResnetBlock(8).cuda()
+    plain = ResnetBlock(8).cuda()
     fused = ext.FusedResnetBlock(8).cuda()
     fused.load_state_dict(plain.state_dict())
     x1 = _randn((2, 8, 20, 24), device="cuda", requires_grad=True)

@@ -243,28 +243,24 @@ def capture(model: TrainableModel, *, optimizers: bool = True) -> tuple[Tensors,
     return tensors, meta
 
 
+def _split_tensors(prefix: str, values: dict[str, Any], tensors: Tensors) -> dict[str, Any]:
+    """JSON-ready ``values``; tensors go to ``tensors[prefix + key]``, marked in the JSON."""
+    plain: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"{prefix}{key}"] = value
+            plain[key] = {"tensor": True}
+        else:
+            plain[key] = _json_value(value)
+    return plain
+
+
 def _capture_optimizer(name: str, opt: torch.optim.Optimizer, tensors: Tensors) -> dict:
     state = opt.state_dict()
-    groups = []
-    for g, group in enumerate(state["param_groups"]):
-        plain = {}
-        for key, value in group.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{name}.group.{g}.{key}"] = value
-                plain[key] = {"tensor": True}
-            else:
-                plain[key] = _json_value(value)
-        groups.append(plain)
-    entries: dict[str, dict[str, Any]] = {}
-    for index, entry in state["state"].items():
-        plain = {}
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{name}.state.{index}.{key}"] = value
-                plain[key] = {"tensor": True}
-            else:
-                plain[key] = _json_value(value)
-        entries[str(index)] = plain
+    groups = [_split_tensors(f"optim.{name}.group.{g}.", group, tensors)
+              for g, group in enumerate(state["param_groups"])]
+    entries = {str(index): _split_tensors(f"optim.{name}.state.{index}.", entry, tensors)
+               for index, entry in state["state"].items()}
     return {"param_groups": groups, "state": entries}
 
 
