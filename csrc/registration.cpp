@@ -5,8 +5,11 @@
 // The two normalising ops are thin composites over "*_with_stats" ops that also return the
 // per-plane mean and 1/std, so that autograd can save them instead of recomputing them.
 // Device kernels: cpu/ops_cpu.cpp and cuda/ops_cuda.cpp. Fake kernels and autograd formulas
-// are registered from Python (restorekit/ext/_ops.py).
+// are registered from Python (restorekit/ext/_ops.py), except the autograd of the public
+// instance_norm_relu_pad, a C++ autograd::Function here (no Python round trip per call; its
+// CompositeExplicitAutograd kernel serves the fake/meta path through the with_stats op).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -16,11 +19,46 @@ namespace {
 
 using Stats3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-at::Tensor instance_norm_relu_pad(const at::Tensor& x, double eps) {
+const c10::TypedOperatorHandle<Stats3(const at::Tensor&, double)>& inrp_with_stats_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("restorekit::instance_norm_relu_pad_with_stats", "")
                        .typed<Stats3(const at::Tensor&, double)>();
-  return std::get<0>(op.call(x, eps));
+  return op;
+}
+
+// Below autograd (and for the fake/meta path): the with_stats op, its first output.
+at::Tensor instance_norm_relu_pad(const at::Tensor& x, double eps) {
+  return std::get<0>(inrp_with_stats_op().call(x, eps));
+}
+
+// The public op's autograd in C++: saves x, mean and rstd and calls the backward op, without
+// the Python autograd.Function round trip (and without materialising zero gradients for the
+// statistics, which the public op does not return).
+class InstanceNormReluPadFunction
+    : public torch::autograd::Function<InstanceNormReluPadFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mean, rstd] = inrp_with_stats_op().call(x, eps);
+    ctx->save_for_backward({x, mean, rstd});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("restorekit::instance_norm_relu_pad_backward", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&)>();
+    const auto saved = ctx->get_saved_variables();
+    return {op.call(grads[0], saved[0], saved[1], saved[2]), at::Tensor()};
+  }
+};
+
+at::Tensor instance_norm_relu_pad_autograd(const at::Tensor& x, double eps) {
+  return InstanceNormReluPadFunction::apply(x, eps);
 }
 
 at::Tensor instance_norm_add(const at::Tensor& x, const at::Tensor& residual, double eps) {
@@ -62,8 +100,15 @@ TORCH_LIBRARY(restorekit, m) {
 }
 
 TORCH_LIBRARY_IMPL(restorekit, CompositeImplicitAutograd, m) {
-  m.impl("instance_norm_relu_pad", &instance_norm_relu_pad);
   m.impl("instance_norm_add", &instance_norm_add);
+}
+
+TORCH_LIBRARY_IMPL(restorekit, CompositeExplicitAutograd, m) {
+  m.impl("instance_norm_relu_pad", &instance_norm_relu_pad);
+}
+
+TORCH_LIBRARY_IMPL(restorekit, Autograd, m) {
+  m.impl("instance_norm_relu_pad", &instance_norm_relu_pad_autograd);
 }
 
 }  // namespace restorekit

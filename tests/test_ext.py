@@ -171,6 +171,21 @@ def test_aot_compile_block(ops):
     assert x.grad is not None
 
 
+def test_aot_compile_instance_norm_relu_pad(ops):
+    # The public op's autograd is a C++ kernel (registration.cpp): it must trace under compile.
+    x1 = _randn((2, 3, 6, 5), requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    g = _randn((2, 3, 8, 7), seed=4)
+    compiled = torch.compile(
+        lambda t: ops.instance_norm_relu_pad(t, 1e-5), backend="aot_eager", fullgraph=True
+    )
+    y1, y2 = compiled(x1), _reference.instance_norm_relu_pad(x2, 1e-5)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- the fused block
 
 

@@ -21,23 +21,139 @@ namespace {
 // accurate for large planes while the hot loop stays in vector registers.
 constexpr int64_t kChunk = 2048;
 
+// Reductions use four independent 32-byte vector accumulators (GCC/Clang vector extensions),
+// so that they are bound by load throughput rather than by the latency of one add chain.
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int kWidth = static_cast<int>(32 / sizeof(T));
+};
+
+template <typename T>
+using vec_t = typename Vec<T>::type;
+
+template <typename T>
+inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline vec_t<T> vsplat(T a) {
+  return vec_t<T>{} + a;
+}
+
+template <typename T>
+inline T vtotal(vec_t<T> a0, vec_t<T> a1, vec_t<T> a2, vec_t<T> a3) {
+  const vec_t<T> t = (a0 + a1) + (a2 + a3);
+  T s = 0;
+  for (int j = 0; j < Vec<T>::kWidth; ++j) s += t[j];
+  return s;
+}
+
+// (xh > 0 ? g : 0) lane-wise (false for NaN, like the scalar form).
+template <typename T>
+inline vec_t<T> vrelu_mask(vec_t<T> xh, vec_t<T> g) {
+  const auto m = xh > vec_t<T>{};
+  return (vec_t<T>)(((decltype(m))g) & m);
+}
+
 template <typename T>
 inline T chunk_sum(const T* __restrict p, int64_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += p[i];
+  constexpr int V = Vec<T>::kWidth;
+  vec_t<T> a0{}, a1{}, a2{}, a3{};
+  int64_t i = 0;
+  for (; i + 4 * V <= n; i += 4 * V) {
+    a0 += vload(p + i);
+    a1 += vload(p + i + V);
+    a2 += vload(p + i + 2 * V);
+    a3 += vload(p + i + 3 * V);
+  }
+  for (; i + V <= n; i += V) a0 += vload(p + i);
+  T s = vtotal<T>(a0, a1, a2, a3);
+  for (; i < n; ++i) s += p[i];
   return s;
 }
 
 template <typename T>
 inline T chunk_sqdev(const T* __restrict p, int64_t n, T m) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) {
+  constexpr int V = Vec<T>::kWidth;
+  const vec_t<T> mv = vsplat(m);
+  vec_t<T> a0{}, a1{}, a2{}, a3{};
+  int64_t i = 0;
+  for (; i + 4 * V <= n; i += 4 * V) {
+    const vec_t<T> d0 = vload(p + i) - mv, d1 = vload(p + i + V) - mv;
+    const vec_t<T> d2 = vload(p + i + 2 * V) - mv, d3 = vload(p + i + 3 * V) - mv;
+    a0 += d0 * d0;
+    a1 += d1 * d1;
+    a2 += d2 * d2;
+    a3 += d3 * d3;
+  }
+  for (; i + V <= n; i += V) {
+    const vec_t<T> d = vload(p + i) - mv;
+    a0 += d * d;
+  }
+  T s = vtotal<T>(a0, a1, a2, a3);
+  for (; i < n; ++i) {
     const T d = p[i] - m;
     s += d * d;
   }
   return s;
+}
+
+// a = sum(gm), b = sum(gm * xhat) with gm = (xhat > 0 ? g : 0), xhat = (x - m) * s.
+template <typename T>
+inline void chunk_relu_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s,
+                            T& a, T& b) {
+  constexpr int V = Vec<T>::kWidth;
+  const vec_t<T> mv = vsplat(m), sv = vsplat(s);
+  vec_t<T> a0{}, a1{}, b0{}, b1{};
+  int64_t i = 0;
+  for (; i + 2 * V <= n; i += 2 * V) {
+    const vec_t<T> x0 = (vload(x + i) - mv) * sv, x1 = (vload(x + i + V) - mv) * sv;
+    const vec_t<T> g0 = vrelu_mask<T>(x0, vload(g + i));
+    const vec_t<T> g1 = vrelu_mask<T>(x1, vload(g + i + V));
+    a0 += g0;
+    a1 += g1;
+    b0 += g0 * x0;
+    b1 += g1 * x1;
+  }
+  T sa = vtotal<T>(a0, a1, vec_t<T>{}, vec_t<T>{});
+  T sb = vtotal<T>(b0, b1, vec_t<T>{}, vec_t<T>{});
+  for (; i < n; ++i) {
+    const T xh = (x[i] - m) * s;
+    const T gm = xh > T(0) ? g[i] : T(0);
+    sa += gm;
+    sb += gm * xh;
+  }
+  a = sa;
+  b = sb;
+}
+
+// a = sum(g), b = sum(g * xhat).
+template <typename T>
+inline void chunk_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s, T& a,
+                       T& b) {
+  constexpr int V = Vec<T>::kWidth;
+  const vec_t<T> mv = vsplat(m), sv = vsplat(s);
+  vec_t<T> a0{}, a1{}, b0{}, b1{};
+  int64_t i = 0;
+  for (; i + 2 * V <= n; i += 2 * V) {
+    const vec_t<T> g0 = vload(g + i), g1 = vload(g + i + V);
+    a0 += g0;
+    a1 += g1;
+    b0 += g0 * ((vload(x + i) - mv) * sv);
+    b1 += g1 * ((vload(x + i + V) - mv) * sv);
+  }
+  T sa = vtotal<T>(a0, a1, vec_t<T>{}, vec_t<T>{});
+  T sb = vtotal<T>(b0, b1, vec_t<T>{}, vec_t<T>{});
+  for (; i < n; ++i) {
+    sa += g[i];
+    sb += g[i] * ((x[i] - m) * s);
+  }
+  a = sa;
+  b = sb;
 }
 
 // Two-pass mean and biased variance of one contiguous plane.
@@ -147,30 +263,26 @@ template <typename T>
 void inrp_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp, T m,
                          T s, int64_t H, int64_t W) {
   const int64_t n = H * W;
-  // Pass 1: gather the padded gradient, apply the ReLU mask, sum g and g * xhat.
+  // Pass 1, by blocks of whole rows (about kChunk elements, contiguous in dp and x): gather
+  // the padded gradient into dp, then sum g and g * xhat under the ReLU mask while the block
+  // is in L1. Reading g and x block by block keeps both streams going at once.
+  const int64_t rows = std::max<int64_t>(1, kChunk / W);
   double s1 = 0, s2 = 0;
-  for (int64_t r = 0; r < H; ++r) {
-    T* __restrict dr = dp + r * W;
-    const T* __restrict xr = xp + r * W;
-    gather_row(dr, gp, r, H, W);
-    T a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-    for (int64_t c = 0; c < W; ++c) {
-      const T xh = (xr[c] - m) * s;
-      const T gm = xh > T(0) ? dr[c] : T(0);
-      dr[c] = gm;
-      a += gm;
-      b += gm * xh;
-    }
+  for (int64_t r0 = 0; r0 < H; r0 += rows) {
+    const int64_t r1 = std::min(H, r0 + rows);
+    for (int64_t r = r0; r < r1; ++r) gather_row(dp + r * W, gp, r, H, W);
+    T a, b;
+    chunk_relu_sums(dp + r0 * W, xp + r0 * W, (r1 - r0) * W, m, s, a, b);
     s1 += a;
     s2 += b;
   }
-  // Pass 2 (the plane is still in cache): dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+  // Pass 2 (from cache): dx = rstd * (mask * g - mean(g) - xhat * mean(g * xhat)).
   const T k1 = static_cast<T>(s1 / n), k2 = static_cast<T>(s2 / n);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T xh = (xp[i] - m) * s;
-    dp[i] = s * (dp[i] - k1 - xh * k2);
+    const T gm = xh > T(0) ? dp[i] : T(0);
+    dp[i] = s * (gm - k1 - xh * k2);
   }
 }
 
@@ -190,13 +302,8 @@ void ina_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __res
                         T s, int64_t n) {
   double s1 = 0, s2 = 0;
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    const int64_t i1 = std::min(n, i0 + kChunk);
-    T a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-    for (int64_t i = i0; i < i1; ++i) {
-      a += gp[i];
-      b += gp[i] * ((xp[i] - m) * s);
-    }
+    T a, b;
+    chunk_sums(gp + i0, xp + i0, std::min(kChunk, n - i0), m, s, a, b);
     s1 += a;
     s2 += b;
   }
@@ -303,9 +410,9 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
     const scalar_t* ms = mean.const_data_ptr<scalar_t>();
     const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
     scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
-    for_each_plane(P, H * W, [&](int64_t p) {
-      inrp_backward_plane(gs + p * (H + 2) * (W + 2), xs + p * H * W, ds + p * H * W, ms[p],
-                          rs[p], H, W);
+    const int64_t gn = (H + 2) * (W + 2), xn = H * W;
+    for_each_plane(P, xn, [&](int64_t p) {
+      inrp_backward_plane(gs + p * gn, xs + p * xn, ds + p * xn, ms[p], rs[p], H, W);
     });
   });
   return dx;
