@@ -99,13 +99,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 print(f"    {kind}: {', '.join(info.registered[kind])}")
         if args.hooks and info.hooks:
             print(f"    hooks: {', '.join(info.hooks)}")
-    return 1 if registry.failures and _strict() else 0
-
-
-def _strict() -> bool:
-    import os
-
-    return os.environ.get("RESTOREKIT_STRICT_PLUGINS", "") not in ("", "0")
+    return 0
 
 
 # -- preprocess ----------------------------------------------------------------------------
