@@ -23,6 +23,8 @@ constexpr int64_t kChunk = 2048;
 
 // Reductions use four independent 32-byte vector accumulators (GCC/Clang vector extensions),
 // so that they are bound by load throughput rather than by the latency of one add chain.
+// The chunk reductions are kept out of line: inlined into the OpenMP-outlined plane loops,
+// GCC spilled one accumulator to the stack on every iteration (one call per chunk is free).
 template <typename T>
 struct Vec {
   typedef T type __attribute__((vector_size(32)));
@@ -60,7 +62,7 @@ inline vec_t<T> vrelu_mask(vec_t<T> xh, vec_t<T> g) {
 }
 
 template <typename T>
-inline T chunk_sum(const T* __restrict p, int64_t n) {
+[[gnu::noinline]] T chunk_sum(const T* __restrict p, int64_t n) {
   constexpr int V = Vec<T>::kWidth;
   vec_t<T> a0{}, a1{}, a2{}, a3{};
   int64_t i = 0;
@@ -77,7 +79,7 @@ inline T chunk_sum(const T* __restrict p, int64_t n) {
 }
 
 template <typename T>
-inline T chunk_sqdev(const T* __restrict p, int64_t n, T m) {
+[[gnu::noinline]] T chunk_sqdev(const T* __restrict p, int64_t n, T m) {
   constexpr int V = Vec<T>::kWidth;
   const vec_t<T> mv = vsplat(m);
   vec_t<T> a0{}, a1{}, a2{}, a3{};
@@ -104,7 +106,7 @@ inline T chunk_sqdev(const T* __restrict p, int64_t n, T m) {
 
 // a = sum(gm), b = sum(gm * xhat) with gm = (xhat > 0 ? g : 0), xhat = (x - m) * s.
 template <typename T>
-inline void chunk_relu_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s,
+[[gnu::noinline]] void chunk_relu_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s,
                             T& a, T& b) {
   constexpr int V = Vec<T>::kWidth;
   const vec_t<T> mv = vsplat(m), sv = vsplat(s);
@@ -133,7 +135,7 @@ inline void chunk_relu_sums(const T* __restrict g, const T* __restrict x, int64_
 
 // a = sum(g), b = sum(g * xhat).
 template <typename T>
-inline void chunk_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s, T& a,
+[[gnu::noinline]] void chunk_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s, T& a,
                        T& b) {
   constexpr int V = Vec<T>::kWidth;
   const vec_t<T> mv = vsplat(m), sv = vsplat(s);
