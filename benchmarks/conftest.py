@@ -4,6 +4,10 @@ Shapes are the Pix2PixHD ResnetBlock sizes: the global generator's bottleneck on
 image down to the local enhancer, plus one batch-4 training crop. Each shape is its own
 benchmark group; every record carries ``extra_info`` (case, mode, impl, shape, device) that
 ``benchmarks/ratios.py`` reads.
+
+The benchmarks run with the allocator setting that ``restorekit run`` uses
+(:func:`restorekit.engine.keep_freed_memory`), so freed tensors are reused rather than page
+faulted in again on every call; ``RESTOREKIT_MALLOC=system`` times glibc's defaults instead.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import platform
 import pytest
 import torch
 from bench_common import DEVICES, SHAPES
+
+from restorekit.engine import allocator
 
 
 def _cpu_name() -> str:
@@ -27,6 +33,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def pytest_configure(config):
+    allocator.keep_freed_memory()
+
+
+def pytest_report_header(config):
+    return f"restorekit allocator: {allocator.describe()}"
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Record torch version, thread count and CPU/GPU in the benchmark JSON."""
     machine_info["torch"] = torch.__version__
@@ -34,6 +48,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["cpu_model"] = _cpu_name()
     machine_info["mkldnn"] = torch.backends.mkldnn.is_available()
+    machine_info["malloc"] = allocator.describe()
     if torch.cuda.is_available():
         machine_info["gpu"] = torch.cuda.get_device_name()
         machine_info["torch_cuda"] = torch.version.cuda

@@ -3,7 +3,9 @@
 pytest-benchmark times each case in one stretch, so load from other processes can land on
 one case and not another. This script alternates floor / fused / eager (forward+backward)
 and fused / eager op 1 within every iteration and keeps the minimum of each, so the ratios
-compare like with like. Usage: python benchmarks/interleaved.py [ITERATIONS]
+compare like with like. Like the pytest suite, it runs with the allocator setting of
+``restorekit run`` (``RESTOREKIT_MALLOC=system`` for glibc's defaults).
+Usage: python benchmarks/interleaved.py [ITERATIONS]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from bench_common import SHAPES  # noqa: E402
 from test_resnet_block import _eager_op1  # noqa: E402
 
 import restorekit.ext as ext  # noqa: E402
+from restorekit.engine import allocator  # noqa: E402
 from restorekit_pix2pixhd.networks import ResnetBlock  # noqa: E402
 
 
@@ -61,6 +64,8 @@ def main() -> None:
     iters = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     if not ext.load():
         raise SystemExit("the restorekit extension is not available")
+    allocator.keep_freed_memory()
+    print(f"allocator: {allocator.describe()}\n")
     print("| shape | op1 fused ms | op1 eager/fused | floor ms | block fused ms | fused/floor "
           "| eager/fused |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -198,6 +198,7 @@ def cmd_ext(args: argparse.Namespace) -> int:
 
 # -- run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from restorekit.engine.allocator import keep_freed_memory
     from restorekit.run import run_model
 
     if not args.model or args.model.startswith("-"):
@@ -206,6 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         raise UsageError("run: name a model, e.g. 'restorekit run classic --eval' "
                          "(models: see 'restorekit plugins')")
+    keep_freed_memory()  # CPU steps reuse freed activations instead of faulting them in
     return run_model(args.model, args.rest)
 
 
