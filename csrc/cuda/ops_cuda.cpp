@@ -36,9 +36,17 @@ void check_launch(cudaError_t err, const char* op) {
               cudaGetErrorString(err));
 }
 
+// Kernels index within a plane with int; a strided loop's index may pass the plane's end by
+// one block (1024 threads), which must not overflow.
 void check_plane_size(int64_t H, int64_t W, const char* op) {
-  TORCH_CHECK((H + 2) * (W + 2) < INT_MAX, "restorekit::", op, ": plane too large (", H, "x",
-              W, ")");
+  TORCH_CHECK((H + 2) * (W + 2) <= INT_MAX - 1024, "restorekit::", op, ": plane too large (",
+              H, "x", W, ")");
+}
+
+// The normalising kernels run one block per (n, c) plane on a 1-D grid.
+void check_plane_count(int64_t planes, const char* op) {
+  TORCH_CHECK(planes <= INT_MAX, "restorekit::", op, ": too many planes (N*C = ", planes,
+              ", at most ", INT_MAX, ")");
 }
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -95,6 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats
   const char* op = "instance_norm_relu_pad";
   check_planes(x_, op);
   check_plane_size(x_.size(2), x_.size(3), op);
+  check_plane_count(x_.size(0) * x_.size(1), op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
   const int64_t N = x.size(0), C = x.size(1);
@@ -115,6 +124,7 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
   check_planes(x_, op);
   check_padded(g_, op);
   check_plane_size(x_.size(2), x_.size(3), op);
+  check_plane_count(x_.size(0) * x_.size(1), op);
   TORCH_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)), "restorekit::", op,
               ": grad_out has shape ", g_.sizes(), ", expected ",
               at::IntArrayRef(padded_shape(x_)));
@@ -139,6 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
   check_planes(x_, op);
   check_same(x_, res_, op, "residual");
   check_plane_size(x_.size(2), x_.size(3), op);
+  check_plane_count(x_.size(0) * x_.size(1), op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), res = res_.contiguous();
   const int64_t N = x.size(0), C = x.size(1);
@@ -159,6 +170,7 @@ at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_
   check_planes(x_, op);
   check_same(x_, g_, op, "grad_out");
   check_plane_size(x_.size(2), x_.size(3), op);
+  check_plane_count(x_.size(0) * x_.size(1), op);
   check_stats(x_, mean_, rstd_, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
