@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -377,6 +378,23 @@ def test_check_nvcc_script_runs():
     script = _build.source_dir() / "check_nvcc.sh"
     res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
+    if shutil.which("nvcc"):
+        assert "ok     cuda/ops_cuda.cpp (syntax, against torch's headers)" in res.stdout
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_check_nvcc_catches_broken_cuda_glue(tmp_path):
+    # A copy of csrc/ with a one-line kernel (fast to compile) and a glue file that names an
+    # undeclared function: the glue check must fail and name the file.
+    src = tmp_path / "csrc"
+    shutil.copytree(_build.source_dir(), src)
+    (src / "cuda" / "kernels.cu").write_text("__global__ void k() {}\n")
+    glue = src / "cuda" / "ops_cuda.cpp"
+    glue.write_text(glue.read_text().replace("check_launch(", "check_lunch(", 1))
+    res = subprocess.run(["bash", str(src / "check_nvcc.sh")], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 1
+    assert "FAILED cuda/ops_cuda.cpp" in res.stderr
 
 
 # ------------------------------------------------------------------------------------- CUDA
