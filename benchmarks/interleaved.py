@@ -2,14 +2,15 @@
 
 pytest-benchmark times each case in one stretch, so load from other processes can land on
 one case and not another. This script alternates floor / fused / eager (forward+backward)
-and fused / eager op 1 within every iteration and keeps the minimum of each, so the ratios
-compare like with like. Like the pytest suite, it runs with the allocator setting of
-``restorekit run`` (``RESTOREKIT_MALLOC=system`` for glibc's defaults).
+and fused / eager op 1 within every iteration and reports the median of the per-iteration
+ratios, so the ratios compare like with like. Like the pytest suite, it runs with the
+allocator setting of ``restorekit run`` (``RESTOREKIT_MALLOC=system`` for glibc's defaults).
 Usage: python benchmarks/interleaved.py [ITERATIONS]
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,32 +60,44 @@ def _time(fn) -> float:  # noqa: ANN001
     return time.perf_counter() - t0
 
 
+def _paired(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over iterations of num_i / den_i (cases timed side by side in iteration i)."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
+
 def main() -> None:
-    """Print a markdown table of minimum forward+backward times and ratios per shape."""
-    iters = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    """Print a markdown table of forward+backward times and ratios per shape.
+
+    Each iteration times floor, fused and eager back to back (the order rotates between
+    iterations), then op 1 fused and eager three times. Ratios are the median over
+    iterations of the ratio within one iteration, which cancels the slow drifts of a shared
+    machine; the minimum times are printed beside them.
+    """
+    iters = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     if not ext.load():
         raise SystemExit("the restorekit extension is not available")
     allocator.keep_freed_memory()
-    print(f"allocator: {allocator.describe()}\n")
-    print("| shape | op1 fused ms | op1 eager/fused | floor ms | block fused ms | fused/floor "
-          "| eager/fused |")  # fmt: skip
+    print(f"allocator: {allocator.describe()}; {iters} iterations, paired medians\n")
+    print("| shape | op1 fused ms (min) | op1 eager/fused | floor ms (min) | block fused ms (min) "
+          "| fused/floor | eager/fused |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
+    blocks = ["floor", "fused", "eager"]
     for name, shape in SHAPES.items():
         cases = _cases(shape)
-        best = {k: float("inf") for k in cases}
+        times: dict[str, list[float]] = {k: [] for k in cases}
         for fn in cases.values():
             fn()
-        for _ in range(iters):
-            for k in ("floor", "fused", "eager"):
-                best[k] = min(best[k], _time(cases[k]))
-            for _ in range(3):
-                for k in ("op1_fused", "op1_eager"):
-                    best[k] = min(best[k], _time(cases[k]))
-        m = {k: v * 1e3 for k, v in best.items()}
+        for i in range(iters):
+            for k in blocks[i % 3:] + blocks[: i % 3]:
+                times[k].append(_time(cases[k]))
+            for j in range(3):
+                for k in ("op1_fused", "op1_eager")[:: 1 if (i + j) % 2 else -1]:
+                    times[k].append(_time(cases[k]))
+        m = {k: min(v) * 1e3 for k, v in times.items()}
         print(
-            f"| {name} | {m['op1_fused']:.2f} | {m['op1_eager'] / m['op1_fused']:.2f} "
-            f"| {m['floor']:.1f} | {m['fused']:.1f} | {m['fused'] / m['floor']:.3f} "
-            f"| {m['eager'] / m['fused']:.2f} |",
+            f"| {name} | {m['op1_fused']:.2f} | {_paired(times, 'op1_eager', 'op1_fused'):.2f} "
+            f"| {m['floor']:.1f} | {m['fused']:.1f} | {_paired(times, 'fused', 'floor'):.3f} "
+            f"| {_paired(times, 'eager', 'fused'):.2f} |",
             flush=True,
         )
 
