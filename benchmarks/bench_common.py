@@ -26,7 +26,7 @@ DEVICES = [
 # Rounds per benchmark: whole blocks cost ~0.2-1.5 s per forward+backward on a 2-core CPU.
 ROUNDS = {
     "op": int(os.environ.get("RK_BENCH_OP_ROUNDS", "15")),
-    "block": int(os.environ.get("RK_BENCH_BLOCK_ROUNDS", "5")),
+    "block": int(os.environ.get("RK_BENCH_BLOCK_ROUNDS", "8")),
 }
 
 
