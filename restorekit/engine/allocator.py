@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 
+from restorekit._env import env_choice
 from restorekit.errors import UsageError
 
 ENV = "RESTOREKIT_MALLOC"
@@ -42,10 +42,7 @@ _applied = False
 
 def malloc_mode() -> str:
     """``RESTOREKIT_MALLOC`` (``keep`` when unset); raises :class:`UsageError` if invalid."""
-    value = os.environ.get(ENV, "keep").strip().lower() or "keep"
-    if value not in CHOICES:
-        raise UsageError(f"{ENV}={value!r} is not one of {', '.join(CHOICES)}")
-    return value
+    return env_choice(ENV, CHOICES, UsageError)
 
 
 def keep_freed_memory() -> bool:

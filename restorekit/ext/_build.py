@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from restorekit._env import env_choice
 from restorekit.errors import RestorekitError
 
 ENV_MODE = "RESTOREKIT_EXT"
@@ -86,10 +87,7 @@ _REGISTERED_LIBRARY: Path | None = None
 
 def mode() -> str:
     """The selection mode from ``RESTOREKIT_EXT``: ``auto`` (default), ``off`` or ``on``."""
-    value = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ExtensionError(f"{ENV_MODE} must be one of auto, off, on; got {value!r}")
-    return value
+    return env_choice(ENV_MODE, MODES, ExtensionError)
 
 
 def source_dir() -> Path:
