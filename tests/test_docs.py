@@ -29,7 +29,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 FILE_MARK = re.compile(r"^# file: (\S+)( \(continued\))?\n")
 KNOWN_ENV = {"RESTOREKIT_DISABLE_PLUGINS", "RESTOREKIT_STRICT_PLUGINS",
-             "RESTOREKIT_TRACE_PLUGINS", "RESTOREKIT_EXT", "RESTOREKIT_CACHE"}
+             "RESTOREKIT_TRACE_PLUGINS", "RESTOREKIT_EXT", "RESTOREKIT_CACHE",
+             "RESTOREKIT_MALLOC"}
 OTHER_COMMANDS = {"pip", "python", "pytest"}
 
 
@@ -189,6 +190,9 @@ def test_environment_variables_in_the_guide_are_real() -> None:
     text = DOC.read_text()
     used = set(re.findall(r"RESTOREKIT_[A-Z_]+", text)) - {"RESTOREKIT_API"}
     assert used <= KNOWN_ENV
+    from restorekit.engine import allocator
+
+    assert allocator.ENV == "RESTOREKIT_MALLOC"
     source = (Path(plugins.__file__)).read_text()
     for var in ("RESTOREKIT_DISABLE_PLUGINS", "RESTOREKIT_STRICT_PLUGINS",
                 "RESTOREKIT_TRACE_PLUGINS"):
