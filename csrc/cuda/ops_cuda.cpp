@@ -43,8 +43,10 @@ void check_plane_size(int64_t H, int64_t W, const char* op) {
               H, "x", W, ")");
 }
 
-// The normalising kernels run one block per (n, c) plane on a 1-D grid.
-void check_plane_count(int64_t planes, const char* op) {
+// The normalising kernels run one block per (n, c) plane of x on a 1-D grid.
+void check_plane_grid(const at::Tensor& x, const char* op) {
+  check_plane_size(x.size(2), x.size(3), op);
+  const int64_t planes = x.size(0) * x.size(1);
   TORCH_CHECK(planes <= INT_MAX, "restorekit::", op, ": too many planes (N*C = ", planes,
               ", at most ", INT_MAX, ")");
 }
@@ -102,8 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats
     const at::Tensor& x_, double eps) {
   const char* op = "instance_norm_relu_pad";
   check_planes(x_, op);
-  check_plane_size(x_.size(2), x_.size(3), op);
-  check_plane_count(x_.size(0) * x_.size(1), op);
+  check_plane_grid(x_, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
   const int64_t N = x.size(0), C = x.size(1);
@@ -123,8 +124,7 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
   const char* op = "instance_norm_relu_pad_backward";
   check_planes(x_, op);
   check_padded(g_, op);
-  check_plane_size(x_.size(2), x_.size(3), op);
-  check_plane_count(x_.size(0) * x_.size(1), op);
+  check_plane_grid(x_, op);
   TORCH_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)), "restorekit::", op,
               ": grad_out has shape ", g_.sizes(), ", expected ",
               at::IntArrayRef(padded_shape(x_)));
@@ -148,8 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
   const char* op = "instance_norm_add";
   check_planes(x_, op);
   check_same(x_, res_, op, "residual");
-  check_plane_size(x_.size(2), x_.size(3), op);
-  check_plane_count(x_.size(0) * x_.size(1), op);
+  check_plane_grid(x_, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), res = res_.contiguous();
   const int64_t N = x.size(0), C = x.size(1);
@@ -169,8 +168,7 @@ at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_
   const char* op = "instance_norm_add_backward";
   check_planes(x_, op);
   check_same(x_, g_, op, "grad_out");
-  check_plane_size(x_.size(2), x_.size(3), op);
-  check_plane_count(x_.size(0) * x_.size(1), op);
+  check_plane_grid(x_, op);
   check_stats(x_, mean_, rstd_, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
