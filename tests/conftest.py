@@ -15,3 +15,26 @@ def _fresh_plugins(monkeypatch: pytest.MonkeyPatch):
     plugins.reset()
     yield
     plugins.reset()
+
+
+@pytest.fixture
+def offline_build() -> None:
+    """Skip (with the reason) where pip cannot build a wheel without a package registry.
+
+    Tests that install a checkout into a throw-away venv use ``--no-build-isolation`` with
+    this interpreter's setuptools, which needs ``bdist_wheel`` (setuptools >= 70.1 or the
+    ``wheel`` package).
+    """
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is None:
+        pytest.skip("needs pip in the interpreter running the tests")
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("needs setuptools to build a wheel offline (no package registry is used)")
+    major, minor = (int(p) for p in version.split(".")[:2])
+    if (major, minor) < (70, 1) and importlib.util.find_spec("wheel") is None:
+        pytest.skip(f"setuptools {version} cannot build a wheel without the 'wheel' package, "
+                    "and no package registry is used")

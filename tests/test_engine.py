@@ -215,7 +215,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     a = make()
     a.build(torch.device("cpu"))
-    ctx = StepContextImpl(torch.device("cpu"), a.optimizers(), amp=False)
+    ctx = StepContextImpl(torch.device("cpu"), a.optimizers(), precision="fp32")
     pairs = TinyPairs(2, 0)
     low, high = (torch.from_numpy(x).permute(2, 0, 1)[None] for x in pairs.pair(0))
     a.train_step(low, high, ctx)
@@ -356,7 +356,7 @@ def test_enhance_tiled_matches_whole_image() -> None:
 def test_sample_grid_and_context_on_cpu() -> None:
     grid = sample_grid([[np.zeros((300, 200, 3))] * 3, [np.ones((40, 30, 3))] * 3])
     assert grid.shape == (256 + 40, 3 * 171, 3)
-    ctx = StepContextImpl(torch.device("cpu"), {}, amp=False)
+    ctx = StepContextImpl(torch.device("cpu"), {}, precision="fp32")
     with ctx.autocast():
         assert torch.ones(1).dtype == torch.float32
     with pytest.raises(TrainingError, match="unknown optimizer 'X'"):

@@ -152,7 +152,7 @@ def test_bad_option_is_a_usage_error(installed: Path,
 
 
 @pytest.mark.slow
-def test_pip_installs_it_into_a_virtual_environment(tmp_path: Path) -> None:
+def test_pip_installs_it_into_a_virtual_environment(tmp_path: Path, offline_build: None) -> None:
     venv = tmp_path / "venv"
     # --without-pip: the environment's own (newer) pip and setuptools are used, offline.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",

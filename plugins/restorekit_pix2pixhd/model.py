@@ -61,6 +61,7 @@ class Pix2PixHDOptions(TrainConfig):
                                                          "(restorekit.ext; RESTOREKIT_EXT)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         total = self.niter + self.niter_decay
         if self.epochs not in (0, total, TrainConfig.epochs):
             raise UsageError(f"--epochs: Pix2PixHD trains niter + niter_decay = {total} "

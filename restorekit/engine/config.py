@@ -30,8 +30,10 @@ class TrainConfig:
     num_samples: int = field(
         default=3, metadata={"help": "test images shown in the sample grids"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    amp: bool = field(
-        default=True, metadata={"help": "mixed precision (only effective on CUDA)"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "fp32 (TF32 tensor cores on CUDA), bf16 or fp16 (autocast; fp16 "
+                          "with loss scaling); auto = the measured fastest for the device"})
     seed: int = field(default=0, metadata={"help": "random seed (python, numpy, torch, data)"})
     max_steps: int = field(
         default=0,
@@ -41,6 +43,29 @@ class TrainConfig:
         metadata={"help": "stop with a checkpoint after N minutes of wall time (0 = no limit)"})
     num_workers: int = field(
         default=0, metadata={"help": "data loading worker processes (0 = in the main process)"})
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp32"}
+"""What ``precision=auto`` means per device type: the fastest at equal quality as measured
+(README, "Precision"). On CUDA, fp32 runs its convolutions and matmuls on TF32 tensor cores."""
+
+
+def check_precision(name: str) -> str:
+    """``name`` if it is one of :data:`PRECISIONS`, else a one-line ``UsageError``."""
+    if name not in PRECISIONS:
+        raise UsageError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {name!r}")
+    return name
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for ``device`` (``auto`` -> the device's default)."""
+    name = check_precision(name)
+    return AUTO_PRECISION.get(device.type, "fp32") if name == "auto" else name
 
 
 def resolve_device(name: str = "auto") -> torch.device:

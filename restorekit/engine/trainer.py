@@ -28,7 +28,7 @@ from tqdm import tqdm
 import restorekit
 from restorekit.api import Metric, TrainableModel
 from restorekit.engine import checkpoint as ckpt
-from restorekit.engine.config import TrainConfig, resolve_device
+from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
 from restorekit.engine.report import read_jsonl, write_report
 from restorekit.errors import DataError, TrainingError, UsageError
 
@@ -58,20 +58,24 @@ class StepContextImpl:
     """The :class:`~restorekit.api.StepContext` a model's ``train_step`` receives."""
 
     def __init__(self, device: torch.device, optimizers: dict[str, torch.optim.Optimizer],
-                 amp: bool) -> None:
+                 precision: str = "fp32") -> None:
         self.device = device
         self.epoch = 0
         self.step = 0
-        self.amp = amp
+        self.precision = precision
+        self.amp = precision != "fp32"
         self.optimizers = optimizers
-        self.scalers = {name: torch.amp.GradScaler("cuda", enabled=amp) for name in optimizers}
+        # Loss scaling only for float16 (bfloat16 has float32's exponent range).
+        self.scalers = {name: torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+                        for name in optimizers}
         self.updates = 0  # optimiser steps taken in the current train_step
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """float16 autocast on CUDA with amp on, else a no-op."""
+        """Autocast to bfloat16 or float16 as ``precision`` says; a no-op for fp32."""
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def backward_step(self, loss: torch.Tensor, optimizer: str) -> None:
         """Zero the named optimiser's gradients, backpropagate ``loss``, step (scaled)."""
@@ -229,7 +233,7 @@ class Trainer:
         (self.run_dir / "samples").mkdir(exist_ok=True)
         return resume_from
 
-    def _write_config(self, device: torch.device, amp: bool, resumed: bool) -> None:
+    def _write_config(self, device: torch.device, precision: str, resumed: bool) -> None:
         path = self.run_dir / "config.json"
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         config = {
@@ -243,7 +247,7 @@ class Trainer:
             "restorekit_version": restorekit.__version__,
             "torch_version": torch.__version__,
             "device": str(device),
-            "amp": amp,
+            "precision": precision,
             "started_at": old.get("started_at", _now()),
             "resumed_at": old.get("resumed_at", []) + ([_now()] if resumed else []),
             "extra": self.extra_config,
@@ -485,19 +489,23 @@ class Trainer:
         model, cfg = self.model, self.cfg
         resume_from = self._prepare_folder()
         device = resolve_device(cfg.device)
-        amp = bool(cfg.amp) and device.type == "cuda"
+        precision = resolve_precision(cfg.precision, device)
+        if device.type == "cuda" and precision == "fp32":
+            # fp32 on TF32 tensor cores (cuDNN convolutions already default to it).
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
         model.build(device)
-        ctx = StepContextImpl(device, dict(model.optimizers()), amp)
+        ctx = StepContextImpl(device, dict(model.optimizers()), precision)
         if resume_from is not None:
             self._restore(resume_from, ctx)
-        self._write_config(device, amp, resumed=resume_from is not None)
+        self._write_config(device, precision, resumed=resume_from is not None)
         dataset = self._dataset()
         baselines = self._setup_metrics()
         for net in model.networks().values():
             net.train()
         tqdm.write(f"restorekit: training {type(model).name} on {device}"
-                   f"{' with amp' if amp else ''}: {len(dataset)} crops per epoch, "
+                   f" in {precision}: {len(dataset)} crops per epoch, "
                    f"batch {cfg.batch_size}, {model.num_epochs()} epochs -> {self.run_dir}")
         started = time.monotonic()
         with self._interrupt:

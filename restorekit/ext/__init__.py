@@ -1,7 +1,8 @@
 """Fused C++/CUDA kernels for the Pix2PixHD ResnetBlock.
 
-Importing this module builds (first time, cached afterwards) and loads the extension in
-``csrc/`` unless ``RESTOREKIT_EXT=off``; the ops then live under ``torch.ops.restorekit``:
+The first use of an op builds (first time, cached afterwards) and loads the extension in
+``restorekit/ext/csrc/`` unless ``RESTOREKIT_EXT=off``; importing this module builds nothing.
+The ops then live under ``torch.ops.restorekit``:
 
 * ``reflection_pad(x)`` / ``reflection_pad_backward(g)``
 * ``instance_norm_relu_pad(x, eps)``: InstanceNorm -> ReLU -> ReflectionPad(1) in one pass
@@ -10,6 +11,10 @@ Importing this module builds (first time, cached afterwards) and loads the exten
 ``RESTOREKIT_EXT`` selects: ``auto`` (default: the extension if it builds, else plain PyTorch
 with one warning), ``on`` (a failed build raises :class:`ExtensionBuildError` carrying the
 compiler's output on first use) or ``off`` (plain PyTorch). Importing never raises.
+
+Every op takes float32, float64, float16 and bfloat16 on CPU and CUDA (reduced precision is
+stored as such and accumulated in float32). Under ``torch.autocast`` the fused block runs its
+convolutions and fused ops in the autocast dtype, so no instance norm pays extra casts.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ __all__ = [
     "ExtensionBuildError",
     "ExtensionError",
     "ExtensionWarning",
-    "FusedResnetBlock",
     "describe",
     "instance_norm_add",
     "instance_norm_relu_pad",
@@ -77,19 +81,15 @@ def is_available() -> bool:
     return st.attempted and st.ok
 
 
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def _supported(x: torch.Tensor) -> bool:
-    if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2:
+    if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2 or x.dtype not in _DTYPES:
         return False
     if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.float64)
-    if x.device.type == "cuda":
-        return "cuda" in _build.state().devices and x.dtype in (
-            torch.float32,
-            torch.float64,
-            torch.float16,
-            torch.bfloat16,
-        )
-    return False
+        return True
+    return x.device.type == "cuda" and "cuda" in _build.state().devices
 
 
 def _use_ext(x: torch.Tensor) -> bool:
@@ -128,7 +128,17 @@ def resnet_block(
     """
     if not _use_ext(x):
         return _reference.resnet_block(x, conv1, conv2, eps)
-    return _FusedBlockFunction.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, eps)
+    params = (conv1.weight, conv1.bias, conv2.weight, conv2.bias)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # One explicit cast of the input and the weights (differentiable: their gradients come
+        # back in float32), then the whole block in the autocast dtype with autocast off, so
+        # that forward and backward see the same dtypes.
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            cast = [None if p is None else p.to(dtype) for p in params]
+            return _FusedBlockFunction.apply(x.to(dtype), *cast, eps)
+    return _FusedBlockFunction.apply(x, *params, eps)
 
 
 def _conv_backward(
@@ -183,27 +193,6 @@ class _FusedBlockFunction(torch.autograd.Function):
             if need_x:
                 dx = ops.reflection_pad_backward_add(dxp, grad)
         return dx, dw1, db1, dw2, db2, None
-
-
-class FusedResnetBlock(nn.Module):
-    """Drop-in ResnetBlock with the plain block's layers and state_dict, run fused."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, kernel_size=3, padding=0),
-            nn.InstanceNorm2d(dim, affine=False, eps=eps),
-            nn.ReLU(True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(dim, dim, kernel_size=3, padding=0),
-            nn.InstanceNorm2d(dim, affine=False, eps=eps),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + conv_block(x)``, computed by :func:`resnet_block`."""
-        return resnet_block(x, self.conv_block[1], self.conv_block[5], self.eps)
 
 
 def status() -> dict[str, Any]:
@@ -264,17 +253,3 @@ def describe() -> str:
         tail = s["log"].strip().splitlines()[-40:]
         lines += ["  --- build log (last lines) ---", *("  " + ln for ln in tail)]
     return "\n".join(lines)
-
-
-def _load_at_import() -> None:
-    try:
-        if mode() == "off":
-            return
-    except ExtensionError:
-        return
-    st = _build.ensure()
-    if not st.ok and mode() == "auto":
-        load()  # emits the single fallback warning
-
-
-_load_at_import()

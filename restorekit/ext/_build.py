@@ -1,4 +1,4 @@
-"""Building, caching and loading the C++/CUDA sources in ``csrc/``.
+"""Building, caching and loading the C++/CUDA sources in ``restorekit/ext/csrc/``.
 
 The build runs once per (sources, torch, flags, CPU, CUDA) combination with
 ``torch.utils.cpp_extension.load`` (ninja) into a cache directory keyed by a hash of all of
@@ -91,10 +91,12 @@ def mode() -> str:
 
 
 def source_dir() -> Path:
-    """The ``csrc`` directory next to the ``restorekit`` package (editable install)."""
-    import restorekit
+    """The C++/CUDA sources, shipped inside the package (``restorekit/ext/csrc``).
 
-    return Path(restorekit.__file__).resolve().parents[1] / "csrc"
+    Package data, so that editable installs, wheels and ``pip install .`` all build the
+    same sources on first use.
+    """
+    return Path(__file__).resolve().parent / "csrc"
 
 
 def cache_root() -> Path:

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <tuple>
+#include <vector>
 
 #include "../common.h"
 
@@ -167,7 +168,9 @@ inline void plane_stats(const T* __restrict x, int64_t n, double eps, T& mean, T
   double q = 0;
   for (int64_t i = 0; i < n; i += kChunk) q += chunk_sqdev(x + i, std::min(kChunk, n - i), m);
   mean = m;
-  rstd = static_cast<T>(1.0 / std::sqrt(q / static_cast<double>(n) + eps));
+  // Like PyTorch's InvStd: a constant plane with eps = 0 normalises to 0, not to NaN.
+  rstd = (q == 0 && eps == 0) ? T(0)
+                              : static_cast<T>(1.0 / std::sqrt(q / static_cast<double>(n) + eps));
 }
 
 // dst[c] += reflection-gathered padded row `src` (length W + 2) for c in [0, W).
@@ -213,6 +216,43 @@ inline void for_each_plane(int64_t planes, int64_t plane_numel, const F& fn) {
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) fn(p);
   });
+}
+
+
+// ------------------------------------------------------------ float16 / bfloat16 planes ---
+// Reduced-precision tensors are computed plane by plane in float: each thread widens the
+// plane(s) it works on into its own float scratch, runs the float kernel, and narrows the
+// result back (statistics stay float). No whole-tensor casts, float accumulation.
+
+template <typename R>
+inline void widen(const R* __restrict src, float* __restrict dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <typename R>
+inline void narrow(const float* __restrict src, R* __restrict dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<R>(src[i]);
+}
+
+// Thread-local float buffer number `slot` with room for n elements.
+inline float* scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buffers[4];
+  auto& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+inline bool is_reduced(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+// Every op accepts float32, float64, float16 and bfloat16.
+inline void check_dtype(const at::Tensor& t, const char* op) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "restorekit::", op, ": unsupported dtype ", st,
+              " (float32, float64, float16 or bfloat16)");
 }
 
 // ------------------------------------------------------------------ one plane each --------
@@ -318,11 +358,14 @@ void ina_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __res
 
 at::Tensor reflection_pad(const at::Tensor& x_) {
   check_planes(x_, "reflection_pad");
+  check_dtype(x_, "reflection_pad");
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty(padded_shape(x), x.options());
   const int64_t H = x.size(2), W = x.size(3), P = x.size(0) * x.size(1);
   if (P == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::reflection_pad", [&] {
+  // A copy: every dtype runs the same kernel in its own type.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "restorekit::reflection_pad", [&] {
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     scalar_t* os = out.mutable_data_ptr<scalar_t>();
     for_each_plane(P, H * W, [&](int64_t p) {
@@ -334,37 +377,70 @@ at::Tensor reflection_pad(const at::Tensor& x_) {
 
 at::Tensor reflection_pad_backward(const at::Tensor& g_) {
   check_padded(g_, "reflection_pad_backward");
+  check_dtype(g_, "reflection_pad_backward");
   const at::Tensor g = g_.contiguous();
   at::Tensor dx = at::empty(unpadded_shape(g), g.options());
   const int64_t H = dx.size(2), W = dx.size(3), P = g.size(0) * g.size(1);
+  const int64_t gn = (H + 2) * (W + 2), n = H * W;
   if (P == 0) return dx;
+  if (is_reduced(g)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(g.scalar_type(), "restorekit::reflection_pad_backward", [&] {
+      const scalar_t* gs = g.const_data_ptr<scalar_t>();
+      scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+      for_each_plane(P, n, [&](int64_t p) {
+        float *gf = scratch(0, gn), *df = scratch(1, n);
+        widen(gs + p * gn, gf, gn);
+        pad_backward_plane(gf, df, H, W);
+        narrow(df, ds + p * n, n);
+      });
+    });
+    return dx;
+  }
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "restorekit::reflection_pad_backward", [&] {
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
     scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
-    for_each_plane(P, H * W, [&](int64_t p) {
-      pad_backward_plane(gs + p * (H + 2) * (W + 2), ds + p * H * W, H, W);
-    });
+    for_each_plane(P, n, [&](int64_t p) { pad_backward_plane(gs + p * gn, ds + p * n, H, W); });
   });
   return dx;
 }
 
 at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& other_) {
   check_padded(g_, "reflection_pad_backward_add");
+  check_dtype(g_, "reflection_pad_backward_add");
   TORCH_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)),
               "restorekit::reflection_pad_backward_add: other has shape ", other_.sizes(),
               ", expected ", at::IntArrayRef(unpadded_shape(g_)));
   TORCH_CHECK(other_.scalar_type() == g_.scalar_type(),
               "restorekit::reflection_pad_backward_add: dtype mismatch");
+  TORCH_CHECK(other_.device() == g_.device(),
+              "restorekit::reflection_pad_backward_add: other is on another device");
   const at::Tensor g = g_.contiguous(), other = other_.contiguous();
   at::Tensor dx = at::empty(unpadded_shape(g), g.options());
   const int64_t H = dx.size(2), W = dx.size(3), P = g.size(0) * g.size(1);
+  const int64_t gn = (H + 2) * (W + 2), n = H * W;
   if (P == 0) return dx;
+  if (is_reduced(g)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(g.scalar_type(), "restorekit::reflection_pad_backward_add",
+                                       [&] {
+      const scalar_t* gs = g.const_data_ptr<scalar_t>();
+      const scalar_t* os = other.const_data_ptr<scalar_t>();
+      scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+      for_each_plane(P, n, [&](int64_t p) {
+        float *gf = scratch(0, gn), *of = scratch(1, n), *df = scratch(2, n);
+        widen(gs + p * gn, gf, gn);
+        widen(os + p * n, of, n);
+        pad_backward_add_plane(gf, of, df, H, W);
+        narrow(df, ds + p * n, n);
+      });
+    });
+    return dx;
+  }
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "restorekit::reflection_pad_backward_add", [&] {
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
     const scalar_t* os = other.const_data_ptr<scalar_t>();
     scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
-    for_each_plane(P, H * W, [&](int64_t p) {
-      pad_backward_add_plane(gs + p * (H + 2) * (W + 2), os + p * H * W, ds + p * H * W, H, W);
+    for_each_plane(P, n, [&](int64_t p) {
+      pad_backward_add_plane(gs + p * gn, os + p * n, ds + p * n, H, W);
     });
   });
   return dx;
@@ -373,19 +449,37 @@ at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& o
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats(
     const at::Tensor& x_, double eps) {
   check_planes(x_, "instance_norm_relu_pad");
+  check_dtype(x_, "instance_norm_relu_pad");
+  check_eps(eps, "instance_norm_relu_pad");
   const at::Tensor x = x_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t n = H * W, pn = (H + 2) * (W + 2);
   at::Tensor out = at::empty(padded_shape(x), x.options());
   auto sopt = x.options().dtype(stats_dtype(x.scalar_type()));
   at::Tensor mean = at::empty({N, C}, sopt), rstd = at::empty({N, C}, sopt);
   if (N * C == 0) return {out, mean, rstd};
+  if (is_reduced(x)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad", [&] {
+      const scalar_t* xs = x.const_data_ptr<scalar_t>();
+      scalar_t* os = out.mutable_data_ptr<scalar_t>();
+      float* ms = mean.mutable_data_ptr<float>();
+      float* rs = rstd.mutable_data_ptr<float>();
+      for_each_plane(N * C, n, [&](int64_t p) {
+        float *xf = scratch(0, n), *of = scratch(1, pn);
+        widen(xs + p * n, xf, n);
+        inrp_plane(xf, of, ms + p, rs + p, H, W, eps);
+        narrow(of, os + p * pn, pn);
+      });
+    });
+    return {out, mean, rstd};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad", [&] {
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     scalar_t* os = out.mutable_data_ptr<scalar_t>();
     scalar_t* ms = mean.mutable_data_ptr<scalar_t>();
     scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
-    for_each_plane(N * C, H * W, [&](int64_t p) {
-      inrp_plane(xs + p * H * W, os + p * (H + 2) * (W + 2), ms + p, rs + p, H, W, eps);
+    for_each_plane(N * C, n, [&](int64_t p) {
+      inrp_plane(xs + p * n, os + p * pn, ms + p, rs + p, H, W, eps);
     });
   });
   return {out, mean, rstd};
@@ -394,25 +488,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats
 at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tensor& x_,
                                            const at::Tensor& mean_, const at::Tensor& rstd_) {
   check_planes(x_, "instance_norm_relu_pad_backward");
+  check_dtype(x_, "instance_norm_relu_pad_backward");
   check_padded(g_, "instance_norm_relu_pad_backward");
   TORCH_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)),
               "restorekit::instance_norm_relu_pad_backward: grad_out has shape ", g_.sizes(),
               ", expected ", at::IntArrayRef(padded_shape(x_)));
   TORCH_CHECK(g_.scalar_type() == x_.scalar_type(),
               "restorekit::instance_norm_relu_pad_backward: dtype mismatch");
+  TORCH_CHECK(g_.device() == x_.device(),
+              "restorekit::instance_norm_relu_pad_backward: grad_out is on another device");
   check_stats(x_, mean_, rstd_, "instance_norm_relu_pad_backward");
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
   const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
   const int64_t P = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t gn = (H + 2) * (W + 2), xn = H * W;
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (P == 0) return dx;
+  if (is_reduced(x)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(),
+                                       "restorekit::instance_norm_relu_pad_backward", [&] {
+      const scalar_t* gs = g.const_data_ptr<scalar_t>();
+      const scalar_t* xs = x.const_data_ptr<scalar_t>();
+      const float* ms = mean.const_data_ptr<float>();
+      const float* rs = rstd.const_data_ptr<float>();
+      scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+      for_each_plane(P, xn, [&](int64_t p) {
+        float *gf = scratch(0, gn), *xf = scratch(1, xn), *df = scratch(2, xn);
+        widen(gs + p * gn, gf, gn);
+        widen(xs + p * xn, xf, xn);
+        inrp_backward_plane(gf, xf, df, ms[p], rs[p], H, W);
+        narrow(df, ds + p * xn, xn);
+      });
+    });
+    return dx;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad_backward", [&] {
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* ms = mean.const_data_ptr<scalar_t>();
     const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
     scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
-    const int64_t gn = (H + 2) * (W + 2), xn = H * W;
     for_each_plane(P, xn, [&](int64_t p) {
       inrp_backward_plane(gs + p * gn, xs + p * xn, ds + p * xn, ms[p], rs[p], H, W);
     });
@@ -423,13 +538,32 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
     const at::Tensor& x_, const at::Tensor& res_, double eps) {
   check_planes(x_, "instance_norm_add");
+  check_dtype(x_, "instance_norm_add");
   check_same(x_, res_, "instance_norm_add", "residual");
+  check_eps(eps, "instance_norm_add");
   const at::Tensor x = x_.contiguous(), res = res_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto sopt = x.options().dtype(stats_dtype(x.scalar_type()));
   at::Tensor mean = at::empty({N, C}, sopt), rstd = at::empty({N, C}, sopt);
   if (N * C == 0) return {out, mean, rstd};
+  if (is_reduced(x)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add", [&] {
+      const scalar_t* xs = x.const_data_ptr<scalar_t>();
+      const scalar_t* rsd = res.const_data_ptr<scalar_t>();
+      scalar_t* os = out.mutable_data_ptr<scalar_t>();
+      float* ms = mean.mutable_data_ptr<float>();
+      float* rs = rstd.mutable_data_ptr<float>();
+      for_each_plane(N * C, n, [&](int64_t p) {
+        float *xf = scratch(0, n), *rf = scratch(1, n), *of = scratch(2, n);
+        widen(xs + p * n, xf, n);
+        widen(rsd + p * n, rf, n);
+        ina_plane(xf, rf, of, ms + p, rs + p, n, eps);
+        narrow(of, os + p * n, n);
+      });
+    });
+    return {out, mean, rstd};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add", [&] {
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* rsd = res.const_data_ptr<scalar_t>();
@@ -446,6 +580,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
 at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_,
                                       const at::Tensor& mean_, const at::Tensor& rstd_) {
   check_planes(x_, "instance_norm_add_backward");
+  check_dtype(x_, "instance_norm_add_backward");
   check_same(x_, g_, "instance_norm_add_backward", "grad_out");
   check_stats(x_, mean_, rstd_, "instance_norm_add_backward");
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
@@ -453,6 +588,24 @@ at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_
   const int64_t P = x.size(0) * x.size(1), n = x.size(2) * x.size(3);
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (P == 0) return dx;
+  if (is_reduced(x)) {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add_backward",
+                                       [&] {
+      const scalar_t* gs = g.const_data_ptr<scalar_t>();
+      const scalar_t* xs = x.const_data_ptr<scalar_t>();
+      const float* ms = mean.const_data_ptr<float>();
+      const float* rs = rstd.const_data_ptr<float>();
+      scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
+      for_each_plane(P, n, [&](int64_t p) {
+        float *gf = scratch(0, n), *xf = scratch(1, n), *df = scratch(2, n);
+        widen(gs + p * n, gf, n);
+        widen(xs + p * n, xf, n);
+        ina_backward_plane(gf, xf, df, ms[p], rs[p], n);
+        narrow(df, ds + p * n, n);
+      });
+    });
+    return dx;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add_backward", [&] {
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
     const scalar_t* xs = x.const_data_ptr<scalar_t>();

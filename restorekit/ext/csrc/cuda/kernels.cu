@@ -100,7 +100,8 @@ __device__ __forceinline__ void plane_stats(const T* __restrict__ x, int n, doub
   }
   block_sum2(q, unused);
   mean = m;
-  rstd = rsqrt_acc(q / A(n) + A(eps));
+  // Like PyTorch's InvStd: a constant plane with eps = 0 normalises to 0, not to NaN.
+  rstd = (q == A(0) && eps == 0.0) ? A(0) : rsqrt_acc(q / A(n) + A(eps));
 }
 
 // Index into an unpadded axis of size n for padded index i in [0, n + 2).

@@ -14,6 +14,8 @@
 
 #include <tuple>
 
+#include "common.h"
+
 namespace restorekit {
 namespace {
 
@@ -28,6 +30,8 @@ const c10::TypedOperatorHandle<Stats3(const at::Tensor&, double)>& inrp_with_sta
 
 // Below autograd (and for the fake/meta path): the with_stats op, its first output.
 at::Tensor instance_norm_relu_pad(const at::Tensor& x, double eps) {
+  check_input(x, "instance_norm_relu_pad");
+  check_eps(eps, "instance_norm_relu_pad");
   return std::get<0>(inrp_with_stats_op().call(x, eps));
 }
 
@@ -58,10 +62,55 @@ class InstanceNormReluPadFunction
 };
 
 at::Tensor instance_norm_relu_pad_autograd(const at::Tensor& x, double eps) {
+  // Checked before the autograd Function sees x: a bad input raises here (under torch 2.11 a
+  // 3-D input reaching Function::apply crashed the process).
+  check_input(x, "instance_norm_relu_pad");
+  check_eps(eps, "instance_norm_relu_pad");
   return InstanceNormReluPadFunction::apply(x, eps);
 }
 
+using BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&);
+
+// The two normalising backward ops are not differentiated again: their autograd records a
+// node whose own backward raises one clear error (a double backward, e.g. a gradient penalty
+// through the generator, would otherwise silently treat them as constants).
+template <const char* kName>
+class OnceDifferentiable : public torch::autograd::Function<OnceDifferentiable<kName>> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& g,
+                            const at::Tensor& x, const at::Tensor& mean,
+                            const at::Tensor& rstd) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow(kName, "")
+                         .typed<BackwardFn>();
+    return op.call(g, x, mean, rstd);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(false, kName,
+                ": double backward through restorekit's fused instance-norm ops is not "
+                "supported (create_graph=True, e.g. a gradient penalty); use plain PyTorch "
+                "(RESTOREKIT_EXT=off, or --no-fused for pix2pixhd)");
+    return {};
+  }
+};
+
+constexpr char kInrpBackward[] = "restorekit::instance_norm_relu_pad_backward";
+constexpr char kInaBackward[] = "restorekit::instance_norm_add_backward";
+
+template <const char* kName>
+at::Tensor once_differentiable(const at::Tensor& g, const at::Tensor& x, const at::Tensor& mean,
+                               const at::Tensor& rstd) {
+  return OnceDifferentiable<kName>::apply(g, x, mean, rstd);
+}
+
 at::Tensor instance_norm_add(const at::Tensor& x, const at::Tensor& residual, double eps) {
+  check_input(x, "instance_norm_add");
+  check_same(x, residual, "instance_norm_add", "residual");
+  check_eps(eps, "instance_norm_add");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("restorekit::instance_norm_add_with_stats", "")
                        .typed<Stats3(const at::Tensor&, const at::Tensor&, double)>();
@@ -109,6 +158,8 @@ TORCH_LIBRARY_IMPL(restorekit, CompositeExplicitAutograd, m) {
 
 TORCH_LIBRARY_IMPL(restorekit, Autograd, m) {
   m.impl("instance_norm_relu_pad", &instance_norm_relu_pad_autograd);
+  m.impl("instance_norm_relu_pad_backward", &once_differentiable<kInrpBackward>);
+  m.impl("instance_norm_add_backward", &once_differentiable<kInaBackward>);
 }
 
 }  // namespace restorekit

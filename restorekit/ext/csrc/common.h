@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace restorekit {
 
 // Every op works on NCHW planes; reflection padding by 1 needs H >= 2 and W >= 2.
@@ -12,6 +14,23 @@ inline void check_planes(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "restorekit::", op,
               ": reflection padding by 1 needs H >= 2 and W >= 2, got ", x.size(2), "x",
               x.size(3));
+}
+
+// eps is added to the variance: it must be finite and not negative.
+inline void check_eps(double eps, const char* op) {
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "restorekit::", op,
+              ": eps must be finite and >= 0, got ", eps);
+}
+
+// The public ops check their arguments here, before autograd or dispatch touches them (a bad
+// tensor must raise, never crash, under every supported torch).
+inline void check_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.defined(), "restorekit::", op, ": expected a tensor, got an undefined one");
+  check_planes(x, op);
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "restorekit::", op, ": unsupported dtype ", st,
+              " (float32, float64, float16 or bfloat16)");
 }
 
 inline void check_padded(const at::Tensor& g, const char* op) {

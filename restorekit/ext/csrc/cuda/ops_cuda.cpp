@@ -54,7 +54,7 @@ void check_plane_grid(const at::Tensor& x, const char* op) {
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 at::Tensor reflection_pad(const at::Tensor& x_) {
-  check_planes(x_, "reflection_pad");
+  check_input(x_, "reflection_pad");
   check_plane_size(x_.size(2), x_.size(3), "reflection_pad");
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
@@ -103,7 +103,8 @@ at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& o
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats(
     const at::Tensor& x_, double eps) {
   const char* op = "instance_norm_relu_pad";
-  check_planes(x_, op);
+  check_input(x_, op);
+  check_eps(eps, op);
   check_plane_grid(x_, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
@@ -146,7 +147,8 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
     const at::Tensor& x_, const at::Tensor& res_, double eps) {
   const char* op = "instance_norm_add";
-  check_planes(x_, op);
+  check_input(x_, op);
+  check_eps(eps, op);
   check_same(x_, res_, op, "residual");
   check_plane_grid(x_, op);
   const c10::cuda::CUDAGuard guard(x_.device());

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# 1. Compile every CUDA source under csrc/ with plain `nvcc -c` (no torch needed), into a
+# 1. Compile every CUDA source under restorekit/ext/csrc/ with plain `nvcc -c` (no torch needed), into a
 #    temporary directory. Extra nvcc flags may be passed through NVCC_FLAGS.
 # 2. Syntax-check the torch glue of the CUDA ops (csrc/cuda/*.cpp), which only a CUDA build
 #    of torch compiles, against the installed torch's headers: CPU wheels ship the c10/cuda
 #    and ATen/cuda headers, all but one generated file, which is stubbed here. Skipped when
 #    python with torch or a C++ compiler is missing.
+# CSRC overrides the sources folder; PYTHON the interpreter whose torch headers are used.
 # Exits non-zero when a file fails; exits 0 with one message when nvcc is absent.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+here="${CSRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../restorekit/ext/csrc" && pwd)}"
 NVCC="${NVCC:-nvcc}"
 if ! command -v "$NVCC" >/dev/null 2>&1; then
   if [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
@@ -38,7 +39,7 @@ if [ "$count" -eq 0 ]; then
 fi
 
 CXX="${CXX:-c++}"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"  # tests pass sys.executable
 if ! command -v "$CXX" >/dev/null 2>&1 || ! includes="$("$PYTHON" -c '
 import sysconfig
 from torch.utils.cpp_extension import include_paths

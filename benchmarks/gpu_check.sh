@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The GPU check: on a fresh GPU machine with its own PyTorch, in about 5 minutes,
+#   1. install this checkout without touching torch, build the extension (CPU + CUDA),
+#   2. time a training step of the lol / paper / quick presets, plain and fused, under each
+#      precision (benchmarks/step_times.py, one process),
+#   3. run the CUDA benchmarks of the fused ops and summarise them (benchmarks/ratios.py),
+#   4. run the whole test suite, and meanwhile train the `quick` preset on CUDA under the
+#      default precision, bf16 and fp16 (test PSNR of each),
+# then print one summary (also written to $OUT/summary.md; logs in $OUT/logs.tgz).
+# Usage: bash benchmarks/gpu_check.sh   (OUT=DIR keeps the results there)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+out="${OUT:-$(mktemp -d)}"
+logs="$(mktemp -d)"
+runs="$(mktemp -d)"
+export PYTHONUNBUFFERED=1 RESTOREKIT_EXT=on
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
+  export TORCH_CUDA_ARCH_LIST
+fi
+summary="$out/summary.md"
+: >"$summary"
+say() { echo "$*" | tee -a "$summary"; }
+# step NAME CMD...: run CMD with its output in $logs/NAME.log, record ok/FAILED and seconds.
+step() {
+  local name="$1" start=$SECONDS rc
+  shift
+  "$@" >"$logs/$name.log" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ]; then
+    say "- $name: ok ($((SECONDS - start)) s)"
+  else
+    say "- $name: FAILED, exit $rc ($((SECONDS - start)) s); last lines:"
+    tail -n 15 "$logs/$name.log" | sed 's/^/      /' | tee -a "$summary"
+  fi
+  return "$rc"
+}
+
+say "# restorekit GPU check"
+say "$("$PY" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")' 2>&1)"
+say "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), arch list $TORCH_CUDA_ARCH_LIST"
+say ""
+step install "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
+step extension "$PY" -m restorekit ext
+grep -m1 "restorekit extension:" "$logs/extension.log" | tee -a "$summary"
+
+step step_times "$PY" benchmarks/step_times.py --json "$out/step_times.json"
+say ""
+say "## Training step, median ms (one process, interleaved)"
+grep '^|' "$logs/step_times.log" | tee -a "$summary"
+
+step cuda_benchmarks "$PY" -m pytest benchmarks -k cuda --benchmark-only -q -p no:cacheprovider \
+  --benchmark-json="$out/cuda_bench.json"
+say ""
+say "## Fused ops and block (benchmarks/ratios.py, min over rounds)"
+"$PY" benchmarks/ratios.py "$out/cuda_bench.json" 2>&1 | tee -a "$summary"
+
+# The suite and three quick trainings side by side (the trainings report quality, not speed).
+say ""
+say "## Test suite and quick trainings on CUDA"
+train() {
+  local label="$1"
+  shift
+  "$PY" -m restorekit run pix2pixhd --train --device cuda --runs-dir "$runs" --name "quick-$label" "$@"
+}
+step tests "$PY" -m pytest -q -p no:cacheprovider -ra &
+tests_pid=$!
+step train_default train default &
+p1=$!
+step train_bf16 train bf16 --precision bf16 &
+p2=$!
+step train_fp16 train fp16 --precision fp16 &
+p3=$!
+wait "$p1" "$p2" "$p3" "$tests_pid"
+grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$logs/tests.log" | tail -n 30 | tee -a "$summary"
+say ""
+say "| quick training on CUDA | precision | steps | test PSNR | SSIM | CIEDE2000 | wall s |"
+say "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+for label in default bf16 fp16; do
+  "$PY" - "$runs/quick-$label" "$logs/train_$label.log" <<'EOF' | tee -a "$summary"
+import json, sys
+from pathlib import Path
+run, log = Path(sys.argv[1]), Path(sys.argv[2])
+try:
+    cfg = json.loads((run / "config.json").read_text())
+    m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
+    print(f"| {run.name} | {cfg.get('precision')} | {m['step']} | {m['psnr']:.2f} | "
+          f"{m.get('ssim', float('nan')):.3f} | {m.get('ciede2000', float('nan')):.2f} | "
+          f"see above |")
+except Exception as exc:  # report, never stop the summary
+    print(f"| {run.name} | - | - | - | - | - | no result ({exc}) |")
+EOF
+done
+tar czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
+say ""
+say "logs: $out/logs.tgz"

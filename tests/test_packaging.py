@@ -1,0 +1,61 @@
+"""Every install carries the extension: a wheel holds the C++/CUDA sources and builds them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(p.relative_to(ROOT).as_posix()
+                 for p in (ROOT / "restorekit" / "ext" / "csrc").rglob("*")
+                 if p.is_file() and p.suffix in {".cpp", ".h", ".cu", ".md"})
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(ROOT)],
+                   check=True, timeout=600, env={**os.environ, "PIP_NO_INDEX": "1"})
+    (found,) = out.glob("restorekit-*.whl")
+    return found
+
+
+def test_sources_are_found_in_the_package():
+    assert "restorekit/ext/csrc/registration.cpp" in SOURCES
+    assert any(s.endswith(".cu") for s in SOURCES)
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_sources(offline_build: None, wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [s for s in SOURCES if s not in names]
+    assert not missing, f"{wheel.name} lacks {missing}"
+
+
+@pytest.mark.slow
+def test_installed_wheel_builds_the_extension(offline_build: None, wheel: Path,
+                                              tmp_path: Path):
+    # A fresh environment (torch from this interpreter's site-packages), the wheel installed
+    # into it, and an empty build cache: `restorekit ext` must compile the shipped sources.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    env = {**os.environ, "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "on",
+           "RESTOREKIT_CACHE": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run([str(py), "-m", "restorekit", "ext"], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "restorekit extension: built for cpu" in proc.stdout, proc.stdout
+    site = subprocess.run([str(py), "-c", "import restorekit; print(restorekit.__file__)"],
+                          capture_output=True, text=True, check=True, env=env, cwd=tmp_path)
+    assert str(venv) in site.stdout  # the wheel's copy, not this checkout
+    assert f"sources: {Path(site.stdout.strip()).parent / 'ext' / 'csrc'}" in proc.stdout
