@@ -331,7 +331,8 @@ def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -
     assert best["metrics"]["psnr"] == full_run[1].best_psnr
     image = TinyPairs(1, 5).pair(0)[0][:21, :17]
     assert model.enhance(image).shape == (21, 17, 3)
-    last = load_trained(run_dir / "checkpoints" / "last.safetensors", MODELS.__getitem__)
+    last = load_trained(run_dir / "checkpoints" / "last.safetensors", MODELS.__getitem__,
+                        device="cpu")
     reference = all_tensors(run_dir)
     for key, value in last.G.state_dict().items():
         assert torch.equal(value, reference[f"net.G.{key}"])

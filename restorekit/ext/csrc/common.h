@@ -4,50 +4,71 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <stdexcept>
+
+namespace restorekit {
+
+// Argument errors are thrown as std::runtime_error (a Python RuntimeError), never through
+// TORCH_CHECK: under torch 2.11+cu130 a c10::Error thrown from an extension's frames crashed
+// the process (seen with a three-line TORCH_LIBRARY op built by g++ 13), while a standard
+// exception thrown from the same place is translated to Python normally.
+template <typename... Args>
+[[noreturn]] inline void fail(const Args&... args) {
+  throw std::runtime_error(c10::str(args...));
+}
+
+}  // namespace restorekit
+
+#define RK_CHECK(cond, ...)                 \
+  do {                                      \
+    if (C10_UNLIKELY(!(cond))) {            \
+      ::restorekit::fail(__VA_ARGS__);      \
+    }                                       \
+  } while (0)
 
 namespace restorekit {
 
 // Every op works on NCHW planes; reflection padding by 1 needs H >= 2 and W >= 2.
 inline void check_planes(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", x.dim(),
+  RK_CHECK(x.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", x.dim(),
               " dimensions");
-  TORCH_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "restorekit::", op,
+  RK_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "restorekit::", op,
               ": reflection padding by 1 needs H >= 2 and W >= 2, got ", x.size(2), "x",
               x.size(3));
 }
 
 // eps is added to the variance: it must be finite and not negative.
 inline void check_eps(double eps, const char* op) {
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "restorekit::", op,
+  RK_CHECK(std::isfinite(eps) && eps >= 0, "restorekit::", op,
               ": eps must be finite and >= 0, got ", eps);
 }
 
 // The public ops check their arguments here, before autograd or dispatch touches them (a bad
 // tensor must raise, never crash, under every supported torch).
 inline void check_input(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.defined(), "restorekit::", op, ": expected a tensor, got an undefined one");
+  RK_CHECK(x.defined(), "restorekit::", op, ": expected a tensor, got an undefined one");
   check_planes(x, op);
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+  RK_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
               "restorekit::", op, ": unsupported dtype ", st,
               " (float32, float64, float16 or bfloat16)");
 }
 
 inline void check_padded(const at::Tensor& g, const char* op) {
-  TORCH_CHECK(g.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", g.dim(),
+  RK_CHECK(g.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", g.dim(),
               " dimensions");
-  TORCH_CHECK(g.size(2) >= 4 && g.size(3) >= 4, "restorekit::", op,
+  RK_CHECK(g.size(2) >= 4 && g.size(3) >= 4, "restorekit::", op,
               ": expected a reflection-padded gradient (H+2, W+2 with H, W >= 2), got ",
               g.size(2), "x", g.size(3));
 }
 
 inline void check_same(const at::Tensor& a, const at::Tensor& b, const char* op,
                        const char* what) {
-  TORCH_CHECK(a.sizes() == b.sizes(), "restorekit::", op, ": ", what, " has shape ", b.sizes(),
+  RK_CHECK(a.sizes() == b.sizes(), "restorekit::", op, ": ", what, " has shape ", b.sizes(),
               ", expected ", a.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "restorekit::", op, ": ", what,
+  RK_CHECK(a.scalar_type() == b.scalar_type(), "restorekit::", op, ": ", what,
               " has dtype ", b.scalar_type(), ", expected ", a.scalar_type());
-  TORCH_CHECK(a.device() == b.device(), "restorekit::", op, ": ", what, " is on ", b.device(),
+  RK_CHECK(a.device() == b.device(), "restorekit::", op, ": ", what, " is on ", b.device(),
               ", expected ", a.device());
 }
 
@@ -60,10 +81,10 @@ inline void check_stats(const at::Tensor& x, const at::Tensor& mean, const at::T
                         const char* op) {
   const auto st = stats_dtype(x.scalar_type());
   for (const at::Tensor* s : {&mean, &rstd}) {
-    TORCH_CHECK(s->dim() == 2 && s->size(0) == x.size(0) && s->size(1) == x.size(1),
+    RK_CHECK(s->dim() == 2 && s->size(0) == x.size(0) && s->size(1) == x.size(1),
                 "restorekit::", op, ": per-plane statistics must have shape (N, C)");
-    TORCH_CHECK(s->scalar_type() == st, "restorekit::", op, ": statistics must be ", st);
-    TORCH_CHECK(s->device() == x.device(), "restorekit::", op,
+    RK_CHECK(s->scalar_type() == st, "restorekit::", op, ": statistics must be ", st);
+    RK_CHECK(s->device() == x.device(), "restorekit::", op,
                 ": statistics are on another device");
   }
 }

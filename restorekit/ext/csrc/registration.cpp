@@ -90,7 +90,7 @@ class OnceDifferentiable : public torch::autograd::Function<OnceDifferentiable<k
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    TORCH_CHECK(false, kName,
+    fail(kName,
                 ": double backward through restorekit's fused instance-norm ops is not "
                 "supported (create_graph=True, e.g. a gradient penalty); use plain PyTorch "
                 "(RESTOREKIT_EXT=off, or --no-fused for pix2pixhd)");

@@ -250,7 +250,7 @@ inline bool is_reduced(const at::Tensor& t) {
 // Every op accepts float32, float64, float16 and bfloat16.
 inline void check_dtype(const at::Tensor& t, const char* op) {
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+  RK_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
               "restorekit::", op, ": unsupported dtype ", st,
               " (float32, float64, float16 or bfloat16)");
 }
@@ -407,12 +407,12 @@ at::Tensor reflection_pad_backward(const at::Tensor& g_) {
 at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& other_) {
   check_padded(g_, "reflection_pad_backward_add");
   check_dtype(g_, "reflection_pad_backward_add");
-  TORCH_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)),
+  RK_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)),
               "restorekit::reflection_pad_backward_add: other has shape ", other_.sizes(),
               ", expected ", at::IntArrayRef(unpadded_shape(g_)));
-  TORCH_CHECK(other_.scalar_type() == g_.scalar_type(),
+  RK_CHECK(other_.scalar_type() == g_.scalar_type(),
               "restorekit::reflection_pad_backward_add: dtype mismatch");
-  TORCH_CHECK(other_.device() == g_.device(),
+  RK_CHECK(other_.device() == g_.device(),
               "restorekit::reflection_pad_backward_add: other is on another device");
   const at::Tensor g = g_.contiguous(), other = other_.contiguous();
   at::Tensor dx = at::empty(unpadded_shape(g), g.options());
@@ -490,12 +490,12 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
   check_planes(x_, "instance_norm_relu_pad_backward");
   check_dtype(x_, "instance_norm_relu_pad_backward");
   check_padded(g_, "instance_norm_relu_pad_backward");
-  TORCH_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)),
+  RK_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)),
               "restorekit::instance_norm_relu_pad_backward: grad_out has shape ", g_.sizes(),
               ", expected ", at::IntArrayRef(padded_shape(x_)));
-  TORCH_CHECK(g_.scalar_type() == x_.scalar_type(),
+  RK_CHECK(g_.scalar_type() == x_.scalar_type(),
               "restorekit::instance_norm_relu_pad_backward: dtype mismatch");
-  TORCH_CHECK(g_.device() == x_.device(),
+  RK_CHECK(g_.device() == x_.device(),
               "restorekit::instance_norm_relu_pad_backward: grad_out is on another device");
   check_stats(x_, mean_, rstd_, "instance_norm_relu_pad_backward");
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();

@@ -26,20 +26,20 @@ DType dtype_of(const at::Tensor& t, const char* op) {
     case at::kBFloat16:
       return DType::BFloat16;
     default:
-      TORCH_CHECK(false, "restorekit::", op, ": unsupported dtype ", t.scalar_type(),
+      fail("restorekit::", op, ": unsupported dtype ", t.scalar_type(),
                   " (float32, float64, float16 or bfloat16)");
   }
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, "restorekit::", op, ": CUDA kernel launch failed: ",
+  RK_CHECK(err == cudaSuccess, "restorekit::", op, ": CUDA kernel launch failed: ",
               cudaGetErrorString(err));
 }
 
 // Kernels index within a plane with int; a strided loop's index may pass the plane's end by
 // one block (1024 threads), which must not overflow.
 void check_plane_size(int64_t H, int64_t W, const char* op) {
-  TORCH_CHECK((H + 2) * (W + 2) <= INT_MAX - 1024, "restorekit::", op, ": plane too large (",
+  RK_CHECK((H + 2) * (W + 2) <= INT_MAX - 1024, "restorekit::", op, ": plane too large (",
               H, "x", W, ")");
 }
 
@@ -47,7 +47,7 @@ void check_plane_size(int64_t H, int64_t W, const char* op) {
 void check_plane_grid(const at::Tensor& x, const char* op) {
   check_plane_size(x.size(2), x.size(3), op);
   const int64_t planes = x.size(0) * x.size(1);
-  TORCH_CHECK(planes <= INT_MAX, "restorekit::", op, ": too many planes (N*C = ", planes,
+  RK_CHECK(planes <= INT_MAX, "restorekit::", op, ": too many planes (N*C = ", planes,
               ", at most ", INT_MAX, ")");
 }
 
@@ -84,10 +84,10 @@ at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& o
   const char* op = "reflection_pad_backward_add";
   check_padded(g_, op);
   check_plane_size(g_.size(2), g_.size(3), op);
-  TORCH_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)), "restorekit::", op,
+  RK_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)), "restorekit::", op,
               ": other has shape ", other_.sizes(), ", expected ",
               at::IntArrayRef(unpadded_shape(g_)));
-  TORCH_CHECK(other_.scalar_type() == g_.scalar_type() && other_.device() == g_.device(),
+  RK_CHECK(other_.scalar_type() == g_.scalar_type() && other_.device() == g_.device(),
               "restorekit::", op, ": other dtype/device differs from grad_out");
   const c10::cuda::CUDAGuard guard(g_.device());
   const at::Tensor g = g_.contiguous(), other = other_.contiguous();
@@ -126,10 +126,10 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
   check_planes(x_, op);
   check_padded(g_, op);
   check_plane_grid(x_, op);
-  TORCH_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)), "restorekit::", op,
+  RK_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)), "restorekit::", op,
               ": grad_out has shape ", g_.sizes(), ", expected ",
               at::IntArrayRef(padded_shape(x_)));
-  TORCH_CHECK(g_.scalar_type() == x_.scalar_type() && g_.device() == x_.device(),
+  RK_CHECK(g_.scalar_type() == x_.scalar_type() && g_.device() == x_.device(),
               "restorekit::", op, ": grad_out dtype/device differs from x");
   check_stats(x_, mean_, rstd_, op);
   const c10::cuda::CUDAGuard guard(x_.device());
