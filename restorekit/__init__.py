@@ -5,6 +5,7 @@ marker, the item types a plugin registers, and ``API_VERSION``. Subpackages
 ``restorekit.data``, ``restorekit.engine`` and ``restorekit.ext`` are public too.
 """
 
+from restorekit._version import __version__
 from restorekit.api import (
     API_VERSION,
     Image,
@@ -17,8 +18,6 @@ from restorekit.api import (
 )
 from restorekit.errors import RestorekitError
 from restorekit.hookspecs import hookimpl
-
-__version__ = "0.1.0"
 
 __all__ = [
     "API_VERSION",

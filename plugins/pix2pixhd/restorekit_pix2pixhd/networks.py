@@ -17,11 +17,11 @@ reflect-pads any other size up and crops the output back (never resizes).
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from restorekit import ext
 
 __all__ = [
     "GlobalGenerator",
@@ -71,7 +71,6 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            ext = importlib.import_module("restorekit.ext")
             return ext.resnet_block(x, self.conv_block[1], self.conv_block[5])
         return x + self.conv_block(x)
 
