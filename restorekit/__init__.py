@@ -2,12 +2,14 @@
 
 The public API for plugin authors is what this module exports: the ``hookimpl``
 marker, the item types a plugin registers, and ``API_VERSION``. Subpackages
-``restorekit.data``, ``restorekit.engine`` and ``restorekit.ext`` are public too.
+``restorekit.data``, ``restorekit.engine`` and ``restorekit.ext`` are public too, and
+``restorekit.testing`` helps test plugins.
 """
 
 from restorekit._version import __version__
 from restorekit.api import (
     API_VERSION,
+    Command,
     Image,
     Metric,
     Model,
@@ -21,6 +23,7 @@ from restorekit.hookspecs import hookimpl
 
 __all__ = [
     "API_VERSION",
+    "Command",
     "Image",
     "Metric",
     "Model",
