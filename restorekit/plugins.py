@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import os
 import sys
@@ -121,12 +122,33 @@ def _disabled() -> set[str]:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
-def _where(exc: BaseException) -> str:
-    """``file:line`` where ``exc`` was raised (a SyntaxError's own location first)."""
+def _where(exc: BaseException, module: str = "") -> str:
+    """``file:line`` of the plugin's own code where ``exc`` came from.
+
+    A SyntaxError's own location first; else the innermost frame inside the plugin's
+    package (``module``), else the innermost frame outside importlib's machinery.
+    """
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown location"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen")]
+    root = _package_folder(module)
+    mine = [f for f in frames if root and f.filename.startswith(root)]
+    frame = (mine or frames or [None])[-1]
+    return f"{frame.filename}:{frame.lineno}" if frame else "unknown location"
+
+
+def _package_folder(module: str) -> str:
+    """The folder (or file stem) of the top-level package of ``module``, if findable."""
+    top = module.split(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or not spec.origin:
+        return ""
+    origin = os.path.abspath(spec.origin)
+    return os.path.dirname(origin) + os.sep if origin.endswith("__init__.py") else origin
 
 
 class PluginManager:
@@ -169,7 +191,7 @@ class PluginManager:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the CLI down
                 self._fail(info, f"failed to import {ep.value!r}: {one_line(exc)} "
-                                 f"(at {_where(exc)})", exc)
+                                 f"(at {_where(exc, ep.value)})", exc)
                 continue
             self._register(plugin, ep.name, info)
 

@@ -82,7 +82,7 @@ def _main(argv: list[str]) -> int:
         return 2
     python = make_venv(argv[1])
     print(f"created {argv[1]}; next: {python} -m pip install -e . && "
-          f"{python} -m restorekit.cli plugins")
+          f"{python} -m restorekit plugins")
     return 0
 
 
