@@ -24,15 +24,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path,
                         help="NVIDIA checkpoints folder holding latest_net_G.pth "
                              "(and latest_net_D.pth)")
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="-o RUN [--which latest] [--preset NAME] [--overwrite] and the "
+                             "model's options, e.g. --netG local --ngf 32 (convert MODEL "
+                             "SOURCE --help lists them)")
+
+
+def _options_parser(model_cls: type) -> tuple[argparse.ArgumentParser, list[str]]:
+    from restorekit.cli.run import add_model_options
+
+    parser = Parser(prog=f"{PROG} convert {model_cls.name} SOURCE")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="RUN",
                         help="run folder to create, e.g. runs/nvidia")
     parser.add_argument("--which", default="latest",
                         help="checkpoint prefix: latest or an epoch number (default: latest)")
-    parser.add_argument("--preset", default=None, help="option preset of the model "
-                        "(default: the model's default preset)")
+    parser.add_argument("--preset", default=None, choices=sorted(model_cls.presets) or None,
+                        help="option preset (default: the model's default preset)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    parser.add_argument("options", nargs=argparse.REMAINDER,
-                        help="model options, e.g. --netG local --ngf 32")
+    return parser, add_model_options(parser, model_cls)
 
 
 def read_state_dict(path: Path) -> dict[str, typing.Any]:
@@ -53,39 +62,37 @@ def read_state_dict(path: Path) -> dict[str, typing.Any]:
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
-    from restorekit.cli.run import add_model_options
     from restorekit.engine import import_weights
 
     model_cls = lookup(registry.model, args.model, "convert")
     if not model_cls.trainable:
         raise UsageError(f"convert: model {args.model!r} has no networks to load")
-    parser = Parser(prog=f"{PROG} convert {args.model} SOURCE -o RUN")
-    names = add_model_options(parser, model_cls)
-    parsed = parser.parse_args(args.options)
-    overrides = {n: getattr(parsed, n) for n in names if hasattr(parsed, n)}
+    parser, names = _options_parser(model_cls)
+    opts = parser.parse_args(args.options)
+    overrides = {n: getattr(opts, n) for n in names if hasattr(opts, n)}
     if not args.source.is_dir():
         raise UsageError(f"{args.source}: not a folder")
     model = typing.cast(TrainableModel, model_cls(
-        model_cls.make_options(args.preset, **{**overrides, "device": "cpu"}),
+        model_cls.make_options(opts.preset, **{**overrides, "device": "cpu"}),
         _pipeline(model_cls, registry)))
     import torch
 
     model.build(torch.device("cpu"))
     state_dicts = {}
     for name in model.networks():
-        path = args.source / f"{args.which}_net_{name}.pth"
+        path = args.source / f"{opts.which}_net_{name}.pth"
         if path.is_file():
             state_dicts[name] = read_state_dict(path)
             print(f"read {path}")
     if not state_dicts:
-        raise UsageError(f"{args.source}: no {args.which}_net_*.pth file for the networks "
+        raise UsageError(f"{args.source}: no {opts.which}_net_*.pth file for the networks "
                          f"{', '.join(model.networks())}")
-    path = import_weights(model, state_dicts, args.output, source=str(args.source),
-                          overwrite=args.overwrite)
+    path = import_weights(model, state_dicts, opts.output, source=str(args.source),
+                          overwrite=opts.overwrite)
     fresh = sorted(set(model.networks()) - set(state_dicts))
     note = f" ({', '.join(fresh)} freshly initialised)" if fresh else ""
     print(f"wrote {path}{note}\nnext: {PROG} run {model_cls.name} --eval --checkpoint "
-          f"{args.output}")
+          f"{opts.output}")
     return 0
 
 

@@ -327,7 +327,7 @@ class Trainer:
         write_image(self.rundir.sample_path(epoch_label), grid)
         board = self._tensorboard()
         if board is not None:
-            board.add_image("samples", grid, self.step, dataformats="HWC")
+            board.add_image("samples/grid", grid, self.step, dataformats="HWC")
             board.flush()
 
     def _report(self) -> Path:

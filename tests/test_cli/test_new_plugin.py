@@ -13,8 +13,8 @@ import pytest
 
 from restorekit import plugins
 from restorekit.cli import main
-from restorekit.errors import UsageError
 from restorekit.cli.new_plugin import KINDS, create_plugin, plugin_name
+from restorekit.errors import UsageError
 
 NAMES = {"preprocessor": "brighten", "metric": "meanshift", "model": "tinynet"}
 ITEMS = {"preprocessor": "preprocessors", "metric": "metrics", "model": "models"}

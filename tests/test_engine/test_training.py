@@ -274,7 +274,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert "last.safetensors" in message and "\n" not in message
     meta = ckpt.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")
     assert meta["step"] == 3
-    model = load_trained(tmp_path / "r" / "checkpoints" / "last.safetensors", REGISTRY, device="cpu")
+    model = load_trained(tmp_path / "r" / "checkpoints" / "last.safetensors", REGISTRY,
+                         device="cpu")
     assert all(torch.isfinite(p).all() for p in model.G.parameters())
 
 
