@@ -14,7 +14,7 @@ from restorekit_pix2pixhd.model import Pix2PixHD
 
 
 class _Step:
-    """The engine's StepContext, reduced to what the step needs (no amp on CPU)."""
+    """The engine's StepContext, reduced to what the step needs (fp32, no autocast)."""
 
     def __init__(self, model: Pix2PixHD, device: torch.device) -> None:
         self.model, self.device, self.epoch, self.step = model, device, 0, 0

@@ -2,11 +2,14 @@
 
 The public API for plugin authors is what this module exports: the ``hookimpl``
 marker, the item types a plugin registers, and ``API_VERSION``. Subpackages
-``restorekit.data``, ``restorekit.engine`` and ``restorekit.ext`` are public too.
+``restorekit.data``, ``restorekit.engine`` and ``restorekit.ext`` are public too, and
+``restorekit.testing`` helps test plugins.
 """
 
+from restorekit._version import __version__
 from restorekit.api import (
     API_VERSION,
+    Command,
     Image,
     Metric,
     Model,
@@ -18,10 +21,9 @@ from restorekit.api import (
 from restorekit.errors import RestorekitError
 from restorekit.hookspecs import hookimpl
 
-__version__ = "0.1.0"
-
 __all__ = [
     "API_VERSION",
+    "Command",
     "Image",
     "Metric",
     "Model",

@@ -16,3 +16,18 @@ def env_choice(name: str, choices: tuple[str, ...], error: type[RestorekitError]
     if value not in choices:
         raise error(f"{name}={value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def flag(name: str) -> bool:
+    """True when env var ``name`` is set to anything but empty or "0"."""
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+def trace_plugins() -> bool:
+    """``RESTOREKIT_TRACE_PLUGINS=1``: log plugin loading and show plugin tracebacks."""
+    return flag("RESTOREKIT_TRACE_PLUGINS")
+
+
+def strict_plugins() -> bool:
+    """``RESTOREKIT_STRICT_PLUGINS=1``: every plugin failure is an error."""
+    return flag("RESTOREKIT_STRICT_PLUGINS")

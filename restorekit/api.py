@@ -1,4 +1,4 @@
-"""The types a plugin registers: preprocessors, metrics and models.
+"""The types a plugin registers: preprocessors, metrics, models and commands.
 
 Images everywhere in restorekit's public API are ``numpy`` arrays of shape
 ``(H, W, 3)``, dtype ``float32``, RGB, values in ``[0, 1]`` (see ``restorekit.data``).
@@ -7,24 +7,44 @@ Networks see ``torch`` tensors ``(N, 3, H, W)`` in ``[0, 1]``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
+import traceback
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import numpy as np
+from restorekit._env import trace_plugins
+from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
+from restorekit.types import API_VERSION, Image
 
 if TYPE_CHECKING:
     import torch
 
-    from restorekit.pipeline import Pipeline
+__all__ = ["API_VERSION", "Command", "Image", "Metric", "Model", "NoOptions", "Preprocessor",
+           "StepContext", "TrainableModel", "call_plugin"]
 
-Image = np.ndarray
-"""float32 RGB, shape (H, W, 3), values in [0, 1]."""
 
-API_VERSION = 1
-"""Bumped when the plugin-facing API changes incompatibly."""
+def call_plugin(what: str, plugin: str, fn: Callable[..., Any], *args: Any,
+                **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; an unexpected exception becomes one line naming the plugin.
+
+    ``ValueError`` (a bad value, the plugin's message for the user) and restorekit's own
+    errors pass through. Anything else is a bug in the plugin: a ``PluginError`` naming
+    ``what`` and ``plugin``, with the traceback on stderr under ``RESTOREKIT_TRACE_PLUGINS=1``.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, RestorekitError):
+        raise
+    except Exception as exc:
+        if trace_plugins():
+            traceback.print_exc(file=sys.stderr)
+        who = f"plugin {plugin!r}" if plugin else "a plugin registered at run time"
+        raise PluginError(f"{what} of {who} raised {one_line(exc)} (RESTOREKIT_TRACE_PLUGINS=1 "
+                          f"shows the traceback)") from exc
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,13 @@ class Preprocessor:
     fn: Callable[..., Image]
     params: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    plugin: str = field(default="", compare=False)
+    """The plugin that registered it (set by the registry)."""
+
+    def apply(self, image: Image, **params: Any) -> Image:
+        """``fn(image, **params)``; a crash becomes one line naming the plugin."""
+        return call_plugin(f"preprocessor {self.name!r}", self.plugin, self.fn, image,
+                           **params)
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,34 @@ class Metric:
     fn: Callable[[Image, Image], float]
     higher_is_better: bool
     description: str = ""
+    plugin: str = field(default="", compare=False)
+    """The plugin that registered it (set by the registry)."""
+
+    def score(self, prediction: Image, target: Image) -> float:
+        """``float(fn(prediction, target))``; a crash becomes one line naming the plugin."""
+        return float(call_plugin(f"metric {self.name!r}", self.plugin, self.fn, prediction,
+                                 target))
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``restorekit`` verb: ``restorekit NAME ...``.
+
+    ``configure(parser)`` adds the verb's arguments to its ``argparse`` parser;
+    ``run(args, registry)`` does the work with the parsed arguments and the plugin
+    registry, and returns the exit status (``None`` means 0). Report bad input by raising
+    ``restorekit.errors.UsageError`` (one line, exit 2) or another ``RestorekitError``.
+    ``add_help=False`` leaves ``-h/--help`` to ``configure`` (for verbs that print their
+    own help).
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Any], int | None]
+    add_help: bool = True
+    plugin: str = field(default="", compare=False)
+    """The plugin that registered it (set by the registry)."""
 
 
 @dataclass
@@ -77,7 +132,7 @@ class Model:
     default_preprocess: ClassVar[str] = ""
     """Pipeline spec used when the user gives no ``--preprocess``."""
 
-    def __init__(self, options: Any, preprocess: Pipeline) -> None:
+    def __init__(self, options: Any, preprocess: Any) -> None:
         self.options = options
         self.preprocess = preprocess
 
@@ -88,8 +143,6 @@ class Model:
     @classmethod
     def make_options(cls, preset: str | None = None, **overrides: Any) -> Any:
         """Build ``Options`` from a preset (or the default one) and overrides."""
-        from restorekit.errors import UsageError
-
         preset = preset or cls.default_preset
         values: dict[str, Any] = {}
         if preset is not None:
@@ -114,11 +167,11 @@ class StepContext(Protocol):
     step: int
 
     def autocast(self) -> AbstractContextManager[Any]:
-        """Mixed precision for the forward pass (a no-op off CUDA or with amp off)."""
+        """Mixed precision for the forward pass (a no-op under --precision fp32)."""
         ...
 
     def backward_step(self, loss: torch.Tensor, optimizer: str) -> None:
-        """``loss.backward()`` then step the named optimizer (grad scaling under amp)."""
+        """``loss.backward()``, then step the named optimizer (loss scaling under fp16)."""
         ...
 
 
@@ -160,15 +213,35 @@ class TrainableModel(Model):
         """Enhance a batch ``(N, 3, H, W)`` in [0, 1] (already preprocessed), any H, W."""
         raise NotImplementedError
 
-    def enhance(self, image: Image) -> Image:
-        """Preprocess, run ``enhance_tensor`` without gradients, return an image."""
+    def enhance(self, image: Image, tile: int = 0) -> Image:
+        """Preprocess, run ``enhance_tensor`` without gradients, return an image.
+
+        ``tile > 0`` runs the network over overlapping tiles of that size (memory bounded
+        by the tile, see :func:`restorekit.data.tiling.enhance_tiled`).
+        """
         import torch
 
         from restorekit.data import to_image, to_tensor
+        from restorekit.data.tiling import enhance_tiled
 
         net = next(iter(self.networks().values()))
         device = next(net.parameters()).device
         low = to_tensor(self.preprocess(image)).unsqueeze(0).to(device)
         with torch.no_grad():
-            out = self.enhance_tensor(low)
+            out = enhance_tiled(self.enhance_tensor, low, tile) if tile else \
+                self.enhance_tensor(low)
         return to_image(out[0])
+
+
+REQUIRED_METHODS: dict[type, tuple[str, ...]] = {
+    Model: ("enhance",),
+    TrainableModel: ("build", "networks", "optimizers", "train_step", "enhance_tensor"),
+}
+"""What a registered model class must implement, checked when its plugin loads."""
+
+
+def missing_methods(cls: type[Model]) -> list[str]:
+    """The methods of ``REQUIRED_METHODS`` that ``cls`` leaves as the base's stubs."""
+    base = TrainableModel if issubclass(cls, TrainableModel) else Model
+    return [name for name in REQUIRED_METHODS[base]
+            if getattr(cls, name) is getattr(base, name)]

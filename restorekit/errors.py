@@ -33,3 +33,9 @@ class CheckpointError(RestorekitError):
 
 class TrainingError(RestorekitError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+def one_line(exc: BaseException, with_type: bool = True) -> str:
+    """``Type: message`` (or the message alone) on one line, blank runs collapsed."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text}" if with_type else text

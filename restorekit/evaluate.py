@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from restorekit.api import Image, Metric
+from restorekit.api import Metric
+from restorekit.errors import DataError
+from restorekit.pipeline import Pipeline
+from restorekit.plugins import Registry
+from restorekit.types import Image
 
 DEFAULT_METRICS = ("psnr", "ssim", "ciede2000")
 CLASSIC_CANDIDATES = (
@@ -22,42 +26,56 @@ CLASSIC_CANDIDATES = (
 """Preprocessor pipelines tried for the best-``classic`` baseline."""
 
 
-def default_metrics(names: Sequence[str] = DEFAULT_METRICS) -> list[Metric]:
-    """The named metrics from the plugin registry (PSNR, SSIM, CIEDE2000 by default)."""
-    from restorekit.plugins import get_registry
+def default_metrics(registry: Registry, names: str | None = None) -> list[Metric]:
+    """Metrics for tables: PSNR, SSIM, CIEDE2000, then every other registered metric.
 
-    registry = get_registry()
-    return [registry.metric(name) for name in names]
+    ``names`` (comma-separated, e.g. from ``--metrics``) picks exactly those instead.
+    """
+    if names:
+        return registry.metrics(names)
+    usable = [m.name for m in registry.metrics()]
+    ordered = [n for n in DEFAULT_METRICS if n in usable]
+    ordered += [n for n in usable if n not in DEFAULT_METRICS]
+    return [registry.metric(n) for n in ordered]
+
+
+def score(prediction: Image, target: Image, metrics: Sequence[Metric],
+          what: str = "") -> dict[str, float]:
+    """Every metric of one prediction against its target (same size, else ``DataError``)."""
+    if prediction.shape != target.shape:
+        raise DataError(f"{what}: prediction is {prediction.shape[1]}x{prediction.shape[0]}, "
+                        f"ground truth {target.shape[1]}x{target.shape[0]}")
+    return {m.name: m.score(prediction, target) for m in metrics}
+
+
+def average(rows: Iterable[Mapping[str, float]], metrics: Sequence[Metric]) -> dict[str, float]:
+    """The mean of each metric over per-image rows."""
+    rows = list(rows)
+    return {m.name: float(np.mean([r[m.name] for r in rows])) for m in metrics}
 
 
 def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
              metrics: Sequence[Metric], *, desc: str = "evaluating",
              progress: bool = True) -> dict[str, float]:
     """Mean of every metric over ``pairs``; ``enhance=None`` scores the input itself."""
-    scores: dict[str, list[float]] = {m.name: [] for m in metrics}
+    rows = []
     for i in tqdm(range(len(pairs)), desc=desc, unit="img", leave=False,
                   disable=not progress):
         low, high = pairs.pair(i)
         out = low if enhance is None else enhance(low)
-        if out.shape != high.shape:
-            raise ValueError(f"{pairs.names[i]}: enhanced image is {out.shape[1]}x"
-                             f"{out.shape[0]}, ground truth {high.shape[1]}x{high.shape[0]}")
-        for m in metrics:
-            scores[m.name].append(float(m.fn(out, high)))
-    return {name: float(np.mean(values)) for name, values in scores.items()}
+        rows.append(score(out, high, metrics, what=f"{pairs.names[i]}"))
+    return average(rows, metrics)
 
 
-def classic_baselines(pairs: Any, metrics: Sequence[Metric],
+def classic_baselines(pairs: Any, metrics: Sequence[Metric], registry: Registry,
                       candidates: Sequence[str] = CLASSIC_CANDIDATES,
                       progress: bool = True) -> dict[str, dict[str, float]]:
     """Rows ``identity`` and the best classic pipeline by the first metric."""
-    from restorekit.pipeline import Pipeline
-
     rows = {"identity": evaluate(pairs, None, metrics, desc="identity", progress=progress)}
     first = metrics[0]
     best_name, best_row = "", None
     for spec in candidates:
-        row = evaluate(pairs, Pipeline.parse(spec), metrics, desc=f"classic {spec}",
+        row = evaluate(pairs, Pipeline.parse(spec, registry), metrics, desc=f"classic {spec}",
                        progress=progress)
         if best_row is None or _better(first, row[first.name], best_row[first.name]):
             best_name, best_row = spec, row

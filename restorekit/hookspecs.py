@@ -30,3 +30,8 @@ def register_models(register: Callable[..., Any]) -> None:
 @hookspec
 def register_metrics(register: Callable[..., Any]) -> None:
     """Register full-reference metrics: call ``register(Metric(...))``."""
+
+
+@hookspec
+def register_commands(register: Callable[..., Any]) -> None:
+    """Register ``restorekit`` verbs: call ``register(Command(...))``."""

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from restorekit.api import Image, Preprocessor
+from restorekit.api import Preprocessor
 from restorekit.errors import PluginError, UsageError
+from restorekit.plugins import Registry
+from restorekit.types import Image
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -39,21 +41,17 @@ class Pipeline:
         self.steps = tuple(steps)
 
     @classmethod
-    def parse(cls, spec: str | None, registry: Any = None) -> Pipeline:
-        """Parse ``spec`` against the registered preprocessors (``UsageError`` if bad)."""
+    def parse(cls, spec: str | None, registry: Registry) -> Pipeline:
+        """Parse ``spec`` against ``registry``'s preprocessors (``UsageError`` if bad)."""
         if spec is None or not spec.strip():
             return cls()
-        if registry is None:
-            from restorekit.plugins import get_registry
-
-            registry = get_registry()
         steps = [_parse_step(part.strip(), registry) for part in spec.split(",")]
         return cls(steps)
 
     def __call__(self, image: Image) -> Image:
         for step in self.steps:
             try:
-                out = step.preprocessor.fn(image, **step.params)
+                out = step.preprocessor.apply(image, **step.params)
             except ValueError as exc:
                 raise UsageError(f"--preprocess: {step}: {exc}") from None
             image = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
@@ -69,7 +67,7 @@ class Pipeline:
         return f"Pipeline({str(self)!r})"
 
 
-def _parse_step(text: str, registry: Any) -> Step:
+def _parse_step(text: str, registry: Registry) -> Step:
     name, *assignments = text.split(":")
     name = name.strip()
     if not name:

@@ -3,21 +3,27 @@
 Built-in plugins are modules inside restorekit registered through the same hooks
 as third-party plugins, which are found through the ``restorekit`` entry-point
 group. A plugin that fails to import, declares an incompatible API version,
-implements an unknown hook or raises inside a hook is recorded as a load failure
-and skipped; ``RESTOREKIT_STRICT_PLUGINS=1`` makes any failure an error instead.
+implements an unknown hook (or a known one with the wrong parameters), registers a
+model class that lacks a required method or raises inside a hook is recorded as a
+load failure and skipped; ``RESTOREKIT_STRICT_PLUGINS=1`` makes any failure an error.
 
 Environment variables:
-    RESTOREKIT_DISABLE_PLUGINS  comma-separated entry-point names not to load
+    RESTOREKIT_DISABLE_PLUGINS  comma-separated entry-point names not to load ("*": all)
     RESTOREKIT_STRICT_PLUGINS   "1": a plugin failure raises ``PluginError``
-    RESTOREKIT_TRACE_PLUGINS    "1": log every entry-point load and hook call to stderr
+    RESTOREKIT_TRACE_PLUGINS    "1": log every entry-point load and hook call to stderr,
+                                and show the traceback of a plugin that fails
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
+import importlib.util
+import inspect
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,17 +32,32 @@ from typing import Any
 import pluggy
 
 from restorekit import hookspecs
-from restorekit.api import API_VERSION, Metric, Model, Preprocessor
-from restorekit.errors import PluginError
+from restorekit._env import strict_plugins, trace_plugins
+from restorekit._version import __version__
+from restorekit.api import Command, Metric, Model, Preprocessor, missing_methods
+from restorekit.errors import PluginError, one_line
+from restorekit.types import API_VERSION
 
 ENTRY_POINT_GROUP = "restorekit"
 BUILTIN_MODULES = (
     "restorekit.builtin.preprocessors",
     "restorekit.builtin.metrics",
     "restorekit.builtin.models",
+    # Loaded by name: the plugin layer never imports the command layer above it.
+    "restorekit.cli.commands",
 )
-KINDS = ("preprocessors", "models", "metrics")
-_ITEM_TYPES: dict[str, type] = {"preprocessors": Preprocessor, "metrics": Metric}
+KINDS = ("preprocessors", "models", "metrics", "commands")
+_ITEM_TYPES: dict[str, type] = {"preprocessors": Preprocessor, "metrics": Metric,
+                                "commands": Command}
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """``restorekit: warning: message`` on stderr, once per process (until :func:`reset`)."""
+    if message not in _warned:
+        _warned.add(message)
+        sys.stderr.write(f"restorekit: warning: {message}\n")
 
 
 @dataclass
@@ -49,6 +70,8 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
     error: str | None = None
+    conflicts: list[str] = field(default_factory=list)
+    """One line per contested name, e.g. ``"models 'x' also registered by 'y'"``."""
 
 
 @dataclass
@@ -82,13 +105,16 @@ class Registry:
     def model(self, name: str) -> type[Model]:
         return self.get("models", name)
 
+    def metrics(self, names: str | None = None) -> list[Metric]:
+        """Metrics by comma-separated ``names`` (default: every usable one, sorted)."""
+        if names is None or not names.strip():
+            usable = sorted(n for n in self.items["metrics"] if n not in self.conflicts["metrics"])
+            return [self.metric(n) for n in usable]
+        return [self.metric(n.strip()) for n in names.split(",") if n.strip()]
+
     @property
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
-
-
-def _strict() -> bool:
-    return os.environ.get("RESTOREKIT_STRICT_PLUGINS", "") not in ("", "0")
 
 
 def _disabled() -> set[str]:
@@ -96,9 +122,33 @@ def _disabled() -> set[str]:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or "(no message)"
-    return f"{type(exc).__name__}: {text}"
+def _where(exc: BaseException, module: str = "") -> str:
+    """``file:line`` of the plugin's own code where ``exc`` came from.
+
+    A SyntaxError's own location first; else the innermost frame inside the plugin's
+    package (``module``), else the innermost frame outside importlib's machinery.
+    """
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen")]
+    root = _package_folder(module)
+    mine = [f for f in frames if root and f.filename.startswith(root)]
+    frame = (mine or frames or [None])[-1]
+    return f"{frame.filename}:{frame.lineno}" if frame else "unknown location"
+
+
+def _package_folder(module: str) -> str:
+    """The folder (or file stem) of the top-level package of ``module``, if findable."""
+    top = module.split(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or not spec.origin:
+        return ""
+    origin = os.path.abspath(spec.origin)
+    return os.path.dirname(origin) + os.sep if origin.endswith("__init__.py") else origin
 
 
 class PluginManager:
@@ -109,17 +159,25 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._registry: Registry | None = None
-        self.tracing = os.environ.get("RESTOREKIT_TRACE_PLUGINS", "") not in ("", "0")
+        self.tracing = trace_plugins()
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)
-            self._register(module, module_name, PluginInfo(module_name, "built-in", _version()))
+            self._register(module, module_name, PluginInfo(module_name, "built-in", __version__))
         if load_entry_points:
             self._load_entry_points()
 
     # -- loading ---------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
         disabled = _disabled()
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        unknown = sorted(disabled - {ep.name for ep in found} - {"*"})
+        if unknown:
+            installed = ", ".join(sorted({ep.name for ep in found})) or "none"
+            warn(f"RESTOREKIT_DISABLE_PLUGINS names no installed plugin: "
+                 f"{', '.join(unknown)} (installed: {installed})")
+        if "*" in disabled:
+            return
+        for ep in found:
             if ep.name in disabled or ep.name in self.infos:
                 continue
             dist = getattr(ep, "dist", None)
@@ -132,7 +190,8 @@ class PluginManager:
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the CLI down
-                self._fail(info, f"failed to import {ep.value!r}: {_one_line(exc)}")
+                self._fail(info, f"failed to import {ep.value!r}: {one_line(exc)} "
+                                 f"(at {_where(exc, ep.value)})", exc)
                 continue
             self._register(plugin, ep.name, info)
 
@@ -144,30 +203,55 @@ class PluginManager:
                              f"provides API {API_VERSION}")
             return
         try:
+            self._check_hooks(plugin)
             self.pm.register(plugin, name=name)
-            self._check_pending(plugin)
         except Exception as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            self._fail(info, _one_line(exc))
+            message = str(exc) if isinstance(exc, PluginError) else one_line(exc)
+            self._fail(info, message)
             return
         info.hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        if not info.hooks:
+            self._warn_or_fail(info, f"plugin {name!r} implements no hooks (are its hook "
+                                     f"functions decorated with @restorekit.hookimpl?)")
         self._registry = None
 
-    def _check_pending(self, plugin: object) -> None:
-        """Like ``pm.check_pending()`` but for one plugin: an unknown hook name is an error."""
+    def _check_hooks(self, plugin: object) -> None:
+        """Unknown hook names and wrong parameter names, in one clear line each.
+
+        pluggy's own ``check_pending()`` covers a whole manager; this checks one plugin
+        before it is registered, so a typo is a load failure of that plugin.
+        """
         for attr in dir(plugin):
             opts = self.pm.parse_hookimpl_opts(plugin, attr)
-            if opts is not None and not hasattr(hookspecs, attr):
+            if opts is None:
+                continue
+            spec = getattr(hookspecs, attr, None)
+            if spec is None or not attr.startswith("register_"):
                 raise PluginError(f"implements unknown hook {attr!r} "
                                   f"(known: {', '.join(_hook_names())})")
+            params = list(inspect.signature(getattr(plugin, attr)).parameters)
+            expected = list(inspect.signature(spec).parameters)
+            extra = [p for p in params if p not in expected]
+            if extra:
+                raise PluginError(f"hook {attr}: parameter(s) {', '.join(map(repr, extra))} "
+                                  f"are not hook arguments (it takes: "
+                                  f"{', '.join(expected)})")
 
-    def _fail(self, info: PluginInfo, message: str) -> None:
+    def _fail(self, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
         info.error = message
-        if _strict():
-            raise PluginError(f"plugin {info.name!r} ({info.source}): {message}")
-        sys.stderr.write(f"restorekit: warning: plugin {info.name!r} ({info.source}) "
-                         f"skipped: {message}\n")
+        text = f"plugin {info.name!r} ({info.source}): {message}"
+        if exc is not None and (self.tracing or strict_plugins()):
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        if strict_plugins():
+            raise PluginError(text)
+        warn(f"plugin {info.name!r} ({info.source}) skipped: {message}")
+
+    def _warn_or_fail(self, info: PluginInfo, message: str) -> None:
+        if strict_plugins():
+            raise PluginError(f"{message} (RESTOREKIT_STRICT_PLUGINS=1)")
+        warn(message)
 
     # -- registration for tests and embedding -----------------------------------------------
     def register(self, plugin: object, name: str | None = None) -> str:
@@ -197,6 +281,7 @@ class PluginManager:
         reg = Registry(plugins=self.infos)
         for info in self.infos.values():
             info.registered = {k: [] for k in KINDS}
+            info.conflicts = []
         impls: dict[str, list[tuple[str, Any]]] = {}
         for kind in KINDS:
             for impl in getattr(self.pm.hook, f"register_{kind}").get_hookimpls():
@@ -228,7 +313,9 @@ class PluginManager:
                 for item in items:
                     _validate(kind, item)
             except Exception as exc:
-                self._fail(info, f"register_{kind} raised {_one_line(exc)}")
+                message = str(exc) if isinstance(exc, PluginError) else \
+                    f"register_{kind} raised {one_line(exc)} (at {_where(exc)})"
+                self._fail(info, message, exc)
                 return None
             if self.tracing:
                 names = ", ".join(getattr(i, "name", repr(i)) for i in items) or "nothing"
@@ -238,18 +325,26 @@ class PluginManager:
 
     def _add(self, reg: Registry, kind: str, item: Any, info: PluginInfo) -> None:
         name = item.name
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            item = dataclasses.replace(item, plugin=info.name)
+        info.registered[kind].append(name)
         owner = reg.owners[kind].get(name)
         if owner is not None and owner != info.name:
-            reg.conflicts[kind].setdefault(name, [owner]).append(info.name)
+            who = reg.conflicts[kind].setdefault(name, [owner])
+            who.append(info.name)
+            for plugin in who:
+                others = ", ".join(repr(p) for p in who if p != plugin)
+                line = f"{kind} {name!r} also registered by {others}"
+                entry = reg.plugins[plugin].conflicts
+                entry[:] = [c for c in entry if not c.startswith(f"{kind} {name!r} ")] + [line]
             message = (f"{kind[:-1]} {name!r} is registered by both {owner!r} and "
                        f"{info.name!r}")
-            if _strict():
+            if strict_plugins():
                 raise PluginError(message)
-            sys.stderr.write(f"restorekit: warning: {message}\n")
+            warn(message)
             return
         reg.items[kind][name] = item
         reg.owners[kind][name] = info.name
-        info.registered[kind].append(name)
 
 
 def _validate(kind: str, item: Any) -> None:
@@ -258,6 +353,11 @@ def _validate(kind: str, item: Any) -> None:
             raise PluginError(f"register_models expects a Model subclass, got {item!r}")
         if not item.name:
             raise PluginError(f"model class {item.__name__} has no 'name'")
+        missing = missing_methods(item)
+        if missing:
+            base = "TrainableModel" if item.trainable else "Model"
+            raise PluginError(f"model class {item.__name__} ({item.name!r}) does not implement "
+                              f"{', '.join(missing)} (required of a {base})")
         return
     expected = _ITEM_TYPES[kind]
     if not isinstance(item, expected):
@@ -268,13 +368,6 @@ def _validate(kind: str, item: Any) -> None:
 
 def _hook_names() -> list[str]:
     return sorted(n for n in dir(hookspecs) if n.startswith("register_"))
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("restorekit")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 _manager: PluginManager | None = None
@@ -289,14 +382,15 @@ def get_plugin_manager() -> PluginManager:
 
 
 def get_registry() -> Registry:
-    """Every preprocessor, model and metric registered by the loaded plugins."""
+    """Every preprocessor, model, metric and command registered by the loaded plugins."""
     return get_plugin_manager().registry
 
 
 def reset() -> None:
-    """Forget the loaded plugins (the next query loads them again)."""
+    """Forget the loaded plugins (the next query loads them again) and the warnings shown."""
     global _manager
     _manager = None
+    _warned.clear()
 
 
 @contextmanager

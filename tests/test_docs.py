@@ -128,8 +128,8 @@ def test_tutorial_plugin_is_listed_as_the_guide_shows(
         assert line in out, f"the guide shows {line!r}, restorekit prints:\n" + "\n".join(out)
     reg = plugins.get_registry()
     assert reg.plugins["lumen"].error is None
-    assert reg.plugins["lumen"].hooks == ["register_metrics", "register_models",
-                                          "register_preprocessors"]
+    assert reg.plugins["lumen"].hooks == ["register_commands", "register_metrics",
+                                          "register_models", "register_preprocessors"]
 
 
 def test_tutorial_model_trains_and_evaluates_through_the_cli(
@@ -150,7 +150,7 @@ def test_tutorial_tests_pass(lumen: Path) -> None:
                            str(lumen / "tests")], cwd=lumen, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout
+    assert "5 passed" in proc.stdout
 
 
 @pytest.mark.parametrize("index", range(len(snippets())))
@@ -162,7 +162,7 @@ def test_snippet_runs(index: int, lumen: Path) -> None:
 
 def test_shell_commands_name_real_subcommands_and_options(lumen: Path) -> None:
     from restorekit.cli import build_parser
-    from restorekit.run import _add_common_options, _add_model_options
+    from restorekit.cli.run import model_parser
 
     commands = shell_commands()
     assert any(argv[:1] == ["restorekit"] for argv, _ in commands)
@@ -174,14 +174,10 @@ def test_shell_commands_name_real_subcommands_and_options(lumen: Path) -> None:
         if tool != "restorekit":
             assert tool in OTHER_COMMANDS, f"unexpected command in the guide: {argv}"
             continue
-        args = build_parser().parse_args(argv[1:])
+        registry = plugins.get_registry()
+        args = build_parser(registry).parse_args(argv[1:])
         if args.command == "run":
-            from restorekit.cli import _Parser
-
-            model_cls = plugins.get_registry().model(args.model)
-            parser = _Parser(prog=f"restorekit run {args.model}", add_help=True)
-            _add_common_options(parser, model_cls)
-            _add_model_options(parser, model_cls)
+            parser = model_parser(registry.model(args.model))
             if args.rest != ["--help"]:
                 parser.parse_args(args.rest)
 

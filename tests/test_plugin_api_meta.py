@@ -40,5 +40,5 @@ def test_hook_is_documented_with_its_signature(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(hook_signatures()))
 def test_hook_is_used_by_a_test(name: str) -> None:
-    tests = [p for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(__file__).name]
+    tests = [p for p in (ROOT / "tests").rglob("test_*.py") if p.name != Path(__file__).name]
     assert any(name in p.read_text() for p in tests), f"no test under tests/ mentions {name}"

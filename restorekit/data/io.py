@@ -27,8 +27,8 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps
 
-from restorekit.api import Image
-from restorekit.errors import ImageReadError, UsageError
+from restorekit.errors import DataError, ImageReadError, UsageError, one_line
+from restorekit.types import Image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -50,10 +50,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _alpha_warned = False
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "(no details)"
 
 
 def _warn_alpha(path: Path) -> None:
@@ -94,10 +90,9 @@ def read_image(path: str | os.PathLike[str]) -> Image:
                              f"format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(f"{path}: cannot read image: corrupt or truncated file "
-                             f"({_one_line(exc)})") from None
+                             f"({one_line(exc, with_type=False)})") from None
     except Exception as exc:  # any decoder failure is a read error for the user
-        raise ImageReadError(f"{path}: cannot read image: {type(exc).__name__}: "
-                             f"{_one_line(exc)}") from None
+        raise ImageReadError(f"{path}: cannot read image: {one_line(exc)}") from None
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageReadError(f"{path}: cannot read image: unsupported shape {image.shape}")
     return image
@@ -303,8 +298,6 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        from restorekit.errors import DataError
-
         raise DataError(f"{folder}: not a folder")
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from restorekit.api import Image
+from restorekit.types import Image
 
 __all__ = ["LowLightModel", "srgb_to_linear", "linear_to_srgb", "synthesize"]
 

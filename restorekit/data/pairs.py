@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from restorekit.api import Image
 from restorekit.data.io import list_images, read_image, to_tensor
 from restorekit.data.lowlight import DEFAULT_MODEL, LowLightModel
 from restorekit.errors import DataError, UsageError
+from restorekit.types import Image
 
 __all__ = [
     "EMBEDDED_PHOTOS",

@@ -11,21 +11,15 @@ JSON, stored both as the file's safetensors metadata under the key ``"restorekit
 Checkpoints are only ever read with safetensors and ``json``: pickles (``torch.save``
 files) are refused, never unpickled.
 
-A run folder's ``checkpoints/`` holds ``last.safetensors`` (overwritten at each save),
-``best.safetensors`` (best test PSNR so far) and ``latest.json``, a pointer to the
-newest checkpoint written last, atomically, after the checkpoint itself.
+Where checkpoints live in a run folder is :class:`restorekit.engine.rundir.RunDir`'s
+business; this module only knows the file format.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,69 +29,14 @@ import safetensors.torch
 import torch
 
 from restorekit.api import TrainableModel
-from restorekit.engine.config import resolve_device
-from restorekit.errors import CheckpointError, RestorekitError
+from restorekit.engine.files import atomic_write_text, replace_synced, temp_path
+from restorekit.errors import CheckpointError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "restorekit"
 SUFFIX = ".safetensors"
-LAST = "last"
-BEST = "best"
-POINTER = "latest.json"
 
 Tensors = dict[str, torch.Tensor]
-
-
-# -- atomic file writing ---------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. not supported on this platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_path(path: Path) -> Path:
-    """A fresh temp file beside ``path`` with the usual (umask) permissions, not 0600."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
-
-
-def _replace_synced(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        _replace_synced(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` atomically (temp file, fsync, rename)."""
-    tmp = _temp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        _replace_synced(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dst.parent)
 
 
 def sidecar(path: Path) -> Path:
@@ -110,10 +49,10 @@ def write_checkpoint(path: Path, tensors: Tensors, meta: dict[str, Any]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1)
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         safetensors.torch.save_file(cpu, str(tmp), metadata={METADATA_KEY: text})
-        _replace_synced(tmp, path)
+        replace_synced(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     atomic_write_text(sidecar(path), text + "\n")
@@ -163,48 +102,6 @@ def read_checkpoint(path: str | Path) -> tuple[Tensors, dict[str, Any]]:
     except Exception as exc:
         raise _refusal(path, " ".join(str(exc).split())) from None
     return tensors, meta
-
-
-# -- finding checkpoints ---------------------------------------------------------------------
-def checkpoint_dir(path: Path) -> Path:
-    """``path/checkpoints`` for a run folder, else ``path`` itself."""
-    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint in a checkpoints folder (``latest.json``), or None."""
-    pointer = folder / POINTER
-    if pointer.is_file():
-        try:
-            name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{pointer}: corrupt checkpoint pointer") from None
-        target = folder / name
-        if not target.is_file():
-            raise CheckpointError(f"{pointer}: points to missing file {target}")
-        return target
-    last = folder / f"{LAST}{SUFFIX}"
-    return last if last.is_file() else None
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file from a file, a ``checkpoints/`` folder or a run folder.
-
-    For a folder, the newest checkpoint (``latest.json``, else ``last.safetensors``): the
-    model as training left it. ``best.safetensors`` was picked by test-split PSNR, so it
-    is used only when named explicitly (choosing on the test split flatters the scores).
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
-    folder = checkpoint_dir(path)
-    latest = latest_checkpoint(folder)
-    if latest is None:
-        raise CheckpointError(f"{path}: no checkpoint found (expected "
-                              f"checkpoints/{LAST}{SUFFIX})")
-    return latest
 
 
 # -- model state -----------------------------------------------------------------------------
@@ -359,64 +256,3 @@ def restore_rng(tensors: Tensors, rng: dict[str, Any]) -> None:
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def update_pointer(folder: Path, target: Path, info: dict[str, Any]) -> None:
-    """Point ``latest.json`` at ``target`` (written atomically, after the checkpoint)."""
-    data = {"file": target.name, **info,
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_text(folder / POINTER, json.dumps(data, indent=1) + "\n")
-
-
-# -- loading a trained model -----------------------------------------------------------------
-def _options(cls: type[TrainableModel], values: dict[str, Any]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            continue  # an option this version of the model no longer has
-        default = fields[key].default
-        if isinstance(value, list) and isinstance(default, tuple):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls.Options(**kwargs)
-
-
-def _pipeline(spec: str) -> Any:
-    from restorekit.pipeline import Pipeline  # written elsewhere; imported lazily
-
-    return Pipeline.parse(spec)
-
-
-def load_trained(checkpoint: str | Path, models: Callable[[str], type[TrainableModel]],
-                 device: str | torch.device = "auto") -> TrainableModel:
-    """Rebuild a trained model from a checkpoint file or a run folder, ready to enhance.
-
-    ``checkpoint``: a ``.safetensors`` file, a run folder or its ``checkpoints/`` folder
-    (its newest checkpoint; see :func:`find_checkpoint`). ``models`` maps the stored
-    model name to its class (e.g. ``get_registry().model``). The model is rebuilt from the
-    stored options and preprocessing spec, built on ``device``, its weights loaded and its
-    networks put in eval mode.
-    """
-    path = find_checkpoint(checkpoint)
-    tensors, meta = read_checkpoint(path)
-    name = meta["model"]
-    try:
-        cls = models(name)
-    except (RestorekitError, KeyError) as exc:
-        raise CheckpointError(f"{path}: checkpoint of model {name!r}, which is not "
-                              f"available ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, TrainableModel)):
-        raise CheckpointError(f"{path}: model {name!r} is not a trainable model")
-    try:
-        options = _options(cls, meta.get("options", {}))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: stored options do not fit model {name!r} "
-                              f"({exc})") from None
-    model = cls(options, _pipeline(meta.get("preprocess", "")))
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model.build(dev)
-    restore_networks(path, tensors, model)
-    for net in model.networks().values():
-        net.eval()
-    return model

@@ -43,6 +43,10 @@ class TrainConfig:
         metadata={"help": "stop with a checkpoint after N minutes of wall time (0 = no limit)"})
     num_workers: int = field(
         default=0, metadata={"help": "data loading worker processes (0 = in the main process)"})
+    tensorboard: bool = field(
+        default=False, metadata={"help": "also log losses, metrics and sample grids for "
+                                         "TensorBoard (RUN/tensorboard; pip install "
+                                         "'restorekit[tensorboard]')"})
 
     def __post_init__(self) -> None:
         check_precision(self.precision)

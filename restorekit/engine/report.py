@@ -1,8 +1,8 @@
 """A run's ``report.html`` and its ``losses.svg``/``metrics.svg`` curves, drawn by hand.
 
-Everything is read back from the run folder (``config.json``, ``losses.jsonl``,
-``metrics.jsonl``, ``baselines.json``, ``samples/``), so a report can be rebuilt for
-any run folder with :func:`write_report`.
+Everything is read back from the run folder through :class:`RunDir` (config, losses,
+metrics, baselines, samples), so a report can be rebuilt for any run folder with
+:func:`write_report`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from restorekit.engine.checkpoint import atomic_write_text
+from restorekit.engine.files import atomic_write_text
+from restorekit.engine.rundir import RunDir
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
 PANEL_W, PANEL_H = 380, 230
@@ -23,21 +24,6 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 12, 26, 34
 NOT_CURVES = {"epoch", "step", "time"}
 
 Series = dict[str, list[tuple[float, float]]]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (a torn last line is skipped)."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _fmt(value: float) -> str:
@@ -180,18 +166,15 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
 
-def write_report(run_dir: Path, higher_is_better: Mapping[str, bool] | None = None) -> Path:
-    """Write ``losses.svg``, ``metrics.svg`` and ``report.html`` in ``run_dir``."""
-    run_dir = Path(run_dir)
+def write_report(run: RunDir | str | Path,
+                 higher_is_better: Mapping[str, bool] | None = None) -> Path:
+    """Write ``losses.svg``, ``metrics.svg`` and ``report.html`` in the run folder."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
     higher_is_better = dict(higher_is_better or {})
-    config: dict[str, Any] = {}
-    if (run_dir / "config.json").is_file():
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    baselines: dict[str, dict[str, float]] = {}
-    if (run_dir / "baselines.json").is_file():
-        baselines = json.loads((run_dir / "baselines.json").read_text(encoding="utf-8"))
-    losses = read_jsonl(run_dir / "losses.jsonl")
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    config = run.read_config()
+    baselines = run.read_baselines() or {}
+    losses = run.read_log("losses")
+    metrics = run.read_log("metrics")
 
     loss_panels = curves(losses, skip={k for r in losses for k in r if k.startswith("lr")})
     metric_panels = curves(metrics)
@@ -200,15 +183,15 @@ def write_report(run_dir: Path, higher_is_better: Mapping[str, bool] | None = No
               for name in metric_panels}
     losses_svg = svg_charts(loss_panels)
     metrics_svg = svg_charts(metric_panels, hlines)
-    atomic_write_text(run_dir / "losses.svg", losses_svg)
-    atomic_write_text(run_dir / "metrics.svg", metrics_svg)
+    atomic_write_text(run.chart("losses"), losses_svg)
+    atomic_write_text(run.chart("metrics"), metrics_svg)
 
     model_name = str(config.get("model", "model"))
-    title = f"restorekit run {run_dir.name}"
-    samples = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() \
-        else []
+    title = f"restorekit run {run.name}"
+    samples = run.sample_files()
     sample_html = "".join(
-        f'<figure><img src="samples/{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
+        f'<figure><img src="{html.escape(p.relative_to(run.path).as_posix())}" '
+        f'alt="{html.escape(p.stem)}">'
         f"<figcaption>{html.escape(p.stem)} (rows: low | enhanced | ground truth)"
         f"</figcaption></figure>" for p in reversed(samples)) or "<p>No samples yet.</p>"
     final = metrics[-1] if metrics else None
@@ -230,6 +213,5 @@ def write_report(run_dir: Path, higher_is_better: Mapping[str, bool] | None = No
         "<h2>Configuration</h2>", _table(["key", "value"], _config_rows(config)),
         "</body></html>",
     ]
-    path = run_dir / "report.html"
-    atomic_write_text(path, "\n".join(parts) + "\n")
-    return path
+    atomic_write_text(run.report, "\n".join(parts) + "\n")
+    return run.report

@@ -8,10 +8,8 @@ between training logic and architectures.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
-import shutil
 import signal
 import threading
 import time
@@ -25,12 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import restorekit
+from restorekit._version import __version__
 from restorekit.api import Metric, TrainableModel
 from restorekit.engine import checkpoint as ckpt
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
-from restorekit.engine.report import read_jsonl, write_report
+from restorekit.engine.report import write_report
+from restorekit.engine.rundir import RunDir
 from restorekit.errors import DataError, TrainingError, UsageError
+from restorekit.plugins import Registry
 
 SAMPLE_HEIGHT = 256
 """Sample grid cells are downscaled to at most this many pixels high."""
@@ -143,18 +143,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_jsonl(path: Path, max_step: int) -> None:
-    """Drop records logged after the checkpoint a run resumes from."""
-    if path.is_file():
-        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-        ckpt.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
 def _downscale(image: np.ndarray, height: int) -> np.ndarray:
     from PIL import Image as PILImage
 
@@ -182,20 +170,20 @@ class Trainer:
     """Trains one model into one run folder; :meth:`run` does the work (see :func:`train`)."""
 
     def __init__(self, model: TrainableModel, *, train_pairs: Any, test_pairs: Any,
-                 run_dir: Path, resume: bool = False, overwrite: bool = False,
-                 data_desc: str = "", extra_config: dict[str, Any] | None = None,
+                 run_dir: Path, registry: Registry, resume: bool = False,
+                 overwrite: bool = False, data_desc: str = "",
+                 extra_config: dict[str, Any] | None = None,
                  metrics: Sequence[Metric] | None = None) -> None:
         if not isinstance(model.options, TrainConfig):
             raise UsageError(f"model {type(model).name!r}: its Options must subclass "
                              f"restorekit.engine.TrainConfig")
-        if resume and overwrite:
-            raise UsageError("use either --resume or --overwrite, not both")
         self.model = model
         self.cfg: TrainConfig = model.options
         self.train_pairs = train_pairs
         self.test_pairs = test_pairs
-        self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.rundir = RunDir(run_dir)
+        self.run_dir = self.rundir.path
+        self.registry = registry
         self.resume = resume
         self.overwrite = overwrite
         self.data_desc = data_desc
@@ -210,49 +198,24 @@ class Trainer:
         self.checkpoint: Path | None = None
         self._in_step = False
         self._interrupt = _DeferredInterrupt()
+        self._board: Any = None
 
     # -- setup -------------------------------------------------------------------------------
-    def _prepare_folder(self) -> Path | None:
-        """Create/clear the run folder; the checkpoint to resume from, if any."""
-        exists = self.run_dir.is_dir() and any(self.run_dir.iterdir())
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise UsageError(f"run folder {self.run_dir} exists and is not a folder")
-        resume_from = None
-        if exists and self.resume:
-            resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if self.ckpt_dir.is_dir() \
-                else None
-            if resume_from is None:
-                tqdm.write(f"restorekit: {self.run_dir} has no checkpoint yet; starting over")
-                shutil.rmtree(self.run_dir)
-        elif exists and self.overwrite:
-            shutil.rmtree(self.run_dir)
-        elif exists:
-            raise UsageError(f"run folder {self.run_dir} already exists; use --resume to "
-                             f"continue it or --overwrite to start over")
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "samples").mkdir(exist_ok=True)
-        return resume_from
-
     def _write_config(self, device: torch.device, precision: str, resumed: bool) -> None:
-        path = self.run_dir / "config.json"
-        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         config = {
-            "run": self.run_dir.name,
             "model": type(self.model).name,
             "options": ckpt.capture_options(self.model),
             "preprocess": str(self.model.preprocess),
             "data": self.data_desc or getattr(self.train_pairs, "describe", str)(),
             "train_pairs": len(self.train_pairs),
             "test_pairs": len(self.test_pairs) if self.test_pairs is not None else 0,
-            "restorekit_version": restorekit.__version__,
+            "restorekit_version": __version__,
             "torch_version": torch.__version__,
             "device": str(device),
             "precision": precision,
-            "started_at": old.get("started_at", _now()),
-            "resumed_at": old.get("resumed_at", []) + ([_now()] if resumed else []),
             "extra": self.extra_config,
         }
-        ckpt.atomic_write_text(path, json.dumps(config, indent=1) + "\n")
+        self.rundir.write_config(config, resumed=resumed)
 
     def _dataset(self) -> Any:
         from restorekit.data import TrainCrops
@@ -270,16 +233,17 @@ class Trainer:
         from restorekit import evaluate
 
         if self.metrics is None:
-            self.metrics = list(evaluate.default_metrics())
+            self.metrics = evaluate.default_metrics(self.registry)
         if not self._can_evaluate():
             return {}
-        path = self.run_dir / "baselines.json"
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+        stored = self.rundir.read_baselines()
+        if stored is not None and all(m.name in row for row in stored.values()
+                                      for m in self.metrics):
+            return stored
         tqdm.write("restorekit: computing the identity and classic baselines on the test split")
-        baselines = evaluate.classic_baselines(self.test_pairs, self.metrics)
+        baselines = evaluate.classic_baselines(self.test_pairs, self.metrics, self.registry)
         baselines = {k: {m: float(v) for m, v in row.items()} for k, row in baselines.items()}
-        ckpt.atomic_write_text(path, json.dumps(baselines, indent=1) + "\n")
+        self.rundir.write_baselines(baselines)
         return baselines
 
     def _can_evaluate(self) -> bool:
@@ -293,16 +257,12 @@ class Trainer:
             "best_psnr": self.best_psnr, "metrics": self.last_metrics,
             "scalers": {name: s.state_dict() for name, s in ctx.scalers.items()},
             "rng": ckpt.capture_rng(tensors),
-            "restorekit_version": restorekit.__version__, "torch_version": torch.__version__,
+            "restorekit_version": __version__, "torch_version": torch.__version__,
             "saved_at": _now(),
         })
-        path = self.ckpt_dir / f"{ckpt.LAST}{ckpt.SUFFIX}"
+        path = self.rundir.checkpoint_path(RunDir.LAST)
         ckpt.write_checkpoint(path, tensors, meta)
-        if best:
-            target = self.ckpt_dir / f"{ckpt.BEST}{ckpt.SUFFIX}"
-            ckpt.atomic_copy(path, target)
-            ckpt.atomic_copy(ckpt.sidecar(path), ckpt.sidecar(target))
-        ckpt.update_pointer(self.ckpt_dir, path, {"epoch": self.epoch, "step": self.step})
+        self.rundir.commit_checkpoint(path, best, {"epoch": self.epoch, "step": self.step})
         self.checkpoint = path
         return path
 
@@ -326,8 +286,7 @@ class Trainer:
         note = f" (changed options: {', '.join(changed)})" if changed else ""
         tqdm.write(f"restorekit: resuming {self.run_dir} from {path.name} at epoch "
                    f"{self.epoch + 1}, step {self.step}{note}")
-        _truncate_jsonl(self.run_dir / "losses.jsonl", self.step)
-        _truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
+        self.rundir.truncate_logs(self.step)
 
     # -- evaluation --------------------------------------------------------------------------
     def _evaluate(self, epoch_label: int) -> bool:
@@ -346,8 +305,8 @@ class Trainer:
                 module.training = mode
         results = {k: float(v) for k, v in results.items()}
         self.last_metrics = results
-        _append_jsonl(self.run_dir / "metrics.jsonl",
-                      {"epoch": epoch_label, "step": self.step, **results})
+        self.rundir.log("metrics", {"epoch": epoch_label, "step": self.step, **results})
+        self._board_scalars("metrics", results)
         improved = False
         psnr = results.get("psnr")
         if psnr is not None and math.isfinite(psnr) and (
@@ -368,11 +327,44 @@ class Trainer:
         for i in range(count):
             low, high = self.test_pairs.pair(i)
             rows.append([low, self.model.enhance(low), high])
-        write_image(self.run_dir / "samples" / f"epoch_{epoch_label:03d}.png", sample_grid(rows))
+        grid = sample_grid(rows)
+        write_image(self.rundir.sample_path(epoch_label), grid)
+        board = self._tensorboard()
+        if board is not None:
+            board.add_image("samples/grid", grid, self.step, dataformats="HWC")
+            board.flush()
 
     def _report(self) -> Path:
         higher = {m.name: m.higher_is_better for m in self.metrics or []}
-        return write_report(self.run_dir, higher)
+        return write_report(self.rundir, higher)
+
+    # -- TensorBoard (optional) ---------------------------------------------------------------
+    def _tensorboard(self) -> Any:
+        """The SummaryWriter of ``--tensorboard`` (opened on first use), else None."""
+        if self._board is None and getattr(self.cfg, "tensorboard", False):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UsageError("--tensorboard needs the tensorboard package: pip install "
+                                 "'restorekit[tensorboard]'") from None
+            self._board = SummaryWriter(log_dir=str(self.rundir.tensorboard),
+                                        purge_step=self.step or None)
+        return self._board
+
+    def _board_scalars(self, group: str, values: dict[str, Any]) -> None:
+        board = self._tensorboard()
+        if board is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                board.add_scalar(f"{group}/{key}", value, self.step)
+        board.flush()
+
+    def close(self) -> None:
+        """Release what the trainer holds open (the TensorBoard writer)."""
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     # -- the loop ----------------------------------------------------------------------------
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -399,7 +391,9 @@ class Trainer:
             record["lr"] = next(iter(lrs.values()))
             if len(lrs) > 1:
                 record.update({f"lr_{name}": lr for name, lr in lrs.items()})
-        _append_jsonl(self.run_dir / "losses.jsonl", record)
+        self.rundir.log("losses", record)
+        self._board_scalars("losses", {k: v for k, v in record.items()
+                                       if k not in ("epoch", "step")})
 
     def _limit_reached(self, started: float) -> str | None:
         cfg = self.cfg
@@ -487,7 +481,7 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train (or resume) until the epochs are done or a limit/interrupt stops it."""
         model, cfg = self.model, self.cfg
-        resume_from = self._prepare_folder()
+        resume_from = self.rundir.prepare(self.resume, self.overwrite)
         device = resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
         if device.type == "cuda" and precision == "fp32":
@@ -534,20 +528,27 @@ class Trainer:
 
 
 def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: Path,
-          resume: bool = False, overwrite: bool = False, data_desc: str = "",
-          extra_config: dict[str, Any] | None = None,
+          registry: Registry, resume: bool = False, overwrite: bool = False,
+          data_desc: str = "", extra_config: dict[str, Any] | None = None,
           metrics: Sequence[Metric] | None = None) -> TrainResult:
     """Train ``model`` (options from ``model.options``, a :class:`TrainConfig`) into ``run_dir``.
 
-    ``train_pairs``/``test_pairs`` are ``restorekit.data`` PairSets. A non-empty
-    ``run_dir`` is refused unless ``resume`` (continue from its latest checkpoint,
-    bit-exactly on CPU) or ``overwrite`` (clear it). ``metrics`` defaults to
-    ``restorekit.evaluate.default_metrics()``. Raises ``TrainingError`` on a non-finite loss.
+    ``train_pairs``/``test_pairs`` are ``restorekit.data`` PairSets; ``registry`` (e.g.
+    ``restorekit.plugins.get_registry()``) gives the metrics and the classic baselines'
+    preprocessors. A non-empty ``run_dir`` is refused unless ``resume`` (continue from its
+    latest checkpoint, bit-exactly on CPU; see also :func:`restorekit.engine.resume`) or
+    ``overwrite`` (clear it). ``metrics`` defaults to
+    ``restorekit.evaluate.default_metrics(registry)``: PSNR, SSIM, CIEDE2000 and every
+    plugin metric. Raises ``TrainingError`` on a non-finite loss.
     """
     trainer = Trainer(model, train_pairs=train_pairs, test_pairs=test_pairs,
-                      run_dir=Path(run_dir), resume=resume, overwrite=overwrite,
-                      data_desc=data_desc, extra_config=extra_config, metrics=metrics)
-    return trainer.run()
+                      run_dir=Path(run_dir), registry=registry, resume=resume,
+                      overwrite=overwrite, data_desc=data_desc, extra_config=extra_config,
+                      metrics=metrics)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 
 
 __all__ = ["StepContextImpl", "TrainResult", "Trainer", "train"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import pytest
@@ -277,9 +278,10 @@ def test_resnet_block_plain_and_fused_paths(monkeypatch: pytest.MonkeyPatch) -> 
         calls.append((c1, c2))
         return t * 2
 
-    import restorekit.ext
+    import restorekit_pix2pixhd.networks as networks
 
-    monkeypatch.setattr(restorekit.ext, "resnet_block", fake_resnet_block)
+    # The plugin imports the extension plainly (``from restorekit import ext``).
+    monkeypatch.setattr(networks, "ext", types.SimpleNamespace(resnet_block=fake_resnet_block))
     block.fused = True
     assert torch.equal(block(x), x * 2)
     assert calls == [(block.conv_block[1], block.conv_block[5])]

@@ -25,6 +25,7 @@ from restorekit.engine import checkpoint as ckpt
 from restorekit.engine.trainer import StepContextImpl, sample_grid
 from restorekit.errors import CheckpointError, TrainingError, UsageError
 from restorekit.pipeline import Pipeline
+from restorekit.plugins import Registry
 
 
 # -- a tiny data set and a tiny GAN-shaped model -----------------------------------------------
@@ -115,6 +116,8 @@ class Other(Tiny):
 
 
 MODELS = {"tiny": Tiny, "other": Other}
+REGISTRY = Registry()
+REGISTRY.items["models"].update(MODELS)
 
 BASE = dict(epochs=3, batch_size=2, crop_size=16, log_every=1, num_samples=2, seed=3)
 
@@ -128,7 +131,7 @@ def cheap_baselines(monkeypatch: pytest.MonkeyPatch) -> None:
     """The classic baselines need the built-in preprocessors; score the identity only."""
     from restorekit import evaluate
 
-    def baselines(pairs, metrics, **_):
+    def baselines(pairs, metrics, *_, **__):
         return {"identity": evaluate.evaluate(pairs, None, metrics, progress=False)}
 
     monkeypatch.setattr(evaluate, "classic_baselines", baselines)
@@ -136,7 +139,8 @@ def cheap_baselines(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run(run_dir: Path, model: Tiny | None = None, **kwargs) -> TrainResult:
     return train(model or make(), train_pairs=TinyPairs(6, 0), test_pairs=TinyPairs(3, 1),
-                 run_dir=run_dir, data_desc="tiny", metrics=METRICS, **kwargs)
+                 run_dir=run_dir, registry=REGISTRY, data_desc="tiny", metrics=METRICS,
+                 **kwargs)
 
 
 def all_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -158,7 +162,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResul
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evaluate, "classic_baselines",
-                   lambda pairs, metrics, **_: {"identity": evaluate.evaluate(
+                   lambda pairs, metrics, *_, **__: {"identity": evaluate.evaluate(
                        pairs, None, metrics, progress=False)})
         run_dir = tmp_path_factory.mktemp("full") / "run"
         return run_dir, run(run_dir)
@@ -270,7 +274,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert "last.safetensors" in message and "\n" not in message
     meta = ckpt.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")
     assert meta["step"] == 3
-    model = load_trained(tmp_path / "r" / "checkpoints" / "last.safetensors", MODELS.__getitem__)
+    model = load_trained(tmp_path / "r" / "checkpoints" / "last.safetensors", REGISTRY,
+                         device="cpu")
     assert all(torch.isfinite(p).all() for p in model.G.parameters())
 
 
@@ -278,7 +283,7 @@ def test_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"net.G.0.weight": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match="model.pt.*pickle"):
-        load_trained(path, MODELS.__getitem__)
+        load_trained(path, REGISTRY, device="cpu")
 
 
 def test_truncated_checkpoint_is_refused(tmp_path: Path,
@@ -287,10 +292,10 @@ def test_truncated_checkpoint_is_refused(tmp_path: Path,
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cut.safetensors"):
-        load_trained(path, MODELS.__getitem__)
+        load_trained(path, REGISTRY, device="cpu")
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="cut.safetensors"):
-        load_trained(path, MODELS.__getitem__)
+        load_trained(path, REGISTRY, device="cpu")
 
 
 def test_wrong_model_or_shape_is_refused(tmp_path: Path,
@@ -302,12 +307,12 @@ def test_wrong_model_or_shape_is_refused(tmp_path: Path,
     meta["options"]["width"] = 5
     ckpt.write_checkpoint(tmp_path / "w.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="net.G.0.weight"):
-        load_trained(tmp_path / "w.safetensors", MODELS.__getitem__)
+        load_trained(tmp_path / "w.safetensors", REGISTRY, device="cpu")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
-        load_trained(tmp_path / "nothing-here", MODELS.__getitem__)
+        load_trained(tmp_path / "nothing-here", REGISTRY, device="cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="empty: no checkpoint found"):
-        load_trained(tmp_path / "empty", MODELS.__getitem__)
+        load_trained(tmp_path / "empty", REGISTRY, device="cpu")
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path: Path) -> None:
@@ -322,7 +327,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(tmp_path: Path) -> None:
 
 def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -> None:
     run_dir = full_run[0]
-    model = load_trained(run_dir, MODELS.__getitem__, device="cpu")
+    model = load_trained(run_dir, REGISTRY, device="cpu")
     assert isinstance(model, Tiny) and not model.G.training
     reference = all_tensors(run_dir)  # a run folder means its last checkpoint
     for key, value in model.G.state_dict().items():
@@ -331,8 +336,7 @@ def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -
     assert best["metrics"]["psnr"] == full_run[1].best_psnr
     image = TinyPairs(1, 5).pair(0)[0][:21, :17]
     assert model.enhance(image).shape == (21, 17, 3)
-    last = load_trained(run_dir / "checkpoints" / "last.safetensors", MODELS.__getitem__,
-                        device="cpu")
+    last = load_trained(run_dir / "checkpoints" / "last.safetensors", REGISTRY, device="cpu")
     reference = all_tensors(run_dir)
     for key, value in last.G.state_dict().items():
         assert torch.equal(value, reference[f"net.G.{key}"])

@@ -2,9 +2,12 @@
 
 The package holds a ``pyproject.toml`` that declares the entry point in the ``restorekit``
 group, a module with one hook implementation for the chosen kind (preprocessor, metric
-or model), a passing pytest file that registers the plugin with
-``restorekit.plugins.registered`` and a README. ``pip install -e DIR`` makes it show in
-``restorekit plugins`` at once.
+or model), a passing pytest file beside it that uses ``restorekit.testing.isolated`` and a
+README. ``pip install -e DIR`` makes it show in ``restorekit plugins`` at once. This is the
+layout of every plugin in the repository (``plugins/*/``).
+
+The name may be a plugin name (``sharpen``) or a distribution name
+(``restorekit-sharpen``); the module name is derived from it (``sharpen_plugin``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import keyword
 import re
 from pathlib import Path
 
+from restorekit.api import Command
 from restorekit.errors import UsageError
+from restorekit.plugins import Registry
 
 KINDS = ("preprocessor", "model", "metric")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -199,20 +204,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from restorekit import plugins
+from restorekit import plugins, testing
 
 import {pkg}
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[plugins.Registry]:
-    """restorekit's registry with this plugin registered for one test only."""
-    # Keep an installed copy (found through its entry point) out, then register this one.
-    monkeypatch.setenv("RESTOREKIT_DISABLE_PLUGINS", "{name}")
-    plugins.reset()
-    with plugins.registered({pkg}, name="{name}"):
-        yield plugins.get_registry()
-    plugins.reset()
+def registry() -> Iterator[plugins.Registry]:
+    """The built-ins and this plugin only: no installed plugin can interfere."""
+    with testing.isolated({name}={pkg}) as registry:
+        yield registry
 
 
 def test_the_hook_registers_{name}(registry: plugins.Registry) -> None:
@@ -324,15 +325,27 @@ def _files(name: str, kind: str) -> dict[str, str]:
     return {path: text.format(**values) for path, text in files.items()}
 
 
+def plugin_name(name: str) -> str:
+    """The plugin name of ``name``: ``restorekit-foo-bar`` and ``foo-bar`` give ``foo_bar``."""
+    base = name.strip()
+    for prefix in ("restorekit-", "restorekit_"):
+        if base.lower().startswith(prefix):
+            base = base[len(prefix):]
+            break
+    return base.replace("-", "_")
+
+
 def validate_name(name: str) -> str:
-    """``name`` if it is a valid plugin name (lower-case Python identifier), else UsageError."""
-    if not _NAME.match(name) or keyword.iskeyword(name):
-        raise UsageError(f"new-plugin: invalid name {name!r}: use a lower-case Python "
-                         "identifier (letters, digits, underscores; starting with a letter)")
-    if name.startswith("restorekit"):
+    """The plugin name derived from ``name`` if valid, else a one-line ``UsageError``."""
+    derived = plugin_name(name)
+    if not _NAME.match(derived) or keyword.iskeyword(derived):
+        raise UsageError(f"new-plugin: invalid name {name!r}: use a lower-case name of "
+                         "letters, digits, '_' or '-', starting with a letter (e.g. 'sharpen' "
+                         "or 'restorekit-sharpen')")
+    if derived.startswith("restorekit"):
         raise UsageError(f"new-plugin: invalid name {name!r}: names starting with "
                          "'restorekit' are reserved")
-    return name
+    return derived
 
 
 def create_plugin(name: str, kind: str, output: Path) -> Path:
@@ -341,7 +354,7 @@ def create_plugin(name: str, kind: str, output: Path) -> Path:
     ``output`` must not exist or be empty. Returns ``output``. Raises ``UsageError``
     for a bad name or kind, or a non-empty target folder.
     """
-    validate_name(name)
+    name = validate_name(name)
     if kind not in KINDS:
         raise UsageError(f"new-plugin: --kind must be one of {', '.join(KINDS)} (got {kind!r})")
     output = Path(output)
@@ -356,22 +369,24 @@ def create_plugin(name: str, kind: str, output: Path) -> Path:
     return output
 
 
-def cmd_new_plugin(args: argparse.Namespace) -> int:
-    """``restorekit new-plugin``: create the package and say what to do next."""
-    output = args.output if args.output is not None else Path(f"restorekit-{args.name}")
-    folder = create_plugin(args.name, args.kind, output)
-    print(f"created the {args.kind} plugin {args.name!r} in {folder}\n"
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="plugin name, e.g. 'sharpen' or 'restorekit-sharpen' "
+                                     "(module: sharpen_plugin)")
+    parser.add_argument("--kind", choices=KINDS, default="preprocessor",
+                        help="what the plugin registers (default: preprocessor)")
+    parser.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                        help="folder to create (default: ./restorekit-NAME); must be empty")
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """Create the package and say what to do next."""
+    name = validate_name(args.name)
+    dist = "restorekit-" + name.replace("_", "-")
+    output = args.output if args.output is not None else Path(dist)
+    folder = create_plugin(name, args.kind, output)
+    print(f"created the {args.kind} plugin {name!r} ({dist}) in {folder}\n"
           f"next: pip install -e {folder} && restorekit plugins && pytest {folder}")
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``new-plugin`` subcommand to ``restorekit``'s subparsers."""
-    p = subparsers.add_parser("new-plugin", help="create a plugin package to start from")
-    p.add_argument("name", help="plugin name: a lower-case Python identifier, e.g. 'sharpen'")
-    p.add_argument("--kind", choices=KINDS, default="preprocessor",
-                   help="what the plugin registers (default: preprocessor)")
-    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
-                   help="folder to create (default: ./restorekit-NAME); must be empty")
-    p.set_defaults(func=cmd_new_plugin)
-    return p
+COMMAND = Command("new-plugin", "create a plugin package to start from", configure, run)

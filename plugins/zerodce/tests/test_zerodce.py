@@ -1,4 +1,4 @@
-"""The example third-party plugin in plugins/restorekit_zerodce (distribution restorekit-zerodce).
+"""The example third-party plugin in plugins/zerodce (distribution restorekit-zerodce).
 
 It is loaded through its entry point exactly as when installed (a dist-info on sys.path
 pointing at the real package), listed by ``restorekit plugins``, trained and evaluated
@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +22,7 @@ import torch
 from restorekit import plugins
 from restorekit.cli import main
 
-PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "restorekit_zerodce"
-SRC = PLUGIN / "src"
-if str(SRC) not in sys.path:  # the unit tests import zerodce_plugin directly
-    sys.path.append(str(SRC))
+PLUGIN = Path(__file__).resolve().parents[1]
 
 
 def _version() -> str:
@@ -45,7 +41,7 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     (info / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: restorekit-zerodce\nVersion: {_version()}\n")
     (info / "entry_points.txt").write_text("[restorekit]\nzerodce = zerodce_plugin\n")
-    monkeypatch.syspath_prepend(str(SRC))
+    monkeypatch.syspath_prepend(str(PLUGIN))
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("RESTOREKIT_EXT", "off")
     monkeypatch.chdir(tmp_path)
@@ -126,7 +122,7 @@ def test_listed_by_restorekit_plugins(installed: Path,
 def test_retinex_runs_in_a_pipeline(installed: Path) -> None:
     from restorekit.pipeline import Pipeline
 
-    pipeline = Pipeline.parse("retinex:sigma=10:clip=0.02")
+    pipeline = Pipeline.parse("retinex:sigma=10:clip=0.02", plugins.get_registry())
     image = np.random.default_rng(1).uniform(0, 0.2, (32, 32, 3)).astype(np.float32)
     assert pipeline(image).shape == image.shape
 

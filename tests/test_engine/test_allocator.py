@@ -71,9 +71,10 @@ def test_invalid_mode_is_one_clear_error(monkeypatch: pytest.MonkeyPatch,
 def test_run_command_applies_it(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
-    import restorekit.run
+    import restorekit.cli.run
 
-    monkeypatch.setattr(restorekit.run, "run_model", lambda name, rest: calls.append(name) or 0)
+    monkeypatch.setattr(restorekit.cli.run, "_eval", lambda model, args, registry:
+                        calls.append(type(model).name) or 0)
     assert cli.main(["run", "classic", "--eval"]) == 0
     assert calls == ["keep", "classic"]
 

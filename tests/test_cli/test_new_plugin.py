@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -14,8 +13,8 @@ import pytest
 
 from restorekit import plugins
 from restorekit.cli import main
+from restorekit.cli.new_plugin import KINDS, create_plugin, plugin_name
 from restorekit.errors import UsageError
-from restorekit.scaffold import KINDS, add_parser, create_plugin
 
 NAMES = {"preprocessor": "brighten", "metric": "meanshift", "model": "tinynet"}
 ITEMS = {"preprocessor": "preprocessors", "metric": "metrics", "model": "models"}
@@ -48,7 +47,7 @@ def test_files_of_a_generated_plugin(generated: dict[str, Path]) -> None:
     pyproject = (model / "pyproject.toml").read_text()
     assert '[project.entry-points.restorekit]\ntinynet = "tinynet_plugin"' in pyproject
     assert 'name = "restorekit-tinynet"' in pyproject
-    assert "plugins.registered(" in (model / "tests" / "test_tinynet.py").read_text()
+    assert "testing.isolated(" in (model / "tests" / "test_tinynet.py").read_text()
 
 
 def test_generated_plugins_are_listed_by_restorekit_plugins(
@@ -92,7 +91,7 @@ def test_generated_files_are_ruff_clean(generated: dict[str, Path], kind: str) -
 
 
 @pytest.mark.parametrize("name", ["", "1abc", "My-Plugin", "has space", "class", "Upper",
-                                  "restorekit_x", "a.b"])
+                                  "restorekit", "restorekit-restorekit_x", "a.b"])
 def test_bad_names_are_refused(name: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="invalid name"):
         create_plugin(name, "metric", tmp_path / "out")
@@ -111,19 +110,24 @@ def test_bad_kind_and_non_empty_target_are_refused(tmp_path: Path) -> None:
     assert create_plugin("ok", "metric", tmp_path / "c") == tmp_path / "c"
 
 
-def test_add_parser_wires_the_subcommand(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="restorekit")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["new-plugin", "sharpen", "--kind", "metric",
-                              "-o", str(tmp_path / "p")])
-    assert args.func(args) == 0
-    assert (tmp_path / "p" / "sharpen_plugin" / "__init__.py").exists()
+@pytest.mark.parametrize(("given", "derived"), [("sharpen", "sharpen"),
+                                                ("restorekit-sharpen", "sharpen"),
+                                                ("restorekit_dark_prior", "dark_prior"),
+                                                ("dark-prior", "dark_prior")])
+def test_distribution_style_names_are_accepted(given: str, derived: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Rough edge: `new-plugin restorekit-foo` was refused; the module name is derived."""
+    assert plugin_name(given) == derived
+    assert main(["new-plugin", given, "--kind", "metric", "-o", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / f"{derived}_plugin" / "__init__.py").exists()
+    pyproject = (tmp_path / "p" / "pyproject.toml").read_text()
+    assert f'name = "restorekit-{derived.replace("_", "-")}"' in pyproject
+    assert f'{derived} = "{derived}_plugin"' in pyproject
     assert "pip install -e" in capsys.readouterr().out
 
 
 def test_cli_new_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Needs cli.build_parser() to call restorekit.scaffold.add_parser."""
+    """new-plugin is a built-in command registered through register_commands."""
     out = tmp_path / "restorekit-sharpen"
     assert main(["new-plugin", "sharpen", "-o", str(out)]) == 0
     assert (out / "sharpen_plugin" / "__init__.py").exists()

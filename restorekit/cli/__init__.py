@@ -1,0 +1,68 @@
+"""The ``restorekit`` command line: one module per command, all registered as plugins.
+
+Every verb, built-in or from a plugin, is a :class:`restorekit.Command` registered
+through the ``register_commands`` hook (the built-ins in :mod:`restorekit.cli.commands`).
+``main`` loads the plugins once, builds the parser from the registered commands and hands
+the chosen command its parsed arguments and the registry.
+
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from restorekit._version import __version__
+from restorekit.api import Command
+from restorekit.cli._common import PROG, Parser, print_error, warn
+from restorekit.errors import RestorekitError, one_line
+from restorekit.plugins import Registry, get_registry
+
+__all__ = ["PROG", "Parser", "build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``restorekit`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        registry = get_registry()
+        args = build_parser(registry).parse_args(argv)
+        command: Command = args.command_obj
+        return int(command.run(args, registry) or 0)
+    except RestorekitError as exc:
+        return print_error(exc)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser(registry: Registry) -> argparse.ArgumentParser:
+    """The ``restorekit`` parser with one subcommand per registered command."""
+    parser = Parser(prog=PROG, description="Image restoration toolkit: low-light "
+                    "enhancement with GANs, extensible through plugins.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                metavar="COMMAND")
+    for name, command in registry.items["commands"].items():
+        owner = registry.owners["commands"][name]
+        if name in registry.conflicts["commands"] and \
+                registry.plugins[owner].source != "built-in":
+            continue  # two plugins claim the verb: neither gets it (the warning said so)
+        p = sub.add_parser(name, help=command.help, add_help=command.add_help,
+                           description=command.help)
+        try:
+            command.configure(p)
+        except Exception as exc:  # a broken plugin command must not take the CLI down
+            sub._name_parser_map.pop(name, None)
+            sub._choices_actions = [a for a in sub._choices_actions if a.dest != name]
+            warn(f"command {name!r} of plugin {owner!r} skipped: its configure raised "
+                 f"{one_line(exc)}")
+            continue
+        p.set_defaults(command_obj=command)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

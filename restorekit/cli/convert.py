@@ -1,0 +1,106 @@
+"""``restorekit convert``: NVIDIA pix2pixHD checkpoints into a restorekit run folder.
+
+NVIDIA's ``train.py`` saves ``{which}_net_G.pth`` and ``{which}_net_D.pth``
+(``torch.save(net.state_dict())``) in its checkpoints folder. Their state-dict names match
+the networks of the model (``G`` and ``D`` of ``pix2pixhd``), so the weights are read with
+``torch.load(weights_only=True)`` (no arbitrary unpickling) and written as safetensors.
+Give the model options the NVIDIA run used (``--netG local --ngf 32 ...``, or a preset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from pathlib import Path
+
+from restorekit.api import Command, TrainableModel
+from restorekit.cli._common import PROG, Parser, lookup
+from restorekit.errors import CheckpointError, UsageError, one_line
+from restorekit.plugins import Registry
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the restorekit model, e.g. pix2pixhd")
+    parser.add_argument("source", type=Path,
+                        help="NVIDIA checkpoints folder holding latest_net_G.pth "
+                             "(and latest_net_D.pth)")
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="-o RUN [--which latest] [--preset NAME] [--overwrite] and the "
+                             "model's options, e.g. --netG local --ngf 32 (convert MODEL "
+                             "SOURCE --help lists them)")
+
+
+def _options_parser(model_cls: type) -> tuple[argparse.ArgumentParser, list[str]]:
+    from restorekit.cli.run import add_model_options
+
+    parser = Parser(prog=f"{PROG} convert {model_cls.name} SOURCE")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="RUN",
+                        help="run folder to create, e.g. runs/nvidia")
+    parser.add_argument("--which", default="latest",
+                        help="checkpoint prefix: latest or an epoch number (default: latest)")
+    parser.add_argument("--preset", default=None, choices=sorted(model_cls.presets) or None,
+                        help="option preset (default: the model's default preset)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
+    return parser, add_model_options(parser, model_cls)
+
+
+def read_state_dict(path: Path) -> dict[str, typing.Any]:
+    """A ``torch.save``d state dict, loaded with ``weights_only=True``; one-line errors."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:  # pickle refusals, truncated zips, ...
+        raise CheckpointError(f"{path}: cannot read it as a weights-only state dict "
+                              f"({one_line(exc)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    from restorekit.engine import import_weights
+
+    model_cls = lookup(registry.model, args.model, "convert")
+    if not model_cls.trainable:
+        raise UsageError(f"convert: model {args.model!r} has no networks to load")
+    parser, names = _options_parser(model_cls)
+    opts = parser.parse_args(args.options)
+    overrides = {n: getattr(opts, n) for n in names if hasattr(opts, n)}
+    if not args.source.is_dir():
+        raise UsageError(f"{args.source}: not a folder")
+    model = typing.cast(TrainableModel, model_cls(
+        model_cls.make_options(opts.preset, **{**overrides, "device": "cpu"}),
+        _pipeline(model_cls, registry)))
+    import torch
+
+    model.build(torch.device("cpu"))
+    state_dicts = {}
+    for name in model.networks():
+        path = args.source / f"{opts.which}_net_{name}.pth"
+        if path.is_file():
+            state_dicts[name] = read_state_dict(path)
+            print(f"read {path}")
+    if not state_dicts:
+        raise UsageError(f"{args.source}: no {opts.which}_net_*.pth file for the networks "
+                         f"{', '.join(model.networks())}")
+    path = import_weights(model, state_dicts, opts.output, source=str(args.source),
+                          overwrite=opts.overwrite)
+    fresh = sorted(set(model.networks()) - set(state_dicts))
+    note = f" ({', '.join(fresh)} freshly initialised)" if fresh else ""
+    print(f"wrote {path}{note}\nnext: {PROG} run {model_cls.name} --eval --checkpoint "
+          f"{opts.output}")
+    return 0
+
+
+def _pipeline(model_cls: type, registry: Registry) -> typing.Any:
+    from restorekit.pipeline import Pipeline
+
+    return Pipeline.parse(model_cls.default_preprocess, registry)
+
+
+COMMAND = Command("convert", "import NVIDIA pix2pixHD checkpoints (latest_net_G.pth) as a "
+                  "run folder", configure, run)

@@ -1,0 +1,35 @@
+"""``restorekit preprocess``: apply a preprocessor pipeline to images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from restorekit.api import Command
+from restorekit.cli._common import expand_inputs
+from restorekit.plugins import Registry
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--preprocess", required=True, metavar="SPEC",
+                        help='pipeline, e.g. "autogamma,clahe:clip=0.01,denoise:method=tv"')
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth")
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    from tqdm import tqdm
+
+    from restorekit.data import read_image, write_image
+    from restorekit.pipeline import Pipeline
+
+    pipeline = Pipeline.parse(args.preprocess, registry)
+    files = expand_inputs(args.inputs)
+    for path in tqdm(files, desc=f"preprocess {pipeline}", unit="img"):
+        write_image(args.output / f"{path.stem}.png", pipeline(read_image(path)), bits=args.bits)
+    print(f"wrote {len(files)} image(s) to {args.output}")
+    return 0
+
+
+COMMAND = Command("preprocess", "apply a preprocessor pipeline to images", configure, run)

@@ -1,0 +1,343 @@
+"""``restorekit run MODEL``: the same flags for every model plugin.
+
+``--train`` hands a trainable model to the training engine, ``--eval`` prints the
+metric table on the test split next to the untouched input, ``--enhance`` writes one
+output per input (same stem and size). Every field of the model's ``Options``
+dataclass is a ``--field-name`` option that overrides the chosen preset. Run folders,
+numbering and the resume rules are the engine's (:class:`restorekit.engine.RunDir`,
+:func:`restorekit.engine.resume`); this module only turns flags into calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+from restorekit.api import Command, Model, TrainableModel
+from restorekit.cli._common import PROG, Parser, expand_inputs, lookup
+from restorekit.errors import ImageReadError, UsageError
+from restorekit.plugins import Registry
+
+RUNS_DIR = Path("runs")
+
+
+# -- the command ---------------------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``run [-h] [MODEL [model options...]]``: the model's options are parsed in :func:`run`."""
+    parser.add_argument("-h", "--help", action="store_true", help="list the models")
+    parser.add_argument("model", nargs="?", help="model name (see 'restorekit plugins')")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="the model's options")
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """Parse the model's options and train, evaluate or enhance."""
+    if not args.model or args.model.startswith("-"):
+        if args.help or args.model in ("-h", "--help"):
+            print(run_help(registry))
+            return 0
+        raise UsageError("run: name a model, e.g. 'restorekit run classic --eval' "
+                         "(models: see 'restorekit run --help')")
+    model_cls: type[Model] = lookup(registry.model, args.model, "run")
+    margs = model_parser(model_cls).parse_args(args.rest + (["--help"] if args.help else []))
+    overrides = {f.name: getattr(margs, f.name) for f in dataclasses.fields(model_cls.Options)
+                 if hasattr(margs, f.name)}
+    actions = [a for a in ("train", "eval", "enhance") if getattr(margs, a)]
+    name = model_cls.name
+    if len(actions) != 1:
+        raise UsageError(f"run {name}: choose exactly one of --train, --eval, --enhance PATH...")
+    if margs.enhance and margs.output is None:
+        raise UsageError(f"run {name}: --enhance needs -o/--output DIR")
+    if margs.train and not model_cls.trainable:
+        raise UsageError(f"run {name}: model {name!r} does not train; use --eval or --enhance")
+    from restorekit.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # CPU steps reuse freed activations instead of faulting them in
+    if margs.train:
+        return _train(model_cls, margs, overrides, registry)
+    model = _load_for_inference(model_cls, margs, overrides, registry)
+    if margs.eval:
+        return _eval(model, margs, registry)
+    return _enhance(model, margs)
+
+
+COMMAND = Command("run", "train, evaluate or apply a model: run MODEL --help", configure, run,
+                  add_help=False)
+
+
+def run_help(registry: Registry) -> str:
+    """``restorekit run --help``: the usage line and the registered models."""
+    lines = [f"usage: {PROG} run MODEL [--train | --eval | --enhance PATH... -o DIR] "
+             "[--data DIR] [--preprocess SPEC] [--metrics NAMES] [options]", "", "models:"]
+    for name, cls in sorted(registry.items["models"].items()):
+        kind = "trainable" if cls.trainable else "not trainable"
+        lines.append(f"  {name:14s} {cls.description} ({kind})")
+    lines += ["", f"'{PROG} run MODEL --help' lists the options of one model."]
+    return "\n".join(lines)
+
+
+# -- parser --------------------------------------------------------------------------------
+def model_parser(model_cls: type[Model]) -> argparse.ArgumentParser:
+    """The parser of ``restorekit run MODEL``: common flags and one per model option."""
+    parser = Parser(prog=f"{PROG} run {model_cls.name}", description=model_cls.description)
+    add_common_options(parser, model_cls)
+    add_model_options(parser, model_cls)
+    return parser
+
+
+def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) -> None:
+    act = parser.add_argument_group("what to do")
+    act.add_argument("--train", action="store_true", help="train the model (trainable models)")
+    act.add_argument("--eval", action="store_true", help="metric table on the test split")
+    act.add_argument("--enhance", nargs="+", type=Path, metavar="PATH",
+                     help="images or folders to enhance (with -o DIR)")
+    g = parser.add_argument_group("data, preprocessing and metrics")
+    g.add_argument("--data", type=Path, default=None,
+                   help="paired data folder (LOL layout or low/ + high/); "
+                        "default: the embedded synthetic low-light set")
+    g.add_argument("--split", choices=("train", "test"), default="test",
+                   help="split scored by --eval (default: test)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip (and log) unusable pairs instead of stopping")
+    g.add_argument("--preprocess", default=None, metavar="SPEC",
+                   help="preprocessor pipeline applied to the low-light input"
+                        + (f" (default: {model_cls.default_preprocess!r})"
+                           if model_cls.default_preprocess else ""))
+    g.add_argument("--metrics", default=None, metavar="NAMES",
+                   help="comma-separated metrics of the --eval table and the training "
+                        "report (default: psnr, ssim, ciede2000 and every plugin metric)")
+    o = parser.add_argument_group("output")
+    o.add_argument("-o", "--output", type=Path, default=None, help="output folder for --enhance")
+    o.add_argument("--bits", type=int, choices=(8, 16), default=8, help="output PNG bit depth")
+    o.add_argument("--json", action="store_true", help="--eval: machine-readable table")
+    if model_cls.trainable:
+        t = parser.add_argument_group("runs and checkpoints")
+        presets = []
+        if model_cls.embedded_preset:
+            presets.append(f"{model_cls.embedded_preset} on the embedded set")
+        if model_cls.default_preset:
+            presets.append(f"{model_cls.default_preset} on a --data folder")
+        t.add_argument("--preset", default=None, choices=sorted(model_cls.presets) or None,
+                       help="option preset (default: " + (", ".join(presets) or "none") + ")")
+        t.add_argument("--name", default=None, help=f"run name: {RUNS_DIR}/NAME "
+                       "(default: the model name, numbered so no run is overwritten)")
+        t.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="folder holding runs")
+        t.add_argument("--resume", action="store_true",
+                       help="continue the run NAME (default: the newest run of this model) "
+                            "from its last checkpoint")
+        t.add_argument("--overwrite", action="store_true", help="replace an existing run NAME")
+        t.add_argument("--checkpoint", type=Path, default=None, metavar="RUN_OR_FILE",
+                       help="--eval/--enhance: a run folder or a .safetensors checkpoint "
+                            "(default: the newest run of this model)")
+        t.add_argument("--tile", type=int, default=0,
+                       help="--enhance: process images in overlapping tiles of this size")
+
+
+def _preset_defaults(model_cls: type[Model]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, values) of the presets a plain ``--train`` uses, embedded set first."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for preset in (model_cls.embedded_preset, model_cls.default_preset):
+        if preset and preset in model_cls.presets and preset not in [p for p, _ in found]:
+            found.append((preset, model_cls.presets[preset]))
+    return found
+
+
+def add_model_options(parser: argparse.ArgumentParser, model_cls: type[Model]) -> list[str]:
+    """One ``--field-name`` option per field of ``model_cls.Options``; help shows preset values."""
+    fields = dataclasses.fields(model_cls.Options)
+    if not fields:
+        return []
+    hints = typing.get_type_hints(model_cls.Options)
+    group = parser.add_argument_group(f"{model_cls.name} options (override the preset)")
+    presets = _preset_defaults(model_cls)
+    names = []
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        default = _field_default(f)
+        kind = hints.get(f.name)
+        shown = f"default {default!r}"
+        set_by = [f"{values[f.name]!r} with preset {p}" for p, values in presets
+                  if f.name in values]
+        if set_by:
+            shown = f"{'; '.join(set_by)}; else {default!r}"
+        help_text = f.metadata.get("help", "")
+        shown = f"{help_text} ({shown})" if help_text else shown
+        shown = shown.replace("%", "%%")
+        if kind is bool or isinstance(default, bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=shown)
+        else:
+            conv = kind if kind in (int, float, str) else type(default)
+            if conv not in (int, float, str):
+                conv = str
+            group.add_argument(flag, dest=f.name, type=conv, default=argparse.SUPPRESS,
+                               help=shown)
+        names.append(f.name)
+    return names
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+# -- actions -------------------------------------------------------------------------------
+def _pipeline(model_cls: type[Model], spec: str | None, registry: Registry) -> Any:
+    from restorekit.pipeline import Pipeline
+
+    return Pipeline.parse(model_cls.default_preprocess if spec is None else spec, registry)
+
+
+def _metrics(args: argparse.Namespace, registry: Registry) -> list[Any]:
+    from restorekit.evaluate import default_metrics
+
+    return lookup(lambda names: default_metrics(registry, names), args.metrics, "--metrics")
+
+
+def _resume_hint(model_cls: type[Model], run_dir: Path, runs_dir: Path) -> str:
+    return (f"{PROG} run {model_cls.name} --train --resume --name {run_dir.name} "
+            f"--runs-dir {runs_dir}")
+
+
+def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
+           registry: Registry) -> int:
+    from restorekit.data import open_pairs
+    from restorekit.engine import RunDir, resume, train
+
+    runs_dir: Path = args.runs_dir
+    start = time.perf_counter()
+    if args.resume:
+        if args.preset or args.preprocess is not None:
+            raise UsageError("--resume continues a run with its stored options; drop "
+                             "--preset/--preprocess (or start a new run)")
+        if args.name:
+            run = RunDir(runs_dir / args.name)
+        else:
+            newest = RunDir.newest(runs_dir, model_cls.name)
+            if newest is None:
+                raise UsageError(f"--resume: no run of {model_cls.name} with a checkpoint in "
+                                 f"{runs_dir}; name one with --name")
+            run = newest
+        result = resume(run.path, registry, skip_bad=args.skip_bad, **overrides)
+    else:
+        if args.name:
+            run = RunDir(runs_dir / args.name)
+        elif args.overwrite:
+            run = RunDir(runs_dir / model_cls.name)
+        else:
+            run = RunDir.next_free(runs_dir, model_cls.name)
+        preset = args.preset
+        if preset is None and args.data is None:
+            preset = model_cls.embedded_preset
+        options = model_cls.make_options(preset, **overrides)
+        preprocess = _pipeline(model_cls, args.preprocess, registry)
+        data = str(args.data) if args.data is not None else None
+        where = "the embedded synthetic low-light set" if data is None else data
+        shown = preset or model_cls.default_preset
+        print(f"training {model_cls.name} on {where}"
+              + (f" with preset {shown}" if shown else "") + f" -> {run}")
+        model = typing.cast(TrainableModel, model_cls(options, preprocess))
+        seed = int(getattr(options, "seed", 0))
+        result = train(model, train_pairs=open_pairs(data, "train", seed=seed,
+                                                     skip_bad=args.skip_bad),
+                       test_pairs=open_pairs(data, "test", seed=seed, skip_bad=args.skip_bad),
+                       run_dir=run.path, registry=registry, overwrite=args.overwrite,
+                       extra_config={"data_path": data}, metrics=_metrics(args, registry))
+    took = time.perf_counter() - start
+    hint = _resume_hint(model_cls, result.run_dir, runs_dir)
+    if result.stopped == "interrupted":
+        print(f"interrupted after step {result.step}; continue with: {hint}", file=sys.stderr)
+        return 130
+    if result.stopped != "completed":
+        print(f"stopped ({result.stopped}) after step {result.step}; continue with: {hint}")
+    if result.metrics:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        print(f"final test metrics: {scores}")
+    if result.best_psnr is not None:
+        print(f"best test PSNR during training {result.best_psnr:.4f} "
+              "(checkpoints/best.safetensors; --checkpoint RUN uses the last checkpoint)")
+    print(f"done in {took:.0f} s; report: {result.report}")
+    return 0
+
+
+def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,
+                        overrides: dict, registry: Registry) -> Model:
+    if not model_cls.trainable:
+        options = model_cls.make_options(None, **overrides)
+        return model_cls(options, _pipeline(model_cls, args.preprocess, registry))
+    from restorekit.engine import RunDir, load_trained
+
+    if args.preprocess is not None or overrides:
+        raise UsageError("a trained model runs with the options and --preprocess stored "
+                         "in its checkpoint; drop the overrides")
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        newest = RunDir.newest(args.runs_dir, model_cls.name)
+        if newest is None:
+            raise UsageError(f"--checkpoint: no run of {model_cls.name} with a checkpoint in "
+                             f"{args.runs_dir}; train one with --train or pass --checkpoint "
+                             "RUN_OR_FILE")
+        checkpoint = newest.path
+        print(f"using the newest run: {checkpoint}", file=sys.stderr)
+    model = load_trained(checkpoint, registry)
+    if type(model).name != model_cls.name:
+        raise UsageError(f"--checkpoint: {checkpoint} holds a {type(model).name!r} model, "
+                         f"not {model_cls.name!r}")
+    return model
+
+
+def _eval(model: Model, args: argparse.Namespace, registry: Registry) -> int:
+    from restorekit.data import open_pairs
+    from restorekit.evaluate import evaluate, format_table
+
+    metrics = _metrics(args, registry)
+    pairs = open_pairs(args.data, args.split, skip_bad=args.skip_bad)
+    label = type(model).name
+    if str(model.preprocess):
+        label += f" ({model.preprocess})"
+    rows = {"identity": evaluate(pairs, None, metrics, desc="identity"),
+            label: evaluate(pairs, model.enhance, metrics, desc=type(model).name)}
+    if args.json:
+        print(json.dumps({"data": pairs.describe(), "split": args.split, "rows": rows},
+                         indent=2))
+    else:
+        print(f"{pairs.describe()} ({args.split} split)")
+        print(format_table(rows, metrics))
+    return 0
+
+
+def _enhance(model: Model, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from restorekit.data import read_image, write_image
+
+    files = expand_inputs(args.enhance)
+    enhance = model.enhance
+    tile = getattr(args, "tile", 0)
+    if tile:
+        if tile < 64:
+            raise UsageError("--tile: tiles must be at least 64 pixels")
+        enhance = functools.partial(model.enhance, tile=tile)
+    written = 0
+    for path in tqdm(files, desc=f"enhance ({type(model).name})", unit="img"):
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            if not args.skip_bad:
+                raise
+            tqdm.write(f"{PROG}: warning: skipped {exc}", file=sys.stderr)
+            continue
+        write_image(args.output / f"{path.stem}.png", enhance(image), bits=args.bits)
+        written += 1
+    print(f"wrote {written} image(s) to {args.output}"
+          + (f" ({len(files) - written} skipped)" if written < len(files) else ""))
+    return 0

@@ -1,0 +1,147 @@
+"""Rebuilding models from checkpoints: loading for inference and resuming training.
+
+The options and preprocessing a model is rebuilt with come from one place, the
+checkpoint's metadata, for both :func:`load_trained` and :func:`resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from restorekit.api import TrainableModel
+from restorekit.engine.checkpoint import read_checkpoint, read_metadata, restore_networks
+from restorekit.engine.config import resolve_device
+from restorekit.engine.rundir import RunDir
+from restorekit.errors import CheckpointError, RestorekitError, UsageError
+from restorekit.pipeline import Pipeline
+from restorekit.plugins import Registry
+
+RESUME_OVERRIDABLE = frozenset({"max_steps", "max_minutes", "device", "num_workers",
+                                "tensorboard", "precision"})
+"""Options a resumed run accepts: they change where and how long, not what is trained."""
+
+
+def _options(cls: type[TrainableModel], values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            continue  # an option this version of the model no longer has
+        default = fields[key].default
+        if isinstance(value, list) and isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls.Options(**kwargs)
+
+
+def model_from_metadata(path: Path, meta: dict[str, Any], registry: Registry,
+                        **overrides: Any) -> TrainableModel:
+    """An unbuilt model of the class, options and preprocessing stored in ``meta``."""
+    name = meta["model"]
+    try:
+        cls = registry.model(name)
+    except RestorekitError as exc:
+        raise CheckpointError(f"{path}: checkpoint of model {name!r}, which is not "
+                              f"available ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, TrainableModel)):
+        raise CheckpointError(f"{path}: model {name!r} is not a trainable model")
+    try:
+        options = _options(cls, {**meta.get("options", {}), **overrides})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: stored options do not fit model {name!r} "
+                              f"({exc})") from None
+    return cls(options, Pipeline.parse(meta.get("preprocess", ""), registry))
+
+
+def load_trained(checkpoint: str | Path, registry: Registry,
+                 device: str | torch.device = "auto") -> TrainableModel:
+    """Rebuild a trained model from a checkpoint file or a run folder, ready to enhance.
+
+    ``checkpoint``: a ``.safetensors`` file, a run folder or its ``checkpoints/`` folder
+    (its newest checkpoint; see :meth:`RunDir.find_checkpoint`). ``registry`` (e.g.
+    ``restorekit.plugins.get_registry()``) provides the stored model's class and
+    preprocessors. The model is built on ``device``, its weights loaded and its networks
+    put in eval mode.
+    """
+    path = RunDir.find_checkpoint(checkpoint)
+    tensors, meta = read_checkpoint(path)
+    model = model_from_metadata(path, meta, registry)
+    model.build(device if isinstance(device, torch.device) else resolve_device(device))
+    restore_networks(path, tensors, model)
+    for net in model.networks().values():
+        net.eval()
+    return model
+
+
+def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
+           **overrides: Any) -> Any:
+    """Continue the run in ``run_dir`` from its newest checkpoint; a ``TrainResult``.
+
+    The model, its options and preprocessing come from the checkpoint, the data from
+    ``config.json``. ``overrides`` may only change :data:`RESUME_OVERRIDABLE` options
+    (``max_steps`` and ``max_minutes`` default to no limit).
+    """
+    from restorekit.data import open_pairs
+    from restorekit.engine.trainer import train
+
+    fixed = sorted(set(overrides) - RESUME_OVERRIDABLE)
+    if fixed:
+        named = ", ".join("--" + f.replace("_", "-") for f in fixed)
+        raise UsageError(f"--resume continues a run with its stored options; drop {named} "
+                         f"(or start a new run)")
+    run = RunDir(run_dir)
+    if run.is_empty():
+        raise UsageError(f"--resume: no run {run}")
+    path = run.latest_checkpoint()
+    if path is None:
+        raise UsageError(f"--resume: {run} has no checkpoint (it stopped before the first "
+                         f"save); start it again with --overwrite")
+    meta = read_metadata(path)
+    limits = {"max_steps": 0, "max_minutes": 0.0}
+    model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
+    data = run.read_config().get("extra", {}).get("data_path")
+    seed = int(getattr(model.options, "seed", 0))
+    return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad),
+                 test_pairs=open_pairs(data, "test", seed=seed, skip_bad=skip_bad),
+                 run_dir=run.path, registry=registry, resume=True,
+                 extra_config={"data_path": data})
+
+
+def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch.Tensor]],
+                   run_dir: str | Path, source: str, overwrite: bool = False) -> Path:
+    """Write a run folder whose checkpoint holds ``state_dicts`` (network name -> weights).
+
+    Networks without weights keep their fresh initialisation; a missing, extra or
+    misshapen tensor is a one-line ``CheckpointError``. The checkpoint has no optimiser
+    state: the run is for ``--eval``/``--enhance`` (and as a start for a new run), not
+    for ``--resume``. Returns the checkpoint's path.
+    """
+    from restorekit._version import __version__
+    from restorekit.engine.checkpoint import capture, write_checkpoint
+
+    unknown = sorted(set(state_dicts) - set(model.networks()))
+    if unknown:
+        raise CheckpointError(f"{source}: model {type(model).name!r} has no network "
+                              f"{unknown[0]!r} (networks: {', '.join(model.networks())})")
+    tensors = {f"net.{net}.{key}": value for net, sd in state_dicts.items()
+               for key, value in sd.items()}
+    for name, net in model.networks().items():
+        if name not in state_dicts:
+            tensors.update({f"net.{name}.{k}": v for k, v in net.state_dict().items()})
+    restore_networks(Path(source), tensors, model)
+    run = RunDir(run_dir)
+    run.prepare(overwrite=overwrite)
+    tensors, meta = capture(model, optimizers=False)
+    meta.update({"epoch": 0, "step": 0, "step_in_epoch": 0, "converted_from": source,
+                 "restorekit_version": __version__, "torch_version": torch.__version__})
+    path = run.checkpoint_path(RunDir.LAST)
+    write_checkpoint(path, tensors, meta)
+    run.commit_checkpoint(path, best=False, info={"epoch": 0, "step": 0})
+    run.write_config({"model": type(model).name, "options": meta["options"],
+                      "preprocess": meta["preprocess"], "data": f"converted from {source}",
+                      "restorekit_version": __version__, "extra": {"data_path": None}})
+    return path
