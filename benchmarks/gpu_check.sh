@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on a fresh GPU machine with its own PyTorch, in about 5 minutes,
-#   1. install this checkout without touching torch, build the extension (CPU + CUDA),
+#   1. install this checkout without touching torch, build the extension (CPU + CUDA), and
+#      probe whether this torch build survives exceptions raised inside extension ops,
 #   2. time a training step of the lol / paper / quick presets, plain and fused, under each
 #      precision (benchmarks/step_times.py, one process),
 #   3. run the CUDA benchmarks of the fused ops and summarise them (benchmarks/ratios.py),
@@ -44,6 +45,10 @@ say ""
 step install "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
 step extension "$PY" -m restorekit ext
 grep -m1 "restorekit extension:" "$logs/extension.log" | tee -a "$summary"
+step exception_probe "$PY" benchmarks/exception_probe.py
+say ""
+say "## Exceptions raised inside extension ops (benchmarks/exception_probe.py)"
+grep -E "raises|CRASH|exit|torch|c\+\+" "$logs/exception_probe.log" | tee -a "$summary"
 
 step step_times "$PY" benchmarks/step_times.py --json "$out/step_times.json"
 say ""
