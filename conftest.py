@@ -64,3 +64,20 @@ def make_venv(path: Path) -> Path:
         lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
         (Path(target) / "_parent_env.pth").write_text(lines)
     return py
+
+
+@pytest.fixture(scope="module")
+def restorekit_ops():
+    """``torch.ops.restorekit``, built once (the first build takes a minute or two)."""
+    import torch
+
+    import restorekit.ext as ext
+    from restorekit.ext import _build
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESTOREKIT_EXT", "on")
+        st = _build.ensure()
+        if not st.ok:
+            pytest.fail(f"extension failed to build: {st.error}\n{st.log}")
+        assert ext.load()
+    return torch.ops.restorekit

@@ -30,15 +30,8 @@ def _fused_block(dim: int) -> ResnetBlock:
 
 
 @pytest.fixture(scope="module")
-def ops():
-    """One shared build for the whole module (the first build takes a minute or two)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESTOREKIT_EXT", "on")
-        st = _build.ensure()
-        if not st.ok:
-            pytest.fail(f"extension failed to build: {st.error}\n{st.log}")
-        assert ext.load()
-    return torch.ops.restorekit
+def ops(restorekit_ops):
+    return restorekit_ops
 
 
 def _randn(shape, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):

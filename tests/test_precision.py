@@ -16,7 +16,6 @@ import restorekit.ext as ext
 from restorekit.engine.config import AUTO_PRECISION, TrainConfig, resolve_precision
 from restorekit.engine.trainer import StepContextImpl
 from restorekit.errors import UsageError
-from restorekit.ext import _build
 from restorekit.pipeline import Pipeline
 from restorekit_pix2pixhd.model import Pix2PixHD
 from restorekit_pix2pixhd.networks import ResnetBlock
@@ -25,13 +24,8 @@ REDUCED = [torch.bfloat16, torch.float16]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def built():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESTOREKIT_EXT", "on")
-        st = _build.ensure()
-        if not st.ok:
-            pytest.fail(f"extension failed to build: {st.error}")
-        assert ext.load()
+def built(restorekit_ops):
+    return restorekit_ops
 
 
 def _block_pair(dim: int) -> tuple[ResnetBlock, ResnetBlock]:
