@@ -27,15 +27,15 @@ def offline_build() -> None:
     this interpreter's setuptools, which needs ``bdist_wheel`` (setuptools >= 70.1 or the
     ``wheel`` package).
     """
-    import importlib.metadata
     import importlib.util
 
     if importlib.util.find_spec("pip") is None:
         pytest.skip("needs pip in the interpreter running the tests")
     try:
-        version = importlib.metadata.version("setuptools")
-    except importlib.metadata.PackageNotFoundError:
+        import setuptools  # the copy pip's --no-build-isolation will use
+    except ImportError:
         pytest.skip("needs setuptools to build a wheel offline (no package registry is used)")
+    version = setuptools.__version__
     major, minor = (int(p) for p in version.split(".")[:2])
     if (major, minor) < (70, 1) and importlib.util.find_spec("wheel") is None:
         pytest.skip(f"setuptools {version} cannot build a wheel without the 'wheel' package, "

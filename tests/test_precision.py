@@ -13,7 +13,12 @@ import pytest
 import torch
 
 import restorekit.ext as ext
-from restorekit.engine.config import AUTO_PRECISION, TrainConfig, resolve_precision
+from restorekit.engine.config import (
+    TrainConfig,
+    auto_precision,
+    native_bf16_cpu,
+    resolve_precision,
+)
 from restorekit.engine.trainer import StepContextImpl
 from restorekit.errors import UsageError
 from restorekit.pipeline import Pipeline
@@ -124,7 +129,10 @@ def test_precision_option_is_checked():
         TrainConfig(precision="half")
     with pytest.raises(UsageError, match="--precision"):
         Pix2PixHD.make_options(None, precision="fp8")
-    assert resolve_precision("auto", torch.device("cpu")) == AUTO_PRECISION["cpu"]
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == auto_precision(cpu)
+    assert auto_precision(cpu) == ("bf16" if native_bf16_cpu() else "fp32")
+    assert auto_precision(torch.device("cuda")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
