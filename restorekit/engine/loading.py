@@ -122,7 +122,7 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
     run = RunDir(run_dir)
     if run.is_empty():
         raise UsageError(f"--resume: no run {run}")
-    path = run.resume_checkpoint()  # the newest usable checkpoint; nothing is deleted
+    path = run.resume_checkpoint(quiet=True)  # the newest usable one; nothing deleted
     meta = read_metadata(path)
     limits = {"max_steps": 0, "max_minutes": 0.0}
     model = model_from_metadata(path, meta, registry, **{**limits, **overrides})

@@ -210,11 +210,11 @@ class RunDir:
         unique = list(dict.fromkeys(found))
         return [p for p in unique if p.is_file()]
 
-    def resume_checkpoint(self) -> Path:
+    def resume_checkpoint(self, quiet: bool = False) -> Path:
         """The newest usable checkpoint (readable, finite); never deletes anything.
 
-        An unusable ``last`` (missing, corrupt, non-finite) is skipped with a warning for
-        ``best``; with none usable, a one-line error.
+        An unusable ``last`` (missing, corrupt, non-finite) is skipped for ``best``, with a
+        warning unless ``quiet``; with none usable, a one-line error.
         """
         candidates = self.resume_candidates()
         if not candidates:
@@ -227,7 +227,7 @@ class RunDir:
             except CheckpointError as exc:
                 problems.append(str(exc))
                 continue
-            for problem in problems:
+            for problem in [] if quiet else problems:
                 print(f"restorekit: warning: {problem}; resuming from {path.name} instead",
                       file=sys.stderr)
             return path
