@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -24,7 +25,57 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["API_VERSION", "Command", "Image", "Metric", "Model", "NoOptions", "Preprocessor",
-           "StepContext", "TrainableModel", "call_plugin"]
+           "StepContext", "TrainableModel", "call_plugin", "check_range", "validate_options"]
+
+BOUNDS = ("[]", "[)", "(]", "()")
+"""How a range's ends count: ``[`` / ``]`` closed (the end is allowed), ``(`` / ``)`` open."""
+
+
+def check_range(value: Any, spec: Any) -> str | None:
+    """Why ``value`` is outside the declared range ``spec``, or None when it is inside.
+
+    ``spec`` is ``(lo, hi)`` or ``(lo, hi, bounds)``: numbers, ``None`` for no limit on that
+    side, ``bounds`` one of :data:`BOUNDS` (default ``"[]"``, both ends allowed). A NaN
+    or infinite value is always outside.
+    """
+    lo, hi, bounds = (*spec, "[]") if len(spec) == 2 else spec
+    if bounds not in BOUNDS:
+        raise ValueError(f"range {spec!r}: bounds must be one of {', '.join(BOUNDS)}")
+    shown = (f"{bounds[0]}{'-inf' if lo is None else lo}, "
+             f"{'inf' if hi is None else hi}{bounds[1]}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"expects a number in {shown}, got {value!r}"
+    if not math.isfinite(value):
+        return f"{value} is not a finite number (allowed: {shown})"
+    below = lo is not None and (value < lo or (value == lo and bounds[0] == "("))
+    above = hi is not None and (value > hi or (value == hi and bounds[1] == ")"))
+    return f"{value} is out of range {shown}" if below or above else None
+
+
+def field_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` does not fit the ``"range"`` / ``"choices"`` metadata of field ``f``."""
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        allowed = ", ".join(str(c) for c in f.metadata["choices"])
+        return f"expected one of {allowed}, got {value!r}"
+    if "range" in f.metadata:
+        return check_range(value, f.metadata["range"])
+    return None
+
+
+def validate_options(options: Any, only: Any = None) -> None:
+    """A one-line ``UsageError`` (``--field-name: ...``) for the first field of the options
+    dataclass ``options`` whose value is outside its declared ``range`` or ``choices``.
+
+    ``only`` (names) limits the check to those fields.
+    """
+    if not dataclasses.is_dataclass(options):
+        return
+    for f in dataclasses.fields(options):
+        if only is not None and f.name not in only:
+            continue
+        problem = field_problem(f, getattr(options, f.name))
+        if problem:
+            raise UsageError(f"--{f.name.replace('_', '-')}: {problem}")
 
 
 def call_plugin(what: str, plugin: str, fn: Callable[..., Any], *args: Any,
@@ -53,7 +104,9 @@ class Preprocessor:
 
     ``fn(image, **params)`` returns a new image. ``params`` holds every parameter
     with its default value; the default's type (float, int, bool, str) is how a
-    value from a pipeline spec such as ``"clahe:clip=0.02"`` is parsed.
+    value from a pipeline spec such as ``"clahe:clip=0.02"`` is parsed. ``ranges`` maps
+    numeric parameters to their allowed range, ``(lo, hi)`` or ``(lo, hi, bounds)`` as
+    in :func:`check_range`: a spec outside it is refused when it is parsed.
     """
 
     name: str
@@ -62,6 +115,8 @@ class Preprocessor:
     description: str = ""
     plugin: str = field(default="", compare=False)
     """The plugin that registered it (set by the registry)."""
+    ranges: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Allowed range of each numeric parameter (see :func:`check_range`)."""
 
     def apply(self, image: Image, **params: Any) -> Image:
         """``fn(image, **params)``; a crash becomes one line naming the plugin."""
@@ -79,6 +134,8 @@ class Metric:
     description: str = ""
     plugin: str = field(default="", compare=False)
     """The plugin that registered it (set by the registry)."""
+    min_size: int = 1
+    """The smallest image side the metric is defined for (SSIM's window: 7)."""
 
     def score(self, prediction: Image, target: Image) -> float:
         """``float(fn(prediction, target))``; a crash becomes one line naming the plugin."""
@@ -116,9 +173,10 @@ class Model:
     """An enhancement model. Subclass it and register the class.
 
     Class attributes describe the model; ``Options`` is a dataclass whose fields
-    become ``--field-name`` command-line options of ``restorekit run NAME``.
-    ``presets`` maps a preset name to field overrides; ``default_preset`` is used
-    when the user names none.
+    become ``--field-name`` command-line options of ``restorekit run NAME``; a field's
+    ``metadata`` may declare ``"range": (lo, hi[, bounds])`` (see :func:`check_range`) or
+    ``"choices": (...)``, checked by :meth:`make_options`. ``presets`` maps a preset name
+    to field overrides; ``default_preset`` is used when the user names none.
     """
 
     name: ClassVar[str] = ""
@@ -140,6 +198,17 @@ class Model:
         """Enhance one image (any size) and return an image of the same size."""
         raise NotImplementedError
 
+    def min_image_size(self) -> int:
+        """The smallest image side (pixels) :meth:`enhance` accepts (1 unless overridden)."""
+        return 1
+
+    def check_image(self, height: int, width: int) -> None:
+        """A ``ValueError`` when an image of this size is too small for :meth:`enhance`."""
+        side = self.min_image_size()
+        if height < side or width < side:
+            raise ValueError(f"image is {height}x{width} (HxW), smaller than the "
+                             f"{side}x{side} model {self.name!r} needs")
+
     @classmethod
     def make_options(cls, preset: str | None = None, **overrides: Any) -> Any:
         """Build ``Options`` from a preset (or the default one) and overrides."""
@@ -156,7 +225,14 @@ class Model:
         unknown = sorted(set(values) - names)
         if unknown:
             raise UsageError(f"model {cls.name!r} has no option(s): {', '.join(unknown)}")
-        return cls.Options(**values)
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        for key, value in overrides.items():  # the user's values first: name what they typed
+            problem = field_problem(fields[key], value)
+            if problem:
+                raise UsageError(f"--{key.replace('_', '-')}: {problem}")
+        options = cls.Options(**values)
+        validate_options(options)
+        return options
 
 
 class StepContext(Protocol):
@@ -224,6 +300,7 @@ class TrainableModel(Model):
         from restorekit.data import to_image, to_tensor
         from restorekit.data.tiling import enhance_tiled
 
+        self.check_image(*image.shape[:2])
         net = next(iter(self.networks().values()))
         device = next(net.parameters()).device
         low = to_tensor(self.preprocess(image)).unsqueeze(0).to(device)

@@ -45,7 +45,16 @@ def score(prediction: Image, target: Image, metrics: Sequence[Metric],
     if prediction.shape != target.shape:
         raise DataError(f"{what}: prediction is {prediction.shape[1]}x{prediction.shape[0]}, "
                         f"ground truth {target.shape[1]}x{target.shape[0]}")
-    return {m.name: m.score(prediction, target) for m in metrics}
+    side = min(target.shape[:2])
+    for m in metrics:
+        if side < m.min_size:
+            raise DataError(f"{what}: image is {target.shape[0]}x{target.shape[1]} (HxW), "
+                            f"smaller than the {m.min_size}x{m.min_size} metric {m.name!r} "
+                            f"needs")
+    try:
+        return {m.name: m.score(prediction, target) for m in metrics}
+    except ValueError as exc:
+        raise DataError(f"{what}: {exc}") from None
 
 
 def average(rows: Iterable[Mapping[str, float]], metrics: Sequence[Metric]) -> dict[str, float]:
@@ -62,8 +71,12 @@ def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
     for i in tqdm(range(len(pairs)), desc=desc, unit="img", leave=False,
                   disable=not progress):
         low, high = pairs.pair(i)
-        out = low if enhance is None else enhance(low)
-        rows.append(score(out, high, metrics, what=f"{pairs.names[i]}"))
+        label = pairs.label(i) if hasattr(pairs, "label") else pairs.names[i]
+        try:
+            out = low if enhance is None else enhance(low)
+        except ValueError as exc:  # e.g. an image too small for the model
+            raise DataError(f"{label}: {exc}") from None
+        rows.append(score(out, high, metrics, what=str(label)))
     return average(rows, metrics)
 
 

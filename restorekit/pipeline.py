@@ -1,7 +1,8 @@
 """Preprocessor pipelines from spec strings such as ``"autogamma,clahe:clip=0.01"``.
 
 Grammar: steps separated by ``,``; a step is ``name`` or ``name:key=value[:key=value...]``.
-Values are parsed by the type of the parameter's default (bool, int, float, str).
+Values are parsed by the type of the parameter's default (bool, int, float, str) and
+checked against the preprocessor's declared ``ranges``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from restorekit.api import Preprocessor
+from restorekit.api import Preprocessor, check_range
 from restorekit.errors import PluginError, UsageError
 from restorekit.plugins import Registry
 from restorekit.types import Image
@@ -87,6 +88,10 @@ def _parse_step(text: str, registry: Registry) -> Step:
             raise UsageError(f"--preprocess: {name} has no parameter {key!r} "
                              f"(parameters: {known})")
         params[key] = _convert(name, key, raw.strip(), pre.params[key])
+    for key, spec in (pre.ranges or {}).items():
+        problem = check_range(params[key], spec) if key in params else None
+        if problem:
+            raise UsageError(f"--preprocess: {name}:{key}: {problem}")
     return Step(pre, params)
 
 

@@ -24,7 +24,8 @@ def _pair(prediction: Image, target: Image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def psnr(prediction: Image, target: Image) -> float:
-    """Peak signal-to-noise ratio in dB (data range 1); inf for identical images."""
+    """Peak signal-to-noise ratio in dB (data range 1); inf for identical images (written
+    as null by ``--json``)."""
     from skimage.metrics import peak_signal_noise_ratio
 
     pred, ref = _pair(prediction, target)
@@ -33,11 +34,17 @@ def psnr(prediction: Image, target: Image) -> float:
     return float(peak_signal_noise_ratio(ref, pred, data_range=1.0))
 
 
+SSIM_WINDOW = 7
+
+
 def ssim(prediction: Image, target: Image) -> float:
     """Structural similarity (scikit-image defaults, 7x7 window, channels averaged)."""
     from skimage.metrics import structural_similarity
 
     pred, ref = _pair(prediction, target)
+    if min(ref.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"images of {ref.shape[0]}x{ref.shape[1]} (HxW) are smaller than "
+                         f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window")
     return float(structural_similarity(ref, pred, channel_axis=ref.ndim - 1, data_range=1.0))
 
 
@@ -64,7 +71,8 @@ def register_metrics(register: Callable[..., Any]) -> None:
     register(Metric("psnr", psnr, higher_is_better=True,
                     description="peak signal-to-noise ratio, dB (data range 1)"))
     register(Metric("ssim", ssim, higher_is_better=True,
-                    description="structural similarity (scikit-image, channels averaged)"))
+                    description="structural similarity (scikit-image, channels averaged)",
+                    min_size=SSIM_WINDOW))
     register(Metric("ciede2000", ciede2000, higher_is_better=False,
                     description="mean CIEDE2000 colour difference"))
     register(Metric("mae", mae, higher_is_better=False, description="mean absolute error"))

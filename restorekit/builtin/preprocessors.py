@@ -188,8 +188,20 @@ BUILTINS: tuple[tuple[str, Callable[..., Image], dict[str, Any], str], ...] = (
 )
 
 
+RANGES: dict[str, dict[str, tuple[Any, ...]]] = {
+    "gamma": {"gamma": (0.0, 100.0, "(]")},
+    "autogamma": {"target": (0.0, 1.0, "()")},
+    "clahe": {"clip": (0.0, 1.0, "(]"), "kernel": (0, 4096)},
+    "histeq": {"bins": (2, 65536)},
+    "denoise": {"strength": (0.0, 100.0)},
+    "unsharp": {"radius": (0.0, 100.0, "(]"), "amount": (0.0, 100.0)},
+}
+"""Allowed parameter ranges (``Preprocessor.ranges``), checked when a spec is parsed."""
+
+
 @hookimpl
 def register_preprocessors(register: Callable[..., Any]) -> None:
     """Register the built-in preprocessors."""
     for name, fn, params, description in BUILTINS:
-        register(Preprocessor(name, fn, params=dict(params), description=description))
+        register(Preprocessor(name, fn, params=dict(params), description=description,
+                              ranges=RANGES.get(name, {})))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
+from restorekit._env import trace_plugins
 from restorekit._version import __version__
 from restorekit.api import Command
 from restorekit.cli._common import PROG, Parser, print_error, warn
-from restorekit.errors import RestorekitError, one_line
+from restorekit.errors import RestorekitError, one_line, os_reason
 from restorekit.plugins import Registry, get_registry
 
 __all__ = ["PROG", "Parser", "build_parser", "main"]
@@ -36,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a last resort: still one line (the traceback on request)
+        if trace_plugins():
+            traceback.print_exc(file=sys.stderr)
+        what = os_reason(exc) if isinstance(exc, OSError) else \
+            f"unexpected {one_line(exc)} (RESTOREKIT_TRACE_PLUGINS=1 shows the traceback)"
+        print(f"{PROG}: error: {what}", file=sys.stderr)
+        return 1
 
 
 def build_parser(registry: Registry) -> argparse.ArgumentParser:

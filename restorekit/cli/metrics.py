@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from restorekit.api import Command
-from restorekit.cli._common import lookup, warn
+from restorekit.cli._common import json_ready, lookup, warn
 from restorekit.errors import DataError, UsageError
 from restorekit.plugins import Registry
 
@@ -42,8 +42,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
                  for stem in common}
     mean = average(per_image.values(), metrics)
     if args.json:
-        print(json.dumps({"mean": mean, "images": per_image, "count": len(per_image)},
-                         indent=2))
+        # An infinite PSNR (identical images) is null: JSON has no Infinity.
+        print(json.dumps(json_ready({"mean": mean, "images": per_image,
+                                     "count": len(per_image)}), indent=2, allow_nan=False))
     else:
         print(format_table({**per_image, "mean": mean}, metrics))
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from restorekit.api import Command
-from restorekit.cli._common import expand_inputs
+from restorekit.cli._common import expand_inputs, output_files
 from restorekit.plugins import Registry
 
 
@@ -26,8 +26,10 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     pipeline = Pipeline.parse(args.preprocess, registry)
     files = expand_inputs(args.inputs)
-    for path in tqdm(files, desc=f"preprocess {pipeline}", unit="img"):
-        write_image(args.output / f"{path.stem}.png", pipeline(read_image(path)), bits=args.bits)
+    targets = output_files(args.output, args.inputs, files)
+    for path, target in tqdm(list(zip(files, targets, strict=True)),
+                             desc=f"preprocess {pipeline}", unit="img"):
+        write_image(target, pipeline(read_image(path)), bits=args.bits)
     print(f"wrote {len(files)} image(s) to {args.output}")
     return 0
 

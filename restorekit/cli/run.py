@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from restorekit.api import Command, Model, TrainableModel
-from restorekit.cli._common import PROG, Parser, expand_inputs, lookup
-from restorekit.errors import ImageReadError, UsageError
+from restorekit.cli._common import PROG, Parser, expand_inputs, json_ready, lookup, output_files
+from restorekit.errors import DataError, ImageReadError, UsageError
 from restorekit.plugins import Registry
 
 RUNS_DIR = Path("runs")
@@ -220,7 +220,7 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
             raise UsageError("--resume continues a run with its stored options; drop "
                              "--preset/--preprocess (or start a new run)")
         if args.name:
-            run = RunDir(runs_dir / args.name)
+            run = RunDir.named(runs_dir, args.name)
         else:
             newest = RunDir.newest(runs_dir, model_cls.name)
             if newest is None:
@@ -230,7 +230,7 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
         result = resume(run.path, registry, skip_bad=args.skip_bad, **overrides)
     else:
         if args.name:
-            run = RunDir(runs_dir / args.name)
+            run = RunDir.named(runs_dir, args.name)
         elif args.overwrite:
             run = RunDir(runs_dir / model_cls.name)
         else:
@@ -276,9 +276,11 @@ def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,
         return model_cls(options, _pipeline(model_cls, args.preprocess, registry))
     from restorekit.engine import RunDir, load_trained
 
+    device = overrides.pop("device", "auto")  # where to run it may change, not what it is
     if args.preprocess is not None or overrides:
-        raise UsageError("a trained model runs with the options and --preprocess stored "
-                         "in its checkpoint; drop the overrides")
+        named = ", ".join("--" + k.replace("_", "-") for k in overrides) or "--preprocess"
+        raise UsageError(f"a trained model runs with the options and --preprocess stored "
+                         f"in its checkpoint; drop {named}")
     checkpoint = args.checkpoint
     if checkpoint is None:
         newest = RunDir.newest(args.runs_dir, model_cls.name)
@@ -288,7 +290,7 @@ def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,
                              "RUN_OR_FILE")
         checkpoint = newest.path
         print(f"using the newest run: {checkpoint}", file=sys.stderr)
-    model = load_trained(checkpoint, registry)
+    model = load_trained(checkpoint, registry, device=device)
     if type(model).name != model_cls.name:
         raise UsageError(f"--checkpoint: {checkpoint} holds a {type(model).name!r} model, "
                          f"not {model_cls.name!r}")
@@ -300,15 +302,16 @@ def _eval(model: Model, args: argparse.Namespace, registry: Registry) -> int:
     from restorekit.evaluate import evaluate, format_table
 
     metrics = _metrics(args, registry)
-    pairs = open_pairs(args.data, args.split, skip_bad=args.skip_bad)
+    pairs = _big_enough(open_pairs(args.data, args.split, skip_bad=args.skip_bad), model,
+                        metrics, args.skip_bad)
     label = type(model).name
     if str(model.preprocess):
         label += f" ({model.preprocess})"
     rows = {"identity": evaluate(pairs, None, metrics, desc="identity"),
             label: evaluate(pairs, model.enhance, metrics, desc=type(model).name)}
     if args.json:
-        print(json.dumps({"data": pairs.describe(), "split": args.split, "rows": rows},
-                         indent=2))
+        print(json.dumps(json_ready({"data": pairs.describe(), "split": args.split,
+                                     "rows": rows}), indent=2, allow_nan=False))
     else:
         print(f"{pairs.describe()} ({args.split} split)")
         print(format_table(rows, metrics))
@@ -318,9 +321,21 @@ def _eval(model: Model, args: argparse.Namespace, registry: Registry) -> int:
 def _enhance(model: Model, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from restorekit.data import read_image, write_image
+    from restorekit.data import image_size, read_image, write_image
 
     files = expand_inputs(args.enhance)
+    targets = dict(zip(files, output_files(args.output, args.enhance, files), strict=True))
+    usable = []
+    for path in files:  # sizes first: a batch must not stop halfway on a too-small image
+        try:
+            model.check_image(*image_size(path))
+        except (ImageReadError, ValueError) as exc:
+            message = str(exc) if isinstance(exc, ImageReadError) else f"{path}: {exc}"
+            if not args.skip_bad:
+                raise DataError(message) from None
+            print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+            continue
+        usable.append(path)
     enhance = model.enhance
     tile = getattr(args, "tile", 0)
     if tile:
@@ -328,7 +343,7 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
             raise UsageError("--tile: tiles must be at least 64 pixels")
         enhance = functools.partial(model.enhance, tile=tile)
     written = 0
-    for path in tqdm(files, desc=f"enhance ({type(model).name})", unit="img"):
+    for path in tqdm(usable, desc=f"enhance ({type(model).name})", unit="img"):
         try:
             image = read_image(path)
         except ImageReadError as exc:
@@ -336,8 +351,53 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
                 raise
             tqdm.write(f"{PROG}: warning: skipped {exc}", file=sys.stderr)
             continue
-        write_image(args.output / f"{path.stem}.png", enhance(image), bits=args.bits)
+        write_image(targets[path], enhance(image), bits=args.bits)
         written += 1
     print(f"wrote {written} image(s) to {args.output}"
           + (f" ({len(files) - written} skipped)" if written < len(files) else ""))
     return 0
+
+
+class _Subset:
+    """The pairs of a pair set that ``--skip-bad`` keeps (what evaluation reads of it)."""
+
+    def __init__(self, pairs: Any, keep: list[int]) -> None:
+        self.pairs, self.keep = pairs, keep
+        self.names = [pairs.names[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def pair(self, i: int, rng: Any = None) -> Any:
+        return self.pairs.pair(self.keep[i], rng)
+
+    def label(self, i: int) -> str:
+        return self.pairs.label(self.keep[i])
+
+    def describe(self) -> str:
+        skipped = len(self.pairs) - len(self.keep)
+        return self.pairs.describe() + (f" ({skipped} too small, skipped)" if skipped else "")
+
+
+def _big_enough(pairs: Any, model: Model, metrics: list[Any], skip_bad: bool) -> Any:
+    """``pairs``, checked up front (from the file headers) against the smallest image the
+    model and the metrics take; a too-small pair is an error naming it, or skipped."""
+    from restorekit.data import image_size
+
+    paths = getattr(pairs, "low_paths", None)
+    if paths is None:
+        return pairs
+    side = max([model.min_image_size(), *(m.min_size for m in metrics)])
+    keep = []
+    for i, path in enumerate(paths):
+        h, w = image_size(path)
+        if min(h, w) >= side:
+            keep.append(i)
+            continue
+        message = f"{path}: image is {h}x{w} (HxW), smaller than the {side}x{side} needed"
+        if not skip_bad:
+            raise DataError(message)
+        print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+    if not keep:
+        raise DataError(f"{pairs.describe()}: every pair is too small ({side}x{side} needed)")
+    return pairs if len(keep) == len(pairs) else _Subset(pairs, keep)

@@ -10,6 +10,8 @@ Notes on formats:
       are written by a small built-in encoder (zlib) because Pillow cannot write them.
     * TIFF goes through ``tifffile`` (8/16-bit integer and float samples; first page).
     * The EXIF orientation of JPEG/PNG files is applied; alpha is dropped (warned once).
+    * Every format has the same pixel limit, checked from the header before decoding:
+      :data:`MAX_PIXELS` (width x height), overridden by ``RESTOREKIT_MAX_PIXELS``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +30,21 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps
 
-from restorekit.errors import DataError, ImageReadError, UsageError, one_line
+from restorekit.errors import (
+    DataError,
+    ImageReadError,
+    OutputError,
+    UsageError,
+    one_line,
+    os_reason,
+)
 from restorekit.types import Image
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "image_size",
+    "max_pixels",
     "list_images",
     "read_image",
     "to_image",
@@ -47,6 +60,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Truncated files must fail, not decode into a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+MAX_PIXELS = 178_956_970
+"""Default limit on width x height for every format (Pillow's decompression-bomb limit,
+about 13400 x 13400): larger files are refused before they are decoded."""
+ENV_MAX_PIXELS = "RESTOREKIT_MAX_PIXELS"
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _alpha_warned = False
@@ -61,6 +79,39 @@ def _warn_alpha(path: Path) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------
+def max_pixels() -> int:
+    """The pixel limit: ``RESTOREKIT_MAX_PIXELS`` (a positive integer), else :data:`MAX_PIXELS`."""
+    raw = os.environ.get(ENV_MAX_PIXELS, "").strip().replace("_", "")
+    if not raw:
+        return MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"{ENV_MAX_PIXELS}={raw!r} is not a positive whole number of pixels")
+    return value
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    limit = max_pixels()
+    if width * height > limit:
+        raise ImageReadError(f"{path}: cannot read image: {width}x{height} is "
+                             f"{width * height} pixels, over the limit of {limit} "
+                             f"({ENV_MAX_PIXELS} raises it)")
+
+
+@contextlib.contextmanager
+def _pillow_limit() -> Iterator[None]:
+    """Pillow's own bomb check follows ours (so ``RESTOREKIT_MAX_PIXELS`` can raise it)."""
+    old = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = max(max_pixels(), old or 0)
+    try:
+        yield
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = old
+
+
 def read_image(path: str | os.PathLike[str]) -> Image:
     """Read an image file as float32 RGB ``(H, W, 3)`` in [0, 1].
 
@@ -73,11 +124,13 @@ def read_image(path: str | os.PathLike[str]) -> Image:
             head = fh.read(32)
         if head[:4] in _TIFF_MAGICS:
             image = _read_tiff(path)
-        elif head.startswith(_PNG_MAGIC) and _is_png16_color(head):
-            image = _read_png16_color(path)
         else:
-            image = _read_pillow(path)
-    except ImageReadError:
+            with _pillow_limit():
+                if head.startswith(_PNG_MAGIC) and _is_png16_color(head):
+                    image = _read_png16_color(path)
+                else:
+                    image = _read_pillow(path)
+    except (ImageReadError, UsageError):
         raise
     except FileNotFoundError:
         raise ImageReadError(f"{path}: cannot read image: no such file") from None
@@ -98,8 +151,23 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     return image
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(H, W) of an image file from its header where possible (EXIF rotation applied);
+    an ``ImageReadError`` when it cannot be read."""
+    path = Path(path)
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return h, w
+    except Exception:
+        return read_image(path).shape[:2]
+
+
 def _read_pillow(path: Path) -> Image:
     with PILImage.open(path) as im:
+        _check_pixels(path, *im.size)
         im.load()  # force the full decode so corrupt/truncated data fails here
         im = ImageOps.exif_transpose(im)
         return _pil_to_array(im, path)
@@ -146,6 +214,7 @@ def _read_png16_color(path: Path) -> Image:
     planes = []
     for rawmode in ("RGB;16B", "RGB;16L"):
         with PILImage.open(path) as im:
+            _check_pixels(path, *im.size)
             mode = im.mode
             if len(im.tile) != 1 or im.tile[0][0] != "zip":
                 raise OSError("unexpected PNG layout")
@@ -176,7 +245,13 @@ def _apply_orientation(image: Image, orientation: int) -> Image:
 def _read_tiff(path: Path) -> Image:
     import tifffile
 
-    arr = tifffile.imread(path, key=0)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        shape = tuple(int(v) for v in page.shape)
+        width, height = (shape[-2], shape[-3]) if len(shape) >= 3 and \
+            shape[-1] in (1, 3, 4) else (shape[-1], shape[-2])
+        _check_pixels(path, width, height)
+        arr = page.asarray()
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -227,11 +302,11 @@ def write_image(path: str | os.PathLike[str], image: Image, bits: int = 8) -> No
     scale = 65535 if bits == 16 else 255
     quant = np.round(arr * scale).astype(np.uint16 if bits == 16 else np.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name in the same folder (so os.replace is atomic); opened with "xb" so
     # the file gets the usual permissions (umask), unlike tempfile.mkstemp's 0600.
     tmp_name = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp_name, "xb") as fh:
             if suffix in (".tif", ".tiff"):
                 import tifffile
@@ -248,9 +323,11 @@ def write_image(path: str | os.PathLike[str], image: Image, bits: int = 8) -> No
                 else:
                     pil.save(fh, format="JPEG", quality=95)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{path}: cannot write image ({os_reason(exc)})") from None
         raise
 
 

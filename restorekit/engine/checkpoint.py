@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 
 from restorekit.api import TrainableModel
 from restorekit.engine.files import atomic_write_text, replace_synced, temp_path
-from restorekit.errors import CheckpointError
+from restorekit.errors import CheckpointError, OutputError, os_reason
 
 FORMAT_VERSION = 1
 METADATA_KEY = "restorekit"
@@ -44,18 +45,40 @@ def sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def first_non_finite(tensors: Tensors) -> str | None:
+    """The name of the first floating-point tensor holding inf or NaN, or None."""
+    for name, value in tensors.items():
+        if (value.is_floating_point() or value.is_complex()) and \
+                not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
 def write_checkpoint(path: Path, tensors: Tensors, meta: dict[str, Any]) -> None:
-    """Write ``tensors`` + ``meta`` to ``path`` (.safetensors) and its JSON sidecar, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``tensors`` + ``meta`` to ``path`` (.safetensors) and its JSON sidecar, atomically.
+
+    Both files get the usual mode (0666 less the umask). A failed write (full disk,
+    read-only folder) is a one-line ``OutputError`` naming the file, and leaves the
+    previous checkpoint and no temporary file behind. Callers check the tensors are
+    finite first (:func:`first_non_finite`).
+    """
     text = json.dumps(meta, indent=1)
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    tmp = temp_path(path)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
         safetensors.torch.save_file(cpu, str(tmp), metadata={METADATA_KEY: text})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file 0600
         replace_synced(tmp, path)
+        atomic_write_text(sidecar(path), text + "\n")
+    except Exception as exc:  # OSError, or safetensors' own error for a full disk
+        raise OutputError(f"{path}: cannot write checkpoint ({os_reason(exc)})") from None
     finally:
-        tmp.unlink(missing_ok=True)
-    atomic_write_text(sidecar(path), text + "\n")
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _refusal(path: Path, reason: str) -> CheckpointError:
@@ -90,7 +113,57 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata (no model name)")
+    check_metadata(path, meta)
     return meta
+
+
+_INT = (int,)
+_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((str,), "a model name"),
+    "options": ((dict,), "an object"),
+    "preprocess": ((str,), "a pipeline spec"),
+    "optimizers": ((dict,), "an object"),
+    "epoch": (_INT, "an integer"),
+    "step": (_INT, "an integer"),
+    "step_in_epoch": (_INT, "an integer"),
+    "best_psnr": ((int, float, type(None)), "a number or null"),
+    "metrics": ((dict, type(None)), "an object"),
+    "scalers": ((dict,), "an object"),
+    "rng": ((dict,), "an object"),
+    "loss_window": ((dict,), "an object"),
+}
+
+
+def check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """A one-line ``CheckpointError`` naming the file and the first malformed field."""
+    for key, (types, what) in _FIELDS.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise CheckpointError(f"{path}: checkpoint metadata field {key!r} must be {what}, "
+                                  f"got {value!r}"[:300])
+    for key in ("epoch", "step", "step_in_epoch"):
+        if isinstance(meta.get(key), int) and meta[key] < 0:
+            raise CheckpointError(f"{path}: checkpoint metadata field {key!r} must be >= 0, "
+                                  f"got {meta[key]!r}")
+
+
+def check_resumable(path: Path, meta: dict[str, Any]) -> None:
+    """A one-line ``CheckpointError`` when ``meta`` lacks what resuming training needs."""
+    for key in ("epoch", "step", "step_in_epoch", "rng", "optimizers"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: checkpoint metadata has no field {key!r}; it "
+                                  f"cannot be resumed (a converted or foreign checkpoint?)")
+    rng = meta["rng"]
+    if not (isinstance(rng.get("python"), list) and len(rng["python"]) == 3
+            and isinstance(rng.get("numpy"), list) and len(rng["numpy"]) == 5):
+        raise CheckpointError(f"{path}: checkpoint metadata field 'rng' is malformed")
+    for name, entry in meta["optimizers"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("param_groups"), list)
+                and isinstance(entry.get("state"), dict)):
+            raise CheckpointError(f"{path}: checkpoint metadata field 'optimizers.{name}' "
+                                  f"is malformed")
 
 
 def read_checkpoint(path: str | Path) -> tuple[Tensors, dict[str, Any]]:
@@ -101,6 +174,10 @@ def read_checkpoint(path: str | Path) -> tuple[Tensors, dict[str, Any]]:
         tensors = safetensors.torch.load_file(str(path), device="cpu")
     except Exception as exc:
         raise _refusal(path, " ".join(str(exc).split())) from None
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad!r} holds inf or NaN values; the "
+                              f"checkpoint is unusable")
     return tensors, meta
 
 

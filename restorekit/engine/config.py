@@ -1,7 +1,10 @@
 """Training options shared by every trainable model.
 
 A trainable model's ``Options`` dataclass subclasses :class:`TrainConfig`; the CLI turns
-every field into a ``--field-name`` option and shows ``metadata["help"]`` as its help.
+every field into a ``--field-name`` option and shows ``metadata["help"]`` as its help;
+``metadata["range"]`` (``(lo, hi)``, ``None`` = no limit, both ends allowed unless a third
+item says otherwise, see :func:`restorekit.api.check_range`) and ``metadata["choices"]``
+are checked wherever options are made (``Model.make_options``, loading a checkpoint).
 """
 
 from __future__ import annotations
@@ -17,32 +20,39 @@ from restorekit.errors import UsageError
 class TrainConfig:
     """Options of the training loop (epochs, batches, evaluation, checkpoints, limits)."""
 
-    epochs: int = field(default=10, metadata={"help": "number of training epochs"})
-    batch_size: int = field(default=1, metadata={"help": "training pairs per batch"})
-    crop_size: int = field(default=256, metadata={"help": "side of the random training crops"})
-    samples_per_epoch: int = field(
-        default=0, metadata={"help": "training crops per epoch (0 = one per training pair)"})
-    eval_every: int = field(
-        default=1, metadata={"help": "evaluate every N epochs (0 = only at the end)"})
-    checkpoint_every: int = field(
-        default=0, metadata={"help": "also checkpoint every N steps (0 = at epoch ends only)"})
-    log_every: int = field(default=10, metadata={"help": "log the losses every N steps"})
-    num_samples: int = field(
-        default=3, metadata={"help": "test images shown in the sample grids"})
+    epochs: int = field(default=10, metadata={
+        "help": "number of training epochs", "range": (1, None)})
+    batch_size: int = field(default=1, metadata={
+        "help": "training pairs per batch", "range": (1, None)})
+    crop_size: int = field(default=256, metadata={
+        "help": "side of the random training crops", "range": (8, None)})
+    samples_per_epoch: int = field(default=0, metadata={
+        "help": "training crops per epoch (0 = one per training pair)", "range": (0, None)})
+    eval_every: int = field(default=1, metadata={
+        "help": "evaluate every N epochs (0 = only at the end)", "range": (0, None)})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "also checkpoint every N steps (0 = at epoch ends only)", "range": (0, None)})
+    log_every: int = field(default=10, metadata={
+        "help": "log the losses every N steps (0 = never)", "range": (0, None)})
+    num_samples: int = field(default=3, metadata={
+        "help": "test images shown in the sample grids", "range": (0, None)})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     precision: str = field(
         default="auto",
         metadata={"help": "fp32 (TF32 tensor cores on CUDA), bf16 or fp16 (autocast; fp16 "
-                          "with loss scaling); auto = the measured fastest for the device"})
-    seed: int = field(default=0, metadata={"help": "random seed (python, numpy, torch, data)"})
-    max_steps: int = field(
-        default=0,
-        metadata={"help": "stop with a checkpoint after N steps in total (0 = no limit)"})
-    max_minutes: float = field(
-        default=0.0,
-        metadata={"help": "stop with a checkpoint after N minutes of wall time (0 = no limit)"})
-    num_workers: int = field(
-        default=0, metadata={"help": "data loading worker processes (0 = in the main process)"})
+                          "with loss scaling); auto = the measured fastest for the device",
+                  "choices": ("auto", "fp32", "bf16", "fp16")})
+    seed: int = field(default=0, metadata={
+        "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
+    max_steps: int = field(default=0, metadata={
+        "help": "stop with a checkpoint after N steps in total (0 = no limit)",
+        "range": (0, None)})
+    max_minutes: float = field(default=0.0, metadata={
+        "help": "stop with a checkpoint after N minutes of wall time (0 = no limit)",
+        "range": (0.0, None)})
+    num_workers: int = field(default=0, metadata={
+        "help": "data loading worker processes (0 = in the main process)",
+        "range": (0, None)})
     tensorboard: bool = field(
         default=False, metadata={"help": "also log losses, metrics and sample grids for "
                                          "TensorBoard (RUN/tensorboard; pip install "
@@ -53,6 +63,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from restorekit.api import TrainableModel
+from restorekit.api import TrainableModel, field_problem
 from restorekit.engine.checkpoint import read_checkpoint, read_metadata, restore_networks
 from restorekit.engine.config import resolve_device
 from restorekit.engine.rundir import RunDir
@@ -38,9 +38,22 @@ def _options(cls: type[TrainableModel], values: dict[str, Any]) -> Any:
     return cls.Options(**kwargs)
 
 
+def check_overrides(cls: type[TrainableModel], overrides: dict[str, Any]) -> None:
+    """A one-line ``UsageError`` for an override outside its field's declared range."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    for key, value in overrides.items():
+        problem = field_problem(fields[key], value) if key in fields else None
+        if problem:
+            raise UsageError(f"--{key.replace('_', '-')}: {problem}")
+
+
 def model_from_metadata(path: Path, meta: dict[str, Any], registry: Registry,
                         **overrides: Any) -> TrainableModel:
-    """An unbuilt model of the class, options and preprocessing stored in ``meta``."""
+    """An unbuilt model of the class, options and preprocessing stored in ``meta``.
+
+    ``overrides`` are the user's (checked as options); a stored value that is malformed or
+    out of its declared range is a ``CheckpointError`` naming ``path`` and the field.
+    """
     name = meta["model"]
     try:
         cls = registry.model(name)
@@ -49,12 +62,25 @@ def model_from_metadata(path: Path, meta: dict[str, Any], registry: Registry,
                               f"available ({exc})") from None
     if not (isinstance(cls, type) and issubclass(cls, TrainableModel)):
         raise CheckpointError(f"{path}: model {name!r} is not a trainable model")
+    check_overrides(cls, overrides)
+    stored = meta.get("options", {})
+    for f in dataclasses.fields(cls.Options):
+        problem = field_problem(f, stored[f.name]) \
+            if f.name in stored and f.name not in overrides else None
+        if problem:
+            raise CheckpointError(f"{path}: checkpoint metadata field 'options.{f.name}': "
+                                  f"{problem}")
     try:
-        options = _options(cls, {**meta.get("options", {}), **overrides})
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: stored options do not fit model {name!r} "
-                              f"({exc})") from None
-    return cls(options, Pipeline.parse(meta.get("preprocess", ""), registry))
+        options = _options(cls, {**stored, **overrides})
+    except (TypeError, ValueError, RestorekitError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata field 'options' does not fit "
+                              f"model {name!r} ({' '.join(str(exc).split())})") from None
+    try:
+        pipeline = Pipeline.parse(meta.get("preprocess", ""), registry)
+    except RestorekitError as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata field 'preprocess': "
+                              f"{exc}") from None
+    return cls(options, pipeline)
 
 
 def load_trained(checkpoint: str | Path, registry: Registry,
@@ -96,14 +122,11 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
     run = RunDir(run_dir)
     if run.is_empty():
         raise UsageError(f"--resume: no run {run}")
-    path = run.latest_checkpoint()
-    if path is None:
-        raise UsageError(f"--resume: {run} has no checkpoint (it stopped before the first "
-                         f"save); start it again with --overwrite")
+    path = run.resume_checkpoint(quiet=True)  # the newest usable one; nothing deleted
     meta = read_metadata(path)
     limits = {"max_steps": 0, "max_minutes": 0.0}
     model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
-    data = run.read_config().get("extra", {}).get("data_path")
+    data = run.data_path()
     seed = int(getattr(model.options, "seed", 0))
     return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad),
                  test_pairs=open_pairs(data, "test", seed=seed, skip_bad=skip_bad),
@@ -121,7 +144,7 @@ def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch
     for ``--resume``. Returns the checkpoint's path.
     """
     from restorekit._version import __version__
-    from restorekit.engine.checkpoint import capture, write_checkpoint
+    from restorekit.engine.checkpoint import capture, first_non_finite, write_checkpoint
 
     unknown = sorted(set(state_dicts) - set(model.networks()))
     if unknown:
@@ -133,15 +156,21 @@ def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch
         if name not in state_dicts:
             tensors.update({f"net.{name}.{k}": v for k, v in net.state_dict().items()})
     restore_networks(Path(source), tensors, model)
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"{source}: tensor {bad!r} holds inf or NaN values")
     run = RunDir(run_dir)
     run.prepare(overwrite=overwrite)
-    tensors, meta = capture(model, optimizers=False)
-    meta.update({"epoch": 0, "step": 0, "step_in_epoch": 0, "converted_from": source,
-                 "restorekit_version": __version__, "torch_version": torch.__version__})
-    path = run.checkpoint_path(RunDir.LAST)
-    write_checkpoint(path, tensors, meta)
-    run.commit_checkpoint(path, best=False, info={"epoch": 0, "step": 0})
-    run.write_config({"model": type(model).name, "options": meta["options"],
-                      "preprocess": meta["preprocess"], "data": f"converted from {source}",
-                      "restorekit_version": __version__, "extra": {"data_path": None}})
+    try:
+        tensors, meta = capture(model, optimizers=False)
+        meta.update({"epoch": 0, "step": 0, "step_in_epoch": 0, "converted_from": source,
+                     "restorekit_version": __version__, "torch_version": torch.__version__})
+        path = run.checkpoint_path(RunDir.LAST)
+        write_checkpoint(path, tensors, meta)
+        run.commit_checkpoint(path, best=False, info={"epoch": 0, "step": 0})
+        run.write_config({"model": type(model).name, "options": meta["options"],
+                          "preprocess": meta["preprocess"], "data": f"converted from {source}",
+                          "restorekit_version": __version__, "extra": {"data_path": None}})
+    finally:
+        run.release()
     return path

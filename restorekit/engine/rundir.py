@@ -16,22 +16,29 @@ describes itself); ``config.json`` holds what is not in a checkpoint (the data p
 run history) and a readable copy of the rest. Resuming and loading both read the options
 from the checkpoint, nowhere else.
 
-Every write into a run folder goes through this class, so the later additions (a lock
-against two trainers in one folder, safe ``--overwrite``, cleaning up stray temp files)
-have one place to go: :meth:`prepare`.
+Every write into a run folder goes through this class, and :meth:`prepare` is where its
+safety lives: a run name is a plain name inside the runs folder (:meth:`named`),
+``--overwrite`` clears only a folder that is recognisably a run folder (:meth:`is_run`),
+``--resume`` never deletes and falls back from an unusable ``last`` to ``best``, stray
+``.*.tmp`` files of a killed process are removed, and an OS lock (``fcntl.flock`` on
+``.restorekit.lock`` inside the folder, which also marks it as a run folder) keeps a second
+process out until :meth:`release` (or the process's exit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from restorekit.engine.checkpoint import SUFFIX, sidecar
+from restorekit.engine.checkpoint import SUFFIX, check_resumable, read_checkpoint, sidecar
 from restorekit.engine.files import atomic_copy, atomic_write_text
-from restorekit.errors import CheckpointError, UsageError
+from restorekit.errors import CheckpointError, LockError, UsageError
 
 
 def _now() -> str:
@@ -69,9 +76,23 @@ class RunDir:
     LAST = "last"
     BEST = "best"
     POINTER = "latest.json"
+    LOCK = ".restorekit.lock"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: IO[str] | None = None
+        self._created = False
+
+    @classmethod
+    def named(cls, runs_dir: str | Path, name: str) -> RunDir:
+        """``runs_dir/name``; ``name`` must be a plain folder name (no path, no ``..``)."""
+        bad = (not name or name in (".", "..") or "/" in name or "\\" in name
+               or "\0" in name or (os.altsep is not None and os.altsep in name)
+               or Path(name).is_absolute())
+        if bad:
+            raise UsageError(f"--name: {name!r} is not a plain run name (a folder name "
+                             f"inside {runs_dir}: no '/', no '..', no absolute path)")
+        return cls(Path(runs_dir) / name)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -130,24 +151,88 @@ class RunDir:
         """``checkpoints/last.safetensors`` or ``checkpoints/best.safetensors``."""
         return self.checkpoints / f"{which}{SUFFIX}"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / self.LOCK
+
     # -- state -----------------------------------------------------------------------------
     def is_empty(self) -> bool:
-        return not self.path.is_dir() or not any(self.path.iterdir())
+        """No folder, or nothing in it but restorekit's lock file."""
+        return not self.path.is_dir() or all(p.name == self.LOCK for p in self.path.iterdir())
+
+    def is_run(self) -> bool:
+        """Recognisably a restorekit run folder: its lock file, a config naming a model, or
+        a checkpoint. Only such a folder may be cleared by ``--overwrite``."""
+        if self.lock_path.is_file() or (self.checkpoints / self.POINTER).is_file():
+            return True
+        if any(self.checkpoint_path(w).is_file() for w in (self.LAST, self.BEST)):
+            return True
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(config, dict) and isinstance(config.get("model"), str)
+
+    def _pointer_target(self) -> Path | None:
+        pointer = self.checkpoints / self.POINTER
+        if not pointer.is_file():
+            return None
+        try:
+            data = json.loads(pointer.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{pointer}: corrupt checkpoint pointer "
+                                  f"({' '.join(str(exc).split())})") from None
+        name = data.get("file") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise CheckpointError(f"{pointer}: field 'file' must be a checkpoint file name "
+                                  f"in {self.checkpoints}, got {name!r}")
+        return self.checkpoints / name
 
     def latest_checkpoint(self) -> Path | None:
         """The newest checkpoint (``latest.json``, else ``last.safetensors``), or None."""
-        pointer = self.checkpoints / self.POINTER
-        if pointer.is_file():
-            try:
-                name = json.loads(pointer.read_text(encoding="utf-8"))["file"]
-            except (OSError, ValueError, KeyError, TypeError):
-                raise CheckpointError(f"{pointer}: corrupt checkpoint pointer") from None
-            target = self.checkpoints / name
+        target = self._pointer_target()
+        if target is not None:
             if not target.is_file():
-                raise CheckpointError(f"{pointer}: points to missing file {target}")
+                raise CheckpointError(f"{self.checkpoints / self.POINTER}: points to missing "
+                                      f"file {target}")
             return target
         last = self.checkpoint_path(self.LAST)
         return last if last.is_file() else None
+
+    def resume_candidates(self) -> list[Path]:
+        """Existing checkpoints to resume from, newest first: the pointer's, last, best."""
+        found: list[Path] = []
+        with contextlib.suppress(CheckpointError):
+            target = self._pointer_target()
+            if target is not None:
+                found.append(target)
+        found += [self.checkpoint_path(w) for w in (self.LAST, self.BEST)]
+        unique = list(dict.fromkeys(found))
+        return [p for p in unique if p.is_file()]
+
+    def resume_checkpoint(self, quiet: bool = False) -> Path:
+        """The newest usable checkpoint (readable, finite); never deletes anything.
+
+        An unusable ``last`` (missing, corrupt, non-finite) is skipped for ``best``, with a
+        warning unless ``quiet``; with none usable, a one-line error.
+        """
+        candidates = self.resume_candidates()
+        if not candidates:
+            raise UsageError(f"--resume: {self.path} has no checkpoint (it stopped before "
+                             f"the first save); start it again with --overwrite")
+        problems = []
+        for path in candidates:
+            try:
+                check_resumable(path, read_checkpoint(path)[1])
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            for problem in [] if quiet else problems:
+                print(f"restorekit: warning: {problem}; resuming from {path.name} instead",
+                      file=sys.stderr)
+            return path
+        raise CheckpointError(f"--resume: no usable checkpoint in {self.checkpoints}: "
+                              f"{problems[0]}")
 
     def has_checkpoint(self) -> bool:
         try:
@@ -162,16 +247,35 @@ class RunDir:
             return {}
         try:
             config = json.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             raise UsageError(f"{self.config_path} is corrupt ({exc})") from None
-        return config if isinstance(config, dict) else {}
+        if not isinstance(config, dict):
+            raise UsageError(f"{self.config_path} is corrupt (expected a JSON object, got "
+                             f"{type(config).__name__})")
+        return config
+
+    def data_path(self) -> str | None:
+        """The ``--data`` folder the run trained on (``extra.data_path``; None: embedded)."""
+        extra = self.read_config().get("extra", {})
+        if not isinstance(extra, dict):
+            raise UsageError(f"{self.config_path}: field 'extra' must be an object, "
+                             f"got {extra!r}")
+        data = extra.get("data_path")
+        if data is not None and not isinstance(data, str):
+            raise UsageError(f"{self.config_path}: field 'extra.data_path' must be a folder "
+                             f"name or null, got {data!r}")
+        return data
 
     def write_config(self, config: dict[str, Any], resumed: bool = False) -> None:
         """Write ``config.json``, keeping ``started_at`` and the ``resumed_at`` history."""
-        old = self.read_config()
+        try:
+            old = self.read_config()
+        except UsageError:
+            old = {}
         config = {**config, "run": self.name,
                   "started_at": old.get("started_at", _now()),
-                  "resumed_at": old.get("resumed_at", []) + ([_now()] if resumed else [])}
+                  "resumed_at": list(old.get("resumed_at") or [])
+                  + ([_now()] if resumed else [])}
         atomic_write_text(self.config_path, json.dumps(config, indent=1) + "\n")
 
     def read_baselines(self) -> dict[str, dict[str, float]] | None:
@@ -208,34 +312,122 @@ class RunDir:
         data = {"file": path.name, **info, "saved_at": _now()}
         atomic_write_text(self.checkpoints / self.POINTER, json.dumps(data, indent=1) + "\n")
 
-    # -- creating --------------------------------------------------------------------------
+    # -- creating, locking -----------------------------------------------------------------
     def prepare(self, resume: bool = False, overwrite: bool = False) -> Path | None:
-        """Create (or clear) the folder for training; the checkpoint to resume from, if any.
+        """Lock (and create or clear) the folder for training; the checkpoint to resume from.
 
-        A non-empty folder needs ``resume`` (it must hold a checkpoint) or ``overwrite``.
+        A non-empty folder needs ``resume`` (the newest usable checkpoint; nothing is
+        deleted) or ``overwrite`` (only a folder :meth:`is_run` recognises is cleared). The
+        lock is held until :meth:`release`; a folder this call created is removed again by
+        :meth:`release` if no checkpoint was written (a failed start leaves nothing).
         """
         if resume and overwrite:
             raise UsageError("use either --resume or --overwrite, not both")
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"run folder {self.path} exists and is not a folder")
-        resume_from = None
-        if not self.is_empty():
+        if not self.is_empty() and not self.is_run():
+            if overwrite:
+                raise UsageError(f"--overwrite: {self.path} is not a restorekit run folder "
+                                 f"(no {self.CONFIG}, checkpoint or {self.LOCK}); refusing "
+                                 f"to delete it")
             if resume:
-                resume_from = self.latest_checkpoint()
-                if resume_from is None:
-                    raise UsageError(f"--resume: {self.path} has no checkpoint (it stopped "
-                                     f"before the first save); start it again with "
-                                     f"--overwrite")
-            elif overwrite:
-                shutil.rmtree(self.path)
-            else:
-                raise UsageError(f"run folder {self.path} already exists; use --resume to "
-                                 f"continue it or --overwrite to start over")
-        elif resume:
-            raise UsageError(f"--resume: no run {self.path}")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.samples.mkdir(exist_ok=True)
+                raise UsageError(f"--resume: {self.path} is not a restorekit run folder")
+            raise UsageError(f"run folder {self.path} already exists and is not a run; "
+                             f"choose another --name")
+        self.lock()
+        try:
+            resume_from = None
+            if not self.is_empty():
+                self._remove_temp_files()
+                if resume:
+                    resume_from = self.resume_checkpoint()
+                elif overwrite:
+                    self._clear()
+                else:
+                    raise UsageError(f"run folder {self.path} already exists; use --resume "
+                                     f"to continue it or --overwrite to start over")
+            elif resume:
+                raise UsageError(f"--resume: no run {self.path}")
+            self.checkpoints.mkdir(exist_ok=True)
+            self.samples.mkdir(exist_ok=True)
+        except BaseException:
+            self.release()
+            raise
         return resume_from
+
+    def lock(self) -> None:
+        """Take the folder's OS lock (created with the folder if need be).
+
+        A lock held by a live process is a one-line ``LockError`` naming its PID; the lock
+        file of a process that died is taken over with a warning.
+        """
+        import fcntl
+
+        if self._lock is not None:
+            return
+        self._created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+        except OSError as exc:
+            raise LockError(f"{self.path}: cannot create the run folder's lock file "
+                            f"({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise LockError(f"run folder {self.path} is in use by process {holder} (lock "
+                            f"{self.lock_path}); wait for it to finish or stop it") from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous and previous != str(os.getpid()):
+            print(f"restorekit: warning: {self.path}: took over the stale lock of process "
+                  f"{previous}, which is no longer running", file=sys.stderr)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        """Release the lock; remove the folder if :meth:`prepare` made it and no checkpoint
+        was written (a start that failed)."""
+        handle, self._lock = self._lock, None
+        if handle is None:
+            return
+        try:
+            if self._created and not self.resume_candidates():
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                handle.seek(0)
+                handle.truncate()
+        except OSError:
+            pass
+        finally:
+            handle.close()
+            self._created = False
+
+    def _clear(self) -> None:
+        """Remove everything in the (locked, recognised) run folder but the lock file."""
+        for entry in self.path.iterdir():
+            if entry.name == self.LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def _remove_temp_files(self) -> None:
+        """Delete ``.*.tmp`` files a killed process left (this folder and its subfolders)."""
+        for folder in (self.path, self.checkpoints, self.samples):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.glob(".*.tmp"):
+                if tmp.is_file() and not tmp.is_symlink():
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
 
     # -- finding runs ----------------------------------------------------------------------
     @classmethod

@@ -199,6 +199,9 @@ class Trainer:
         self._in_step = False
         self._interrupt = _DeferredInterrupt()
         self._board: Any = None
+        # Loss sums and count of the log window in progress (kept in checkpoints, so the
+        # first record after a resume averages the whole window).
+        self._window: tuple[dict[str, float], int] = ({}, 0)
 
     # -- setup -------------------------------------------------------------------------------
     def _write_config(self, device: torch.device, precision: str, resumed: bool) -> None:
@@ -259,7 +262,14 @@ class Trainer:
             "rng": ckpt.capture_rng(tensors),
             "restorekit_version": __version__, "torch_version": torch.__version__,
             "saved_at": _now(),
+            "loss_window": {"sums": dict(self._window[0]), "count": self._window[1]},
         })
+        bad = ckpt.first_non_finite(tensors)
+        if bad is not None:  # never replace the last good checkpoint with a broken one
+            where = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
+                     else "no checkpoint was saved yet")
+            raise TrainingError(f"tensor {bad!r} is inf or NaN after step {self.step}; "
+                                f"training stopped, {where}")
         path = self.rundir.checkpoint_path(RunDir.LAST)
         ckpt.write_checkpoint(path, tensors, meta)
         self.rundir.commit_checkpoint(path, best, {"epoch": self.epoch, "step": self.step})
@@ -279,6 +289,9 @@ class Trainer:
         self.step_in_epoch = int(meta["step_in_epoch"])
         self.best_psnr = meta.get("best_psnr")
         self.last_metrics = meta.get("metrics") or {}
+        window = meta.get("loss_window") or {}
+        self._window = ({k: float(v) for k, v in (window.get("sums") or {}).items()},
+                        int(window.get("count") or 0))
         ckpt.restore_rng(tensors, meta["rng"])
         self.checkpoint = path
         changed = [k for k, v in ckpt.capture_options(self.model).items()
@@ -361,10 +374,11 @@ class Trainer:
         board.flush()
 
     def close(self) -> None:
-        """Release what the trainer holds open (the TensorBoard writer)."""
+        """Release what the trainer holds open (the TensorBoard writer, the run's lock)."""
         if self._board is not None:
             self._board.close()
             self._board = None
+        self.rundir.release()
 
     # -- the loop ----------------------------------------------------------------------------
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -430,8 +444,7 @@ class Trainer:
             model.on_epoch_start(self.epoch)
             dataset.set_epoch(self.epoch)
             loader, per_epoch = self._loader(dataset, device)
-            sums: dict[str, float] = {}
-            count = 0
+            sums, count = self._window if self.step_in_epoch else ({}, 0)
             bar = tqdm(total=per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
                        desc=f"epoch {self.epoch + 1}/{num_epochs}", leave=False)
             try:
@@ -452,6 +465,7 @@ class Trainer:
                     if cfg.log_every > 0 and self.step % cfg.log_every == 0:
                         self._log_losses(sums, count)
                         sums, count = {}, 0
+                    self._window = (sums, count)
                     if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                         self._save(ctx)
                     stopped = self._limit_reached(started)

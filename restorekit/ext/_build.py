@@ -234,6 +234,7 @@ def _build_and_load(st: BuildState, verbose: bool) -> None:
     else:
         from torch.utils.cpp_extension import load
 
+        _check_compiler()
         st.cache_dir.mkdir(parents=True, exist_ok=True)
         compiled, _ = source_files(src, with_cuda)
         load(
@@ -252,6 +253,18 @@ def _build_and_load(st: BuildState, verbose: bool) -> None:
     from restorekit.ext import _ops
 
     _ops.register()
+
+
+def _check_compiler() -> None:
+    """Name a missing C++ compiler (else ninja only says "build stopped")."""
+    import shlex
+    import shutil
+
+    cxx = os.environ.get("CXX", "").strip() or "c++"
+    program = (shlex.split(cxx) or ["c++"])[0]
+    if shutil.which(program) is None:
+        raise RuntimeError(f"no C++ compiler: {program!r} (from CXX, default c++) is not on "
+                           f"PATH; install g++ or clang, or set CXX")
 
 
 def warn_fallback(st: BuildState) -> None:

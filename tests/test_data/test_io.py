@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +256,48 @@ def test_list_images(tmp_path):
     assert names == ["a.jpg", "b.PNG", "c.tiff", "e.Jpeg"]
     with pytest.raises(DataError, match="missing"):
         list_images(tmp_path / "missing")
+
+
+def test_one_pixel_limit_for_every_format(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11: TIFF had no limit (a small file declaring 20000x20000 tried to allocate
+    4.5 GiB); every format now has RESTOREKIT_MAX_PIXELS, checked before decoding."""
+    import tifffile
+
+    from restorekit.data import max_pixels
+    from restorekit.data.io import MAX_PIXELS
+
+    image = np.full((40, 50, 3), 0.5, np.float32)
+    for name in ("a.png", "a.jpg", "a.bmp", "a.tif"):
+        write_image(tmp_path / name, image)
+    write_image(tmp_path / "b.png", image, bits=16)
+    tifffile.imwrite(tmp_path / "planar.tif", np.zeros((3, 40, 50), np.uint8),
+                     photometric="rgb", planarconfig="separate")
+    assert max_pixels() == MAX_PIXELS
+    monkeypatch.setenv("RESTOREKIT_MAX_PIXELS", "2000")
+    for name in ("a.png", "a.jpg", "a.bmp", "a.tif", "b.png", "planar.tif"):
+        assert read_image(tmp_path / name).shape == (40, 50, 3)
+    monkeypatch.setenv("RESTOREKIT_MAX_PIXELS", "1999")
+    for name in ("a.png", "a.jpg", "a.bmp", "a.tif", "b.png", "planar.tif"):
+        with pytest.raises(ImageReadError, match="50x40 is 2000 pixels, over the limit of 1999"):
+            read_image(tmp_path / name)
+    monkeypatch.setenv("RESTOREKIT_MAX_PIXELS", "lots")
+    with pytest.raises(UsageError, match="RESTOREKIT_MAX_PIXELS='lots'"):
+        read_image(tmp_path / "a.png")
+
+
+def test_write_failures_are_one_line_and_leave_nothing(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.errors import OutputError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="file/a.png: cannot write image"):
+        write_image(tmp_path / "file" / "a.png", np.zeros((4, 4, 3), np.float32))
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OutputError, match=r"out.png: cannot write image \(No space left"):
+        write_image(tmp_path / "out.png", np.zeros((4, 4, 3), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

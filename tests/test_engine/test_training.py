@@ -316,13 +316,24 @@ def test_wrong_model_or_shape_is_refused(tmp_path: Path,
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(tmp_path: Path) -> None:
-    (tmp_path / "r").mkdir()
+    run(tmp_path / "r", make(epochs=1, eval_every=0))
     (tmp_path / "r" / "old.txt").write_text("x")
     with pytest.raises(UsageError, match="--resume.*--overwrite"):
         run(tmp_path / "r", make(epochs=1))
     result = run(tmp_path / "r", make(epochs=1, eval_every=0), overwrite=True)
     assert result.step == 3 and not (tmp_path / "r" / "old.txt").exists()
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_folder_that_is_not_a_run_is_never_cleared(tmp_path: Path) -> None:
+    """Issue 11: --overwrite used to delete any folder, photos included."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "old.txt").write_text("x")
+    with pytest.raises(UsageError, match="already exists"):
+        run(tmp_path / "r", make(epochs=1))
+    with pytest.raises(UsageError, match="not a restorekit run folder.*refusing"):
+        run(tmp_path / "r", make(epochs=1), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["old.txt"]
 
 
 def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -> None:

@@ -9,7 +9,6 @@ from [0, 1] to the generator's [-1, 1] range and back.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,28 +34,40 @@ from restorekit_pix2pixhd.networks import (
 class Pix2PixHDOptions(TrainConfig):
     """Pix2PixHD options; names follow NVIDIA's ``options/*.py`` where they exist."""
 
-    netG: str = field(default="global", metadata={"help": "generator: global (G1) or local "
-                                                           "(G1 + local enhancer G2)"})
-    ngf: int = field(default=64, metadata={"help": "filters of the first generator layer "
-                                                    "(of the local enhancer for netG=local)"})
-    n_downsample_global: int = field(default=4, metadata={"help": "downsamplings in G1"})
-    n_blocks_global: int = field(default=9, metadata={"help": "residual blocks in G1"})
-    n_local_enhancers: int = field(default=1, metadata={"help": "local enhancers (netG=local)"})
-    n_blocks_local: int = field(default=3, metadata={"help": "residual blocks per enhancer"})
-    ndf: int = field(default=64, metadata={"help": "filters of the first discriminator layer"})
-    n_layers_D: int = field(default=3, metadata={"help": "layers of each discriminator"})
-    num_D: int = field(default=2, metadata={"help": "discriminator scales"})
-    lambda_feat: float = field(default=10.0, metadata={"help": "weight of feature matching "
-                                                                "and VGG losses"})
+    netG: str = field(default="global", metadata={
+        "help": "generator: global (G1) or local (G1 + local enhancer G2)",
+        "choices": ("global", "local")})
+    ngf: int = field(default=64, metadata={
+        "help": "filters of the first generator layer (of the local enhancer for netG=local)",
+        "range": (1, None)})
+    n_downsample_global: int = field(default=4, metadata={
+        "help": "downsamplings in G1", "range": (0, 8)})
+    n_blocks_global: int = field(default=9, metadata={
+        "help": "residual blocks in G1", "range": (0, None)})
+    n_local_enhancers: int = field(default=1, metadata={
+        "help": "local enhancers (netG=local)", "range": (1, 4)})
+    n_blocks_local: int = field(default=3, metadata={
+        "help": "residual blocks per enhancer", "range": (0, None)})
+    ndf: int = field(default=64, metadata={
+        "help": "filters of the first discriminator layer", "range": (1, None)})
+    n_layers_D: int = field(default=3, metadata={
+        "help": "layers of each discriminator", "range": (1, 8)})
+    num_D: int = field(default=2, metadata={"help": "discriminator scales", "range": (1, 8)})
+    lambda_feat: float = field(default=10.0, metadata={
+        "help": "weight of feature matching and VGG losses", "range": (0.0, None)})
     feat_loss: bool = field(default=True, metadata={"help": "discriminator feature matching"})
     vgg_weights: str = field(default="", metadata={"help": "local VGG19 weights file "
                                                           "(.safetensors/.pth); empty = off"})
-    lambda_l1: float = field(default=0.0, metadata={"help": "weight of an L1 reconstruction "
-                                                             "term (0 in the paper)"})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
-    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
-    niter: int = field(default=100, metadata={"help": "epochs at the initial learning rate"})
-    niter_decay: int = field(default=100, metadata={"help": "epochs of linear decay to 0"})
+    lambda_l1: float = field(default=0.0, metadata={
+        "help": "weight of an L1 reconstruction term (0 in the paper)", "range": (0.0, None)})
+    lr: float = field(default=2e-4, metadata={
+        "help": "Adam learning rate", "range": (0.0, None, "()")})
+    beta1: float = field(default=0.5, metadata={
+        "help": "Adam beta1", "range": (0.0, 1.0, "[)")})
+    niter: int = field(default=100, metadata={
+        "help": "epochs at the initial learning rate", "range": (0, None)})
+    niter_decay: int = field(default=100, metadata={
+        "help": "epochs of linear decay to 0", "range": (0, None)})
     fused: bool = field(default=True, metadata={"help": "fused C++/CUDA residual blocks "
                                                          "(restorekit.ext; RESTOREKIT_EXT)"})
 
@@ -68,7 +79,17 @@ class Pix2PixHDOptions(TrainConfig):
                              "epochs; set --niter and --niter-decay instead")
         self.epochs = total
         if self.netG not in ("global", "local"):
-            raise UsageError(f"--netG: expected 'global' or 'local', got {self.netG!r}")
+            raise UsageError(f"--netG: expected one of global, local, got {self.netG!r}")
+        side = self.min_image_size()
+        if isinstance(self.crop_size, int) and 0 < self.crop_size < side:
+            raise UsageError(f"--crop-size: {self.crop_size} is smaller than the {side} pixels "
+                             f"this generator needs (2^downsamplings + 1)")
+
+    def min_image_size(self) -> int:
+        """The smallest image side the generator takes: after padding to a multiple of
+        ``2^downsamplings`` its bottleneck needs 2 pixels (instance norm, reflection pad)."""
+        n = self.n_downsample_global + (self.n_local_enhancers if self.netG == "local" else 0)
+        return max(2 ** max(n, 0) + 1, 4)
 
 
 class Pix2PixHD(TrainableModel):
@@ -119,9 +140,10 @@ class Pix2PixHD(TrainableModel):
         self.vgg_loss: nn.Module | None = None
         if o.vgg_weights:
             self.vgg_loss = VGGLoss(o.vgg_weights).to(device)
-        else:
-            print("pix2pixhd: VGG perceptual loss off (no --vgg-weights given; nothing is "
-                  "downloaded)", file=sys.stderr)
+        self._said_vgg = False
+
+    def min_image_size(self) -> int:
+        return self.options.min_image_size()
 
     def networks(self) -> dict[str, nn.Module]:
         return {"G": self.netG, "D": self.netD}
@@ -138,6 +160,10 @@ class Pix2PixHD(TrainableModel):
         return o.lr * (o.niter + o.niter_decay - epoch) / (o.niter_decay + 1)
 
     def on_epoch_start(self, epoch: int) -> None:
+        if self.vgg_loss is None and not self._said_vgg:  # once, when training starts
+            self._said_vgg = True
+            print("pix2pixhd: VGG perceptual loss off (no --vgg-weights given; nothing is "
+                  "downloaded)")
         lr = self.learning_rate(epoch)
         for opt in (self.optG, self.optD):
             for group in opt.param_groups:
