@@ -439,7 +439,8 @@ def current() -> Distributed:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Stopped("training stopped by SIGTERM (torchrun stops every rank when one fails)")
+    raise Stopped("training stopped by SIGTERM (from torchrun when another rank failed, or "
+                  "from outside)")
 
 
 def setup() -> Distributed:
@@ -505,27 +506,40 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     import tempfile
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if nproc < 1:
         raise UsageError(f"--nproc-per-node: expected at least 1, got {nproc}")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher",
-                 "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):  # rank 0 says what went wrong
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # The workers run in sessions of their own: the agent relays Ctrl-C (once) and SIGTERM
+    # to them, then waits up to shutdown_timeout for them to finish the step and save.
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                           run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
+                          shutdown_timeout=120)
     with tempfile.TemporaryDirectory(prefix="restorekit-launch-") as tmp:
         marker = Path(tmp) / "reported"
         old = os.environ.get(ENV_REPORTED)
         os.environ[ENV_REPORTED] = str(marker)
         try:
             elastic_launch(config, sys.executable)(*argv)
+        except SignalException as exc:  # relayed to the workers; rank 0 said what happened
+            if exc.sigval == signal.SIGINT:
+                return 130
+            if marker.exists():
+                return 1
+            raise TrainingError(f"training stopped by {signal.Signals(exc.sigval).name}") \
+                from None
         except ChildFailedError as exc:
             if marker.exists():
                 return 1
+            if all(f.exitcode == 130 for f in exc.failures.values()):
+                return 130  # interrupted; rank 0 printed how to continue
             rank, failure = exc.get_first_failure()
             if failure.exitcode < 0:
                 try:
