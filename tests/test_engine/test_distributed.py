@@ -290,7 +290,24 @@ PRIMITIVES = textwrap.dedent('''
               registry=registry, metrics=[])
     except TrainingError as exc:
         out["nan"] = str(exc)
+
+    class Boom(Tiny):
+        def train_step(self, low, high, ctx):
+            if d.rank == 1 and ctx.step == 1:
+                raise ValueError("boom")
+            return super().train_step(low, high, ctx)
+
+    try:
+        train(Boom(Opts(epochs=5, batch_size=2, crop_size=8, seed=1, nan_rank=-1),
+                   Pipeline()), train_pairs=Pairs(), test_pairs=None,
+              run_dir=Path(sys.argv[1] + "-boom"), registry=registry, metrics=[])
+    except ValueError as exc:
+        out["boom"] = f"own: {exc}"
+    except TrainingError as exc:
+        out["boom"] = str(exc)
     Path(sys.argv[1] + f".rank{d.rank}.json").write_text(json.dumps(out))
+    if d.rank == 1:
+        os._exit(0)  # as a failed rank's process ends
     distributed.shutdown()
 ''')
 
@@ -315,9 +332,17 @@ def test_primitives_in_a_two_process_group(tmp_path: Path) -> None:
     assert r0["from_main"] == r1["from_main"] == "only rank 0 sees this"
     # A non-finite loss on rank 1 stops both ranks at the same step with the same line.
     assert r0["nan"] == r1["nan"] and "'l1' is nan" in r0["nan"] and "step 3" in r0["nan"]
+    # A rank that raises: rank 0 names it and its error in one line.
+    assert r1["boom"] == "own: boom"
+    assert r0["boom"].startswith("rank 1 failed: ValueError: boom; training stopped at epoch 1")
     # Rank 0 alone wrote the run folder.
     assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def test_nproc_per_node_goes_with_train(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "pix2pixhd", "--eval", "--nproc-per-node", "2"]) == 2
+    assert "--nproc-per-node goes with --train" in capsys.readouterr().err
 
 
 def test_single_process_is_untouched() -> None:
