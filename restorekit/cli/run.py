@@ -22,7 +22,7 @@ from typing import Any
 
 from restorekit.api import Command, Model, TrainableModel
 from restorekit.cli._common import PROG, Parser, expand_inputs, json_ready, lookup, output_files
-from restorekit.errors import DataError, ImageReadError, UsageError
+from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError
 from restorekit.plugins import Registry
 
 RUNS_DIR = Path("runs")
@@ -56,6 +56,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         raise UsageError(f"run {name}: --enhance needs -o/--output DIR")
     if margs.train and not model_cls.trainable:
         raise UsageError(f"run {name}: model {name!r} does not train; use --eval or --enhance")
+    if getattr(margs, "nproc_per_node", 0) and not margs.train:
+        raise UsageError(f"run {name}: --nproc-per-node goes with --train")
+    margs.argv = ["run", args.model, *args.rest]
     from restorekit.engine.allocator import keep_freed_memory
 
     keep_freed_memory()  # CPU steps reuse freed activations instead of faulting them in
@@ -137,6 +140,10 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                             "(default: the newest run of this model)")
         t.add_argument("--tile", type=int, default=0,
                        help="--enhance: process images in overlapping tiles of this size")
+        t.add_argument("--nproc-per-node", type=int, default=0, metavar="N",
+                       help="--train: data-parallel over N processes on this machine (one "
+                            "per GPU, else CPU processes), launched as torchrun would; "
+                            "ignored inside torchrun")
 
 
 def _preset_defaults(model_cls: type[Model]) -> list[tuple[str, dict[str, Any]]]:
@@ -210,6 +217,22 @@ def _resume_hint(model_cls: type[Model], run_dir: Path, runs_dir: Path) -> str:
 
 def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
            registry: Registry) -> int:
+    from restorekit.engine import distributed
+
+    if args.nproc_per_node and not distributed.launched():
+        return distributed.launch(args.nproc_per_node, ["-m", "restorekit", *args.argv])
+    dist = distributed.setup()  # under torchrun: join the process group
+    try:
+        return _train_here(model_cls, args, overrides, registry, dist)
+    except RestorekitError:
+        distributed.reported()
+        raise
+    finally:
+        distributed.shutdown()
+
+
+def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
+                registry: Registry, dist: Any) -> int:
     from restorekit.data import open_pairs
     from restorekit.engine import RunDir, resume, train
 
@@ -222,11 +245,14 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
         if args.name:
             run = RunDir.named(runs_dir, args.name)
         else:
-            newest = RunDir.newest(runs_dir, model_cls.name)
-            if newest is None:
-                raise UsageError(f"--resume: no run of {model_cls.name} with a checkpoint in "
-                                 f"{runs_dir}; name one with --name")
-            run = newest
+            def newest() -> str:
+                found = RunDir.newest(runs_dir, model_cls.name)
+                if found is None:
+                    raise UsageError(f"--resume: no run of {model_cls.name} with a checkpoint "
+                                     f"in {runs_dir}; name one with --name")
+                return str(found.path)
+
+            run = RunDir(dist.from_main(newest))  # rank 0 alone reads the runs folder
         result = resume(run.path, registry, skip_bad=args.skip_bad, **overrides)
     else:
         if args.name:
@@ -234,7 +260,8 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
         elif args.overwrite:
             run = RunDir(runs_dir / model_cls.name)
         else:
-            run = RunDir.next_free(runs_dir, model_cls.name)
+            run = RunDir(dist.from_main(lambda: str(RunDir.next_free(runs_dir,
+                                                                     model_cls.name).path)))
         preset = args.preset
         if preset is None and args.data is None:
             preset = model_cls.embedded_preset

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from restorekit.api import TrainableModel, field_problem
+from restorekit.engine import distributed
 from restorekit.engine.checkpoint import read_checkpoint, read_metadata, restore_networks
 from restorekit.engine.config import resolve_device
 from restorekit.engine.rundir import RunDir
@@ -120,13 +121,18 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
         raise UsageError(f"--resume continues a run with its stored options; drop {named} "
                          f"(or start a new run)")
     run = RunDir(run_dir)
-    if run.is_empty():
-        raise UsageError(f"--resume: no run {run}")
-    path = run.resume_checkpoint(quiet=True)  # the newest usable one; nothing deleted
-    meta = read_metadata(path)
+
+    def locate() -> dict[str, Any]:
+        if run.is_empty():
+            raise UsageError(f"--resume: no run {run}")
+        path = run.resume_checkpoint(quiet=True)  # the newest usable one; nothing deleted
+        return {"path": str(path), "meta": read_metadata(path), "data": run.data_path()}
+
+    # Under torchrun rank 0 alone reads the run folder (other nodes need not see it).
+    found = distributed.setup().from_main(locate)
+    path, meta, data = Path(found["path"]), found["meta"], found["data"]
     limits = {"max_steps": 0, "max_minutes": 0.0}
     model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
-    data = run.data_path()
     seed = int(getattr(model.options, "seed", 0))
     return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad),
                  test_pairs=open_pairs(data, "test", seed=seed, skip_bad=skip_bad),

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from restorekit._version import __version__
 from restorekit.api import Metric, TrainableModel
 from restorekit.engine import checkpoint as ckpt
+from restorekit.engine import distributed
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
 from restorekit.engine.report import write_report
 from restorekit.engine.rundir import RunDir
@@ -58,8 +59,9 @@ class StepContextImpl:
     """The :class:`~restorekit.api.StepContext` a model's ``train_step`` receives."""
 
     def __init__(self, device: torch.device, optimizers: dict[str, torch.optim.Optimizer],
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", dist: distributed.Distributed | None = None) -> None:
         self.device = device
+        self.dist = dist or distributed.current()  # averages gradients across ranks
         self.epoch = 0
         self.step = 0
         self.precision = precision
@@ -86,6 +88,7 @@ class StepContextImpl:
         opt, scaler = self.optimizers[optimizer], self.scalers[optimizer]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        self.dist.average_gradients(opt)
         scaler.step(opt)
         scaler.update()
         self.updates += 1
@@ -202,6 +205,7 @@ class Trainer:
         # Loss sums and count of the log window in progress (kept in checkpoints, so the
         # first record after a resume averages the whole window).
         self._window: tuple[dict[str, float], int] = ({}, 0)
+        self._dist = distributed.setup()  # not active outside torchrun
 
     # -- setup -------------------------------------------------------------------------------
     def _write_config(self, device: torch.device, precision: str, resumed: bool) -> None:
@@ -216,6 +220,7 @@ class Trainer:
             "torch_version": torch.__version__,
             "device": str(device),
             "precision": precision,
+            "world_size": self._dist.world_size,
             "extra": self.extra_config,
         }
         self.rundir.write_config(config, resumed=resumed)
@@ -250,16 +255,19 @@ class Trainer:
         return baselines
 
     def _can_evaluate(self) -> bool:
-        return self.test_pairs is not None and len(self.test_pairs) > 0
+        return self._dist.is_main and self.test_pairs is not None and len(self.test_pairs) > 0
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save(self, ctx: StepContextImpl, best: bool = False) -> Path:
+        if not self._dist.is_main:  # rank 0 alone writes the run folder
+            self.checkpoint = self.rundir.checkpoint_path(RunDir.LAST)
+            return self.checkpoint
         tensors, meta = ckpt.capture(self.model)
         meta.update({
             "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
             "best_psnr": self.best_psnr, "metrics": self.last_metrics,
             "scalers": {name: s.state_dict() for name, s in ctx.scalers.items()},
-            "rng": ckpt.capture_rng(tensors),
+            "rng": ckpt.capture_rng(tensors), "world_size": self._dist.world_size,
             "restorekit_version": __version__, "torch_version": torch.__version__,
             "saved_at": _now(),
             "loss_window": {"sums": dict(self._window[0]), "count": self._window[1]},
@@ -277,7 +285,7 @@ class Trainer:
         return path
 
     def _restore(self, path: Path, ctx: StepContextImpl) -> None:
-        tensors, meta = ckpt.read_checkpoint(path)
+        tensors, meta = self._dist.read_checkpoint(lambda: ckpt.read_checkpoint(path))
         ckpt.check_model(path, meta, self.model)
         ckpt.restore_networks(path, tensors, self.model)
         ckpt.restore_optimizers(path, tensors, meta, self.model)
@@ -286,20 +294,22 @@ class Trainer:
                 ctx.scalers[name].load_state_dict(state)
         self.epoch = int(meta["epoch"])
         self.step = int(meta["step"])
-        self.step_in_epoch = int(meta["step_in_epoch"])
+        self.step_in_epoch = self._dist.position_in_epoch(meta)
         self.best_psnr = meta.get("best_psnr")
         self.last_metrics = meta.get("metrics") or {}
         window = meta.get("loss_window") or {}
         self._window = ({k: float(v) for k, v in (window.get("sums") or {}).items()},
                         int(window.get("count") or 0))
-        ckpt.restore_rng(tensors, meta["rng"])
+        self._dist.restore_rng(lambda: ckpt.restore_rng(tensors, meta["rng"]), self.cfg.seed,
+                               self.step)
         self.checkpoint = path
         changed = [k for k, v in ckpt.capture_options(self.model).items()
                    if meta.get("options", {}).get(k, v) != v]
         note = f" (changed options: {', '.join(changed)})" if changed else ""
         tqdm.write(f"restorekit: resuming {self.run_dir} from {path.name} at epoch "
                    f"{self.epoch + 1}, step {self.step}{note}")
-        self.rundir.truncate_logs(self.step)
+        if self._dist.is_main:
+            self.rundir.truncate_logs(self.step)
 
     # -- evaluation --------------------------------------------------------------------------
     def _evaluate(self, epoch_label: int) -> bool:
@@ -347,7 +357,9 @@ class Trainer:
             board.add_image("samples/grid", grid, self.step, dataformats="HWC")
             board.flush()
 
-    def _report(self) -> Path:
+    def _report(self) -> Path | None:
+        if not self._dist.is_main:
+            return None
         higher = {m.name: m.higher_is_better for m in self.metrics or []}
         return write_report(self.rundir, higher)
 
@@ -397,6 +409,8 @@ class Trainer:
         return values
 
     def _log_losses(self, sums: dict[str, float], count: int) -> None:
+        if not self._dist.is_main:
+            return
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step}
         record.update({k: v / count for k, v in sums.items()})
         lrs = {name: float(opt.param_groups[0]["lr"])
@@ -423,10 +437,10 @@ class Trainer:
         """The remaining batches of ``self.epoch`` and the epoch's number of batches."""
         cfg = self.cfg
         n = len(dataset)
-        per_epoch = max(1, n // cfg.batch_size)
         gen = torch.Generator().manual_seed(cfg.seed * 1000003 + self.epoch)
         order = torch.randperm(n, generator=gen).tolist()
-        batches = [order[b * cfg.batch_size:(b + 1) * cfg.batch_size] for b in range(per_epoch)]
+        batches = self._dist.shard(order, cfg.batch_size)  # this rank's part of each batch
+        per_epoch = len(batches)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches[self.step_in_epoch:], num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
@@ -438,7 +452,7 @@ class Trainer:
                       started: float) -> str:
         model, cfg = self.model, self.cfg
         num_epochs = model.num_epochs()
-        stopped = self._limit_reached(started)
+        stopped = self._dist.agree_stop(self._limit_reached(started))
         while stopped is None and self.epoch < num_epochs:
             ctx.epoch = self.epoch
             model.on_epoch_start(self.epoch)
@@ -453,7 +467,9 @@ class Trainer:
                     high = batch["high"].to(device, non_blocking=True)
                     ctx.step, ctx.updates = self.step, 0
                     self._in_step = True
-                    values = self._check_finite(model.train_step(low, high, ctx))
+                    self._dist.sync_buffers(model.networks())
+                    values = self._check_finite(
+                        self._dist.reduce_losses(model.train_step(low, high, ctx)))
                     self.step += 1
                     self.step_in_epoch += 1
                     self._in_step = False
@@ -468,7 +484,7 @@ class Trainer:
                     self._window = (sums, count)
                     if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
                         self._save(ctx)
-                    stopped = self._limit_reached(started)
+                    stopped = self._dist.agree_stop(self._limit_reached(started))
                     if stopped:
                         break
             finally:
@@ -495,8 +511,10 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train (or resume) until the epochs are done or a limit/interrupt stops it."""
         model, cfg = self.model, self.cfg
-        resume_from = self.rundir.prepare(self.resume, self.overwrite)
-        device = resolve_device(cfg.device)
+        prepared = self._dist.from_main(lambda: str(self.rundir.prepare(self.resume,
+                                                                        self.overwrite) or ""))
+        resume_from = Path(prepared) if prepared else None
+        device = self._dist.resolve_device(cfg.device, resolve_device)
         precision = resolve_precision(cfg.precision, device)
         if device.type == "cuda" and precision == "fp32":
             # fp32 on TF32 tensor cores (cuDNN convolutions already default to it).
@@ -504,17 +522,21 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
         model.build(device)
-        ctx = StepContextImpl(device, dict(model.optimizers()), precision)
+        self._dist.after_build(model.networks(), cfg.seed)
+        ctx = StepContextImpl(device, dict(model.optimizers()), precision, self._dist)
         if resume_from is not None:
             self._restore(resume_from, ctx)
-        self._write_config(device, precision, resumed=resume_from is not None)
+        if self._dist.is_main:
+            self._write_config(device, precision, resumed=resume_from is not None)
         dataset = self._dataset()
-        baselines = self._setup_metrics()
+        baselines = self._setup_metrics() if self._dist.is_main else {}
         for net in model.networks().values():
             net.train()
         tqdm.write(f"restorekit: training {type(model).name} on {device}"
                    f" in {precision}: {len(dataset)} crops per epoch, "
                    f"batch {cfg.batch_size}, {model.num_epochs()} epochs -> {self.run_dir}")
+        if self._dist.active:
+            tqdm.write(self._dist.describe(cfg.batch_size))
         started = time.monotonic()
         with self._interrupt:
             try:
@@ -561,6 +583,11 @@ def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: 
                       metrics=metrics)
     try:
         return trainer.run()
+    except Exception as exc:  # under torchrun: a peer's failure becomes one line naming it
+        reported = trainer._dist.failure(exc, trainer.epoch, trainer.step, trainer.checkpoint)
+        if reported is exc:
+            raise
+        raise reported from None
     finally:
         trainer.close()
 

@@ -1,0 +1,359 @@
+"""Distributed training (issue 12): 2 CPU processes over gloo, launched as torchrun does.
+
+The end-to-end tests train a tiny Pix2PixHD (fused extension on, D frozen during the G
+step, two optimisers) through ``restorekit run ... --nproc-per-node 2``; the primitives
+are checked in a 2-process group started with ``python -m torch.distributed.run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from restorekit.cli import main
+from restorekit.engine import load_trained, read_checkpoint
+from restorekit.engine.distributed import Distributed
+from restorekit.plugins import get_registry
+
+TINY = ["--ngf", "4", "--n-downsample-global", "1", "--n-blocks-global", "1", "--ndf", "4",
+        "--n-layers-D", "1", "--num-D", "1", "--crop-size", "32", "--samples-per-epoch", "8",
+        "--num-samples", "1", "--log-every", "1", "--device", "cpu", "--preprocess", "",
+        "--fused", "--precision", "fp32"]  # fp32: compared within float32 tolerance
+ENV = {"RESTOREKIT_DIST_TIMEOUT": "60", "TQDM_DISABLE": "1"}
+
+
+def launch(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "restorekit", *args], cwd=cwd,
+                          env={**os.environ, **ENV}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower()
+            or "Traceback" in line]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with six 48x48 pairs in data/low and data/high."""
+    from restorekit.data import write_image
+
+    root = tmp_path_factory.mktemp("ddp")
+    rng = np.random.default_rng(0)
+    for sub in ("low", "high"):
+        (root / "data" / sub).mkdir(parents=True)
+    for i in range(6):
+        high = rng.random((48, 48, 3)).astype(np.float32)
+        write_image(root / "data" / "high" / f"p{i}.png", high)
+        write_image(root / "data" / "low" / f"p{i}.png", high * 0.3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def equal_runs(work: Path) -> tuple[Path, Path]:
+    """3 steps: one process with batch 4 (in-process, 1 thread) and 2 processes x batch 2."""
+    common = ["--data", "data", *TINY, "--niter", "2", "--niter-decay", "0", "--max-steps", "3"]
+    cwd, threads = Path.cwd(), torch.get_num_threads()
+    os.chdir(work)
+    torch.set_num_threads(1)  # as each of the two ranks
+    try:
+        assert main(["run", "pix2pixhd", "--train", "--name", "one", "--batch-size", "4",
+                     *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        os.chdir(cwd)
+    done = launch(work, "run", "pix2pixhd", "--train", "--name", "two", "--batch-size", "2",
+                  "--nproc-per-node", "2", *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed over 2 process(es) (gloo): batch 2 per process, effective batch 4" \
+        in done.stdout
+    return work / "runs" / "one", work / "runs" / "two"
+
+
+def test_two_processes_take_the_steps_of_one_with_twice_the_batch(
+        equal_runs: tuple[Path, Path]) -> None:
+    one, two = equal_runs
+    a, meta_a = read_checkpoint(one / "checkpoints" / "last.safetensors")
+    b, meta_b = read_checkpoint(two / "checkpoints" / "last.safetensors")
+    assert (meta_a["step"], meta_b["step"]) == (3, 3)
+    assert (meta_a["world_size"], meta_b["world_size"]) == (1, 2)
+    model = load_trained(one, get_registry(), device="cpu")
+    compared = dead = 0
+    for net in ("G", "D"):
+        for i, (name, _) in enumerate(model.networks()[net].named_parameters()):
+            # A bias right before an affine-free InstanceNorm has a zero gradient: its
+            # computed gradient is rounding noise whose sign sets Adam's first update
+            # (+-lr) in one process as in two. Every other element must agree.
+            live = a[f"optim.{net}.state.{i}.exp_avg_sq"] > 1e-14
+            wa, wb = a[f"net.{net}.{name}"], b[f"net.{net}.{name}"]
+            torch.testing.assert_close(wa[live], wb[live], rtol=1e-5, atol=1e-6,
+                                       msg=f"{net}.{name}")
+            for key in ("exp_avg", "exp_avg_sq"):
+                sa, sb = a[f"optim.{net}.state.{i}.{key}"], b[f"optim.{net}.state.{i}.{key}"]
+                # Gradients summed in another order: noise relative to the largest.
+                scale = float(sa.abs().max())
+                torch.testing.assert_close(sa[live], sb[live], rtol=0, atol=1e-4 * scale)
+            compared += int(live.sum())
+            dead += int((~live).sum())
+    assert compared > 10 * dead > 0
+    # Logged losses are the average over the ranks: the batch-4 values of one process.
+    la = [json.loads(x) for x in (one / "losses.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (two / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [1, 2, 3]
+    for ra, rb in zip(la, lb, strict=True):
+        for key in ("G_GAN", "G_feat", "G_L1", "D_fake", "D_real"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-4), key
+    # Rank 0 alone wrote the run folder; evaluation printed a single process's numbers.
+    ma = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
+    mb = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
+    assert mb["psnr"] == pytest.approx(ma["psnr"], abs=1e-3)
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+
+
+def test_eval_and_enhance_load_a_distributed_checkpoint(
+        equal_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    two = equal_runs[1]
+    work = two.parent.parent
+    assert main(["run", "pix2pixhd", "--eval", "--checkpoint", str(two), "--data",
+                 str(work / "data"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert set(rows) == {"identity", "pix2pixhd"} and rows["pix2pixhd"]["psnr"] > 0
+    out = work / "enhanced"
+    assert main(["run", "pix2pixhd", "--enhance", str(work / "data" / "low"), "-o", str(out),
+                 "--checkpoint", str(two)]) == 0
+    assert len(list(out.glob("*.png"))) == 6
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for pid in _children(launcher):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_killed_rank_ends_cleanly_and_resumes_with_one_then_two_processes(
+        work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [sys.executable, "-m", "restorekit", "run", "pix2pixhd", "--train", "--name", "k",
+            "--data", "data", *TINY, "--batch-size", "2", "--niter", "1000", "--niter-decay",
+            "0", "--eval-every", "0", "--checkpoint-every", "2", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(args, cwd=work, env={**os.environ, **ENV}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pointer = work / "runs" / "k" / "checkpoints" / "latest.json"
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            if pointer.is_file() and json.loads(pointer.read_text() or "{}").get("step", 0) >= 4:
+                victim = _rank_pid(proc.pid, 1)
+                if victim:
+                    break
+            time.sleep(0.05)
+        assert victim, "rank 1 never started or no checkpoint appeared"
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    lines = error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("restorekit: error: rank 1 ") and "last good checkpoint" in lines[0]
+    checkpoints = work / "runs" / "k" / "checkpoints"
+    assert not list(checkpoints.glob("*.tmp"))
+    _, meta = read_checkpoint(checkpoints / "last.safetensors")
+    saved = meta["step"]
+    assert saved >= 4 and meta["world_size"] == 2
+
+    # --resume with one process: 4 steps per epoch now instead of 2.
+    cwd = Path.cwd()
+    os.chdir(work)
+    try:
+        assert main(["run", "pix2pixhd", "--train", "--resume", "--name", "k",
+                     "--max-steps", str(saved + 2)]) == 0
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert f"step {saved}" in out and "saved with 2 process(es) and continues with 1" in out
+    _, meta = read_checkpoint(checkpoints / "last.safetensors")
+    assert (meta["step"], meta["world_size"]) == (saved + 2, 1)
+
+    # ... and again with two.
+    done = launch(work, "run", "pix2pixhd", "--train", "--resume", "--name", "k",
+                  "--max-steps", str(saved + 4), "--nproc-per-node", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"step {saved + 2}" in done.stdout and "continues with 2" in done.stdout
+    _, meta = read_checkpoint(checkpoints / "last.safetensors")
+    assert (meta["step"], meta["world_size"]) == (saved + 4, 2)
+    steps = [json.loads(x)["step"] for x in (work / "runs" / "k" / "losses.jsonl").open()]
+    assert steps == list(range(1, saved + 5))
+
+
+PRIMITIVES = textwrap.dedent('''
+    import json, math, os, sys
+    from dataclasses import dataclass
+    from pathlib import Path
+    import numpy as np
+    import torch
+    from torch import nn
+    from restorekit.api import TrainableModel
+    from restorekit.engine import TrainConfig, distributed, train
+    from restorekit.errors import TrainingError, UsageError
+    from restorekit.pipeline import Pipeline
+    from restorekit.plugins import Registry
+
+    d = distributed.setup()
+    out = {"rank": d.rank, "world": d.world_size, "active": d.active}
+    out["shard"] = d.shard(list(range(10)), 2)
+    lin = nn.Linear(3, 2)
+    extra = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([*lin.parameters(), extra], lr=0.1)
+    with torch.no_grad():
+        lin.weight.fill_(float(d.rank))
+    d.after_build({"lin": lin}, seed=0)
+    out["weight_synced"] = lin.weight.sum().item()
+    x = torch.full((1, 3), float(d.rank + 1))
+    lin(x).sum().backward()
+    if d.rank == 1:
+        extra.grad = torch.ones(2)  # a gradient on one rank only
+    d.average_gradients(opt)
+    out["grad"] = lin.weight.grad[0].tolist()
+    out["extra_grad"] = extra.grad.tolist()
+    loss = {"a": torch.tensor(float(d.rank)), "b": torch.tensor(1.0)}
+    out["losses"] = {k: v.item() for k, v in d.reduce_losses(loss).items()}
+    out["stop"] = d.agree_stop("max_minutes" if d.rank == 1 else None)
+    try:
+        d.from_main(lambda: (_ for _ in ()).throw(UsageError("only rank 0 sees this")))
+    except UsageError as exc:
+        out["from_main"] = str(exc)
+
+    class Pairs:
+        names = [f"p{i}" for i in range(8)]
+        def __len__(self): return 8
+        def pair(self, i, rng=None):
+            x = np.full((16, 16, 3), (i + 1) / 10, np.float32)
+            return x * 0.5, x
+        def describe(self): return "pairs"
+
+    @dataclass
+    class Opts(TrainConfig):
+        nan_rank: int = 1
+
+    class Tiny(TrainableModel):
+        name = "tiny"
+        Options = Opts
+        def build(self, device):
+            self.net = nn.Conv2d(3, 3, 1)
+            self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-2)
+        def networks(self): return {"net": self.net}
+        def optimizers(self): return {"net": self.opt}
+        def train_step(self, low, high, ctx):
+            loss = (self.net(low) - high).abs().mean()
+            if ctx.step == 2 and d.rank == self.options.nan_rank:
+                loss = loss * float("nan")
+            ctx.backward_step(loss, "net")
+            return {"l1": loss.detach()}
+        def enhance_tensor(self, low): return self.net(low)
+
+    registry = Registry()
+    registry.items["models"]["tiny"] = Tiny
+    model = Tiny(Opts(epochs=5, batch_size=2, crop_size=8, seed=1), Pipeline())
+    try:
+        train(model, train_pairs=Pairs(), test_pairs=None, run_dir=Path(sys.argv[1]),
+              registry=registry, metrics=[])
+    except TrainingError as exc:
+        out["nan"] = str(exc)
+
+    class Boom(Tiny):
+        def train_step(self, low, high, ctx):
+            if d.rank == 1 and ctx.step == 1:
+                raise ValueError("boom")
+            return super().train_step(low, high, ctx)
+
+    try:
+        train(Boom(Opts(epochs=5, batch_size=2, crop_size=8, seed=1, nan_rank=-1),
+                   Pipeline()), train_pairs=Pairs(), test_pairs=None,
+              run_dir=Path(sys.argv[1] + "-boom"), registry=registry, metrics=[])
+    except ValueError as exc:
+        out["boom"] = f"own: {exc}"
+    except TrainingError as exc:
+        out["boom"] = str(exc)
+    Path(sys.argv[1] + f".rank{d.rank}.json").write_text(json.dumps(out))
+    if d.rank == 1:
+        os._exit(0)  # as a failed rank's process ends
+    distributed.shutdown()
+''')
+
+
+def test_primitives_in_a_two_process_group(tmp_path: Path) -> None:
+    script = tmp_path / "primitives.py"
+    script.write_text(PRIMITIVES)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), str(tmp_path / "run")],
+                          cwd=tmp_path, env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"run.rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["active"] and r0["world"] == 2
+    # Slice r of each global batch of 4; 10 items make 2 global batches.
+    assert r0["shard"] == [[0, 1], [4, 5]] and r1["shard"] == [[2, 3], [6, 7]]
+    assert r0["weight_synced"] == r1["weight_synced"] == 0.0  # rank 0's weights everywhere
+    assert r0["grad"] == r1["grad"] == [1.5, 1.5, 1.5]  # mean of inputs 1 and 2
+    assert r0["extra_grad"] == r1["extra_grad"] == [0.5, 0.5]  # missing on rank 0 = zeros
+    assert r0["losses"] == r1["losses"] == {"a": 0.5, "b": 1.0}
+    assert r0["stop"] == r1["stop"] == "max_minutes"
+    assert r0["from_main"] == r1["from_main"] == "only rank 0 sees this"
+    # A non-finite loss on rank 1 stops both ranks at the same step with the same line.
+    assert r0["nan"] == r1["nan"] and "'l1' is nan" in r0["nan"] and "step 3" in r0["nan"]
+    # A rank that raises: rank 0 names it and its error in one line.
+    assert r1["boom"] == "own: boom"
+    assert r0["boom"].startswith("rank 1 failed: ValueError: boom; training stopped at epoch 1")
+    # Rank 0 alone wrote the run folder.
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def test_nproc_per_node_goes_with_train(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "pix2pixhd", "--eval", "--nproc-per-node", "2"]) == 2
+    assert "--nproc-per-node goes with --train" in capsys.readouterr().err
+
+
+def test_single_process_is_untouched() -> None:
+    d = Distributed()
+    assert not d.active and d.is_main
+    assert d.shard(list(range(5)), 2) == [[0, 1], [2, 3]]
+    assert d.shard(list(range(3)), 4) == [[0, 1, 2]]  # as before: one short batch
+    terms = {"a": torch.tensor(1.0)}
+    assert d.reduce_losses(terms) is terms and d.agree_stop("max_steps") == "max_steps"
+    assert d.from_main(lambda: 7) == 7
+    error = ValueError("x")
+    assert d.failure(error, 0, 0, None) is error
+    assert d.position_in_epoch({"step_in_epoch": 3}) == 3
+    assert d.position_in_epoch({"step_in_epoch": 3, "world_size": 2}) == 6
