@@ -103,12 +103,19 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
     meta = read_metadata(path)
     limits = {"max_steps": 0, "max_minutes": 0.0}
     model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
-    data = run.read_config().get("extra", {}).get("data_path")
+    from restorekit.data import Holdout
+
+    extra = run.read_config().get("extra", {})
+    data = extra.get("data_path")
+    holdout = Holdout.from_dict(extra.get("holdout"))  # a run without the validation pairs
     seed = int(getattr(model.options, "seed", 0))
-    return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad),
+    extra_config: dict[str, Any] = {"data_path": data}
+    if holdout is not None:
+        extra_config["holdout"] = holdout.to_dict()
+    return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad,
+                                               holdout=holdout),
                  test_pairs=open_pairs(data, "test", seed=seed, skip_bad=skip_bad),
-                 run_dir=run.path, registry=registry, resume=True,
-                 extra_config={"data_path": data})
+                 run_dir=run.path, registry=registry, resume=True, extra_config=extra_config)
 
 
 def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch.Tensor]],

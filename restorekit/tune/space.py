@@ -128,7 +128,8 @@ def build_space(model_cls: type[TrainableModel], preset: str | None, registry: R
         if not isinstance(where, SearchRange):
             raise UsageError(f"model {model_cls.name!r}: search_space()[{name!r}] is not a "
                              f"FloatRange, IntRange or Choice")
-    candidates = {name: dict(p.search) for name, p in sorted(registry.items["preprocessors"].items())
+    registered = sorted(registry.items["preprocessors"].items())
+    candidates = {name: dict(p.search) for name, p in registered
                   if name not in registry.conflicts["preprocessors"]}
     space = Space(model=declared, candidates=candidates)
     if space_file is None:
