@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import socket
 import sys
 import time
@@ -218,6 +219,7 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
         run = RunDir(ctx.folder / TRIALS / f"{trial.number:04d}")
         trial.set_user_attr("run", str(run.path.resolve()))
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             if s.grid is not None:
                 spec = trial.suggest_categorical("preprocess", s.grid)
