@@ -114,7 +114,7 @@ def open_storage(storage: str | None, folder: Path, create: bool = True) -> Any:
             raise UsageError(f"no study in {folder} (no {STUDY_DB}; give --storage URL or "
                              f"--studies-dir)")
         folder.mkdir(parents=True, exist_ok=True)
-    url = storage_url(storage, folder)
+    url = _with_driver(storage_url(storage, folder))
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
@@ -130,6 +130,19 @@ def open_storage(storage: str | None, folder: Path, create: bool = True) -> Any:
             last = exc
             time.sleep(0.5 + attempt)
     raise TuneError(f"--storage {url}: cannot open the study storage ({one_line(last)})")
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with whichever driver is installed (SQLAlchemy 2.1 assumes psycopg 3,
+    2.0 psycopg2)."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and \
+            importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def load_study(name: str, storage: str | None, studies_dir: Path) -> Any:
