@@ -22,7 +22,7 @@ from restorekit.engine.files import atomic_write_text
 from restorekit.engine.rundir import RunDir
 from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label
 
-REPORT = "report.html"
+REPORT = RunDir.REPORT  # a study folder's report is named like a run folder's
 PICTURES = ("history.png", "importances.png", "intermediate.png", "preprocess.png")
 
 
