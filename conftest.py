@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from restorekit import plugins
@@ -28,42 +26,22 @@ def offline_build() -> None:
     ``wheel`` package).
     """
     import importlib.util
+    import subprocess
+    import sys
 
     if importlib.util.find_spec("pip") is None:
         pytest.skip("needs pip in the interpreter running the tests")
-    try:
-        import setuptools  # the copy pip's --no-build-isolation will use
-    except ImportError:
+    # The setuptools that pip's --no-build-isolation will import (asked in a child process:
+    # importing it here, after distutils, trips setuptools' distutils hack).
+    ask = "import setuptools; print(setuptools.__version__)"
+    proc = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True)
+    if proc.returncode != 0:
         pytest.skip("needs setuptools to build a wheel offline (no package registry is used)")
-    version = setuptools.__version__
+    version = proc.stdout.strip()
     major, minor = (int(p) for p in version.split(".")[:2])
     if (major, minor) < (70, 1) and importlib.util.find_spec("wheel") is None:
         pytest.skip(f"setuptools {version} cannot build a wheel without the 'wheel' package, "
                     "and no package registry is used")
-
-
-def make_venv(path: Path) -> Path:
-    """A throw-away venv that sees every package this interpreter sees; its python.
-
-    ``--system-site-packages`` alone exposes the *base* interpreter's packages, so when the
-    tests run inside a venv (as on machines whose torch lives in one) that venv's
-    site-packages, .pth files included, are added through a .pth file of the new venv.
-    """
-    import site
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(path)], check=True, timeout=120)
-    py = path / "bin" / "python"
-    if sys.prefix != sys.base_prefix:
-        target = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                 "['purelib'])"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
-        lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
-        (Path(target) / "_parent_env.pth").write_text(lines)
-    return py
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,16 @@ marker, the item types a plugin registers, and ``API_VERSION``. Subpackages
 from restorekit._version import __version__
 from restorekit.api import (
     API_VERSION,
+    Choice,
     Command,
+    FloatRange,
     Image,
+    IntRange,
     Metric,
     Model,
     NoOptions,
     Preprocessor,
+    SearchRange,
     StepContext,
     TrainableModel,
 )
@@ -23,13 +27,17 @@ from restorekit.hookspecs import hookimpl
 
 __all__ = [
     "API_VERSION",
+    "Choice",
     "Command",
+    "FloatRange",
     "Image",
+    "IntRange",
     "Metric",
     "Model",
     "NoOptions",
     "Preprocessor",
     "RestorekitError",
+    "SearchRange",
     "StepContext",
     "TrainableModel",
     "__version__",

@@ -24,8 +24,9 @@ from restorekit.types import API_VERSION, Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["API_VERSION", "Command", "Image", "Metric", "Model", "NoOptions", "Preprocessor",
-           "StepContext", "TrainableModel", "call_plugin", "check_range", "validate_options"]
+__all__ = ["API_VERSION", "Choice", "Command", "FloatRange", "Image", "IntRange", "Metric", "Model",
+           "NoOptions", "Preprocessor", "SearchRange", "StepContext", "TrainableModel",
+           "call_plugin", "check_range", "validate_options"]
 
 BOUNDS = ("[]", "[)", "(]", "()")
 """How a range's ends count: ``[`` / ``]`` closed (the end is allowed), ``(`` / ``)`` open."""
@@ -99,6 +100,52 @@ def call_plugin(what: str, plugin: str, fn: Callable[..., Any], *args: Any,
 
 
 @dataclass(frozen=True)
+class FloatRange:
+    """Search floats in ``[low, high]`` (``log``: uniformly in log space)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high or (self.log and self.low <= 0):
+            raise ValueError(f"FloatRange({self.low}, {self.high}, log={self.log}): "
+                             f"needs low <= high (and low > 0 with log)")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """Search integers in ``[low, high]`` in steps of ``step`` (``log``: in log space)."""
+
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high or self.step < 1 or (self.log and self.low <= 0):
+            raise ValueError(f"IntRange({self.low}, {self.high}, step={self.step}): needs "
+                             f"low <= high, step >= 1 (and low > 0 with log)")
+
+
+@dataclass(frozen=True, init=False)
+class Choice:
+    """Search one of ``values`` (bool, int, float or str; unordered)."""
+
+    values: tuple[Any, ...]
+
+    def __init__(self, *values: Any) -> None:
+        if not values:
+            raise ValueError("Choice() needs at least one value")
+        object.__setattr__(self, "values", tuple(values))
+
+
+SearchRange = FloatRange | IntRange | Choice
+"""Where ``restorekit tune`` searches one parameter: a model's hyperparameter
+(:meth:`TrainableModel.search_space`) or a preprocessor's (``Preprocessor.search``)."""
+
+
+@dataclass(frozen=True)
 class Preprocessor:
     """An image -> image transform.
 
@@ -117,6 +164,9 @@ class Preprocessor:
     """The plugin that registered it (set by the registry)."""
     ranges: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     """Allowed range of each numeric parameter (see :func:`check_range`)."""
+    search: Mapping[str, SearchRange] = field(default_factory=dict, compare=False)
+    """Where ``restorekit tune`` searches each parameter (a ``FloatRange``, ``IntRange`` or
+    ``Choice`` by parameter name); parameters not named here keep their default."""
 
     def apply(self, image: Image, **params: Any) -> Image:
         """``fn(image, **params)``; a crash becomes one line naming the plugin."""
@@ -279,6 +329,21 @@ class TrainableModel(Model):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch (0-based), e.g. to set learning rates."""
+
+    @classmethod
+    def search_space(cls, preset: str | None = None) -> dict[str, SearchRange]:
+        """The hyperparameters ``restorekit tune`` searches, for a study based on ``preset``.
+
+        Keys are ``Options`` fields, or derived names that :meth:`options_from_search`
+        turns into options; {} (the default) means nothing to tune but the preprocessing.
+        """
+        return {}
+
+    @classmethod
+    def options_from_search(cls, base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's option values: ``base`` (the preset and fixed values) with the sampled
+        ``params``. Override it to map derived parameters (a ratio, say) onto options."""
+        return {**base, **params}
 
     def train_step(self, low: torch.Tensor, high: torch.Tensor,
                    ctx: StepContext) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ import pluggy
 from restorekit import hookspecs
 from restorekit._env import strict_plugins, trace_plugins
 from restorekit._version import __version__
-from restorekit.api import Command, Metric, Model, Preprocessor, missing_methods
+from restorekit.api import Command, Metric, Model, Preprocessor, SearchRange, missing_methods
 from restorekit.errors import PluginError, one_line
 from restorekit.types import API_VERSION
 
@@ -364,6 +364,14 @@ def _validate(kind: str, item: Any) -> None:
         raise PluginError(f"register_{kind} expects {expected.__name__}, got {item!r}")
     if not item.name or not item.name.replace("_", "").replace("-", "").isalnum():
         raise PluginError(f"invalid {kind[:-1]} name {item.name!r}")
+    if kind == "preprocessors":
+        for key, where in dict(item.search).items():
+            if key not in item.params:
+                raise PluginError(f"preprocessor {item.name!r}: search names {key!r}, which "
+                                  f"is not one of its params")
+            if not isinstance(where, SearchRange):
+                raise PluginError(f"preprocessor {item.name!r}: search[{key!r}] must be a "
+                                  f"FloatRange, IntRange or Choice, got {where!r}")
 
 
 def _hook_names() -> list[str]:

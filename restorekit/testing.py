@@ -49,22 +49,23 @@ def isolated(*modules: object, **named: object) -> Iterator[plugins.Registry]:
         plugins._warned.update(saved_warned)
 
 
-def make_venv(path: str | Path) -> Path:
+def make_venv(path: str | Path, with_pip: bool = True) -> Path:
     """A throw-away virtual environment at ``path`` that also sees this environment's packages.
 
     Works from a virtual environment too (``--system-site-packages`` would only see the
     base interpreter's packages): a ``.pth`` file adds this interpreter's site folders, so
     restorekit, torch and the rest are importable without reinstalling them. The new
     environment has its own pip; ``pip install -e PLUGIN`` then builds with a current
-    setuptools fetched by build isolation (this needs a package index). Returns the new
-    environment's python.
+    setuptools fetched by build isolation (this needs a package index). ``with_pip=False``
+    leaves pip out: ``python -m pip`` is then this environment's pip, for offline installs
+    with ``--no-build-isolation``. Returns the new environment's python.
     """
     import site
     import subprocess
     import venv
 
     path = Path(path)
-    venv.create(path, with_pip=True)
+    venv.create(path, with_pip=with_pip)
     python = path / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
     purelib = subprocess.run([str(python), "-c", "import sysconfig; "
                               "print(sysconfig.get_path('purelib'))"], check=True,

@@ -43,10 +43,10 @@ def test_installed_wheel_builds_the_extension(offline_build: None, wheel: Path,
                                               tmp_path: Path):
     # A fresh environment (torch from this interpreter's site-packages), the wheel installed
     # into it, and an empty build cache: `restorekit ext` must compile the shipped sources.
-    from conftest import make_venv
+    from restorekit.testing import make_venv
 
     venv = tmp_path / "venv"
-    py = make_venv(venv)
+    py = make_venv(venv, with_pip=False)
     env = {**os.environ, "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "on",
            "RESTOREKIT_CACHE": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],

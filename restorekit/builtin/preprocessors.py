@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from restorekit.api import Image, Preprocessor
+from restorekit.api import Choice, FloatRange, Image, Preprocessor, SearchRange
 from restorekit.errors import UsageError
 from restorekit.hookspecs import hookimpl
 
@@ -187,6 +187,15 @@ BUILTINS: tuple[tuple[str, Callable[..., Image], dict[str, Any], str], ...] = (
     ("unsharp", unsharp, {"radius": 1.0, "amount": 0.5}, "unsharp-mask sharpening"),
 )
 
+SEARCH: dict[str, dict[str, SearchRange]] = {
+    "gamma": {"gamma": FloatRange(1.2, 3.5)},
+    "autogamma": {"target": FloatRange(0.3, 0.6)},
+    "clahe": {"clip": FloatRange(0.003, 0.05, log=True)},
+    "denoise": {"method": Choice(*DENOISE_METHODS), "strength": FloatRange(0.25, 2.0)},
+    "unsharp": {"radius": FloatRange(0.5, 3.0), "amount": FloatRange(0.1, 1.5)},
+}
+"""Where ``restorekit tune`` searches each built-in's parameters (the others keep defaults)."""
+
 
 RANGES: dict[str, dict[str, tuple[Any, ...]]] = {
     "gamma": {"gamma": (0.0, 100.0, "(]")},
@@ -204,4 +213,5 @@ def register_preprocessors(register: Callable[..., Any]) -> None:
     """Register the built-in preprocessors."""
     for name, fn, params, description in BUILTINS:
         register(Preprocessor(name, fn, params=dict(params), description=description,
-                              ranges=RANGES.get(name, {})))
+                              ranges=RANGES.get(name, {}),
+                              search=dict(SEARCH.get(name, {}))))

@@ -104,8 +104,9 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
     g.add_argument("--data", type=Path, default=None,
                    help="paired data folder (LOL layout or low/ + high/); "
                         "default: the embedded synthetic low-light set")
-    g.add_argument("--split", choices=("train", "test"), default="test",
-                   help="split scored by --eval (default: test)")
+    g.add_argument("--split", choices=("train", "val", "test"), default="test",
+                   help="split scored by --eval (default: test; val: the validation split "
+                        "that 'restorekit tune' selects on, with its default holdout)")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and log) unusable pairs instead of stopping")
     g.add_argument("--preprocess", default=None, metavar="SPEC",
@@ -135,6 +136,10 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                        help="continue the run NAME (default: the newest run of this model) "
                             "from its last checkpoint")
         t.add_argument("--overwrite", action="store_true", help="replace an existing run NAME")
+        t.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="--train: the model, options, preprocessing and data of FILE (a "
+                            "run's config.json or 'restorekit tune --export-best' output); "
+                            "flags given here override them")
         t.add_argument("--checkpoint", type=Path, default=None, metavar="RUN_OR_FILE",
                        help="--eval/--enhance: a run folder or a .safetensors checkpoint "
                             "(default: the newest run of this model)")
@@ -263,22 +268,37 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
             run = RunDir(dist.from_main(lambda: str(RunDir.next_free(runs_dir,
                                                                      model_cls.name).path)))
         preset = args.preset
-        if preset is None and args.data is None:
+        holdout = None
+        data = str(args.data) if args.data is not None else None
+        if args.config is not None:
+            stored = read_config_file(args.config, model_cls)
+            overrides = {**stored["options"], **overrides}
+            if args.preprocess is None:
+                args.preprocess = stored.get("preprocess", "")
+            extra = stored.get("extra") or {}
+            if args.data is None:
+                data = extra.get("data_path")
+            from restorekit.data import Holdout
+
+            holdout = Holdout.from_dict(extra.get("holdout"))
+        elif preset is None and args.data is None:
             preset = model_cls.embedded_preset
         options = model_cls.make_options(preset, **overrides)
         preprocess = _pipeline(model_cls, args.preprocess, registry)
-        data = str(args.data) if args.data is not None else None
         where = "the embedded synthetic low-light set" if data is None else data
         shown = preset or model_cls.default_preset
         print(f"training {model_cls.name} on {where}"
               + (f" with preset {shown}" if shown else "") + f" -> {run}")
         model = typing.cast(TrainableModel, model_cls(options, preprocess))
         seed = int(getattr(options, "seed", 0))
+        extra_config: dict[str, Any] = {"data_path": data}
+        if holdout is not None:  # trains without the validation split, as the trial did
+            extra_config["holdout"] = holdout.to_dict()
         result = train(model, train_pairs=open_pairs(data, "train", seed=seed,
-                                                     skip_bad=args.skip_bad),
+                                                     skip_bad=args.skip_bad, holdout=holdout),
                        test_pairs=open_pairs(data, "test", seed=seed, skip_bad=args.skip_bad),
                        run_dir=run.path, registry=registry, overwrite=args.overwrite,
-                       extra_config={"data_path": data}, metrics=_metrics(args, registry))
+                       extra_config=extra_config, metrics=_metrics(args, registry))
     took = time.perf_counter() - start
     hint = _resume_hint(model_cls, result.run_dir, runs_dir)
     if result.stopped == "interrupted":
@@ -294,6 +314,33 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
               "(checkpoints/best.safetensors; --checkpoint RUN uses the last checkpoint)")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
+
+
+def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
+    """A run's ``config.json`` (or ``tune --export-best`` output) for ``model_cls``."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--config: {path}: no such file") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--config: {path}: not a JSON config ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("options"), dict):
+        raise UsageError(f"--config: {path}: no 'options' table (expected a run's "
+                         f"config.json)")
+    if config.get("model") != model_cls.name:
+        raise UsageError(f"--config: {path} configures model {config.get('model')!r}, not "
+                         f"{model_cls.name!r}")
+    fields = {f.name: f for f in dataclasses.fields(model_cls.Options)}
+    unknown = sorted(set(config["options"]) - set(fields))
+    if unknown:
+        raise UsageError(f"--config: {path}: model {model_cls.name!r} has no option "
+                         f"{unknown[0]!r}")
+    options = {}
+    for key, value in config["options"].items():
+        if isinstance(value, list) and isinstance(_field_default(fields[key]), tuple):
+            value = tuple(value)
+        options[key] = value
+    return {**config, "options": options}
 
 
 def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,

@@ -9,6 +9,11 @@ default (scikit-image photos with synthesized low-light twins, see
 * ``low/`` and ``high/`` (the same pairs for both splits).
 
 Folder names are matched case-insensitively. Pairs are matched by file stem.
+
+The split ``"val"`` is carved from the training pairs by a :class:`Holdout` (by default
+20 %, at least one pair, chosen with seed 0); ``open_pairs(data, "train", holdout=...)``
+gives the training pairs without them. Hyperparameter studies (``restorekit tune``) select
+on ``val`` and keep ``test`` for the final evaluation.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import abc
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +40,9 @@ __all__ = [
     "EMBEDDED_PHOTOS",
     "EmbeddedPairs",
     "FolderPairs",
+    "Holdout",
     "PairSet",
+    "SubsetPairs",
     "TrainCrops",
     "check_min_size",
     "open_pairs",
@@ -41,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger("restorekit")
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 LAYOUTS = ("low/ and high/ folders, train/{low,high} and test/{low,high}, "
            "or the LOL layout our485/{low,high} and eval15/{low,high}")
 
@@ -54,9 +63,10 @@ def check_min_size(image: Image, min_size: int, name: str) -> None:
                         f"{min_size}x{min_size} needed")
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UsageError(f"split must be 'train' or 'test' (got {split!r})")
+def _check_split(split: str, allowed: Sequence[str] = SPLITS) -> None:
+    if split not in allowed:
+        raise UsageError(f"split must be {' or '.join(repr(a) for a in allowed)} "
+                         f"(got {split!r})")
 
 
 def _short_list(items: list[str], limit: int = 5) -> str:
@@ -319,7 +329,7 @@ class EmbeddedPairs(PairSet):
 
     def __init__(self, split: str = "train", seed: int = 0,
                  model: LowLightModel = DEFAULT_MODEL) -> None:
-        _check_split(split)
+        _check_split(split, ("train", "test"))
         self.split = split
         self.seed = seed
         self.model = model
@@ -359,6 +369,73 @@ class EmbeddedPairs(PairSet):
                 f"scikit-image photos ({', '.join(self.names)})")
 
 
+# -- the validation split ----------------------------------------------------------------------
+_VAL_SEED = 20240416  # the embedded validation photos are darkened once, like the test split
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Which training pairs form the validation split.
+
+    ``round(fraction * n)`` of the ``n`` training pairs (at least one, at most ``n - 1``),
+    picked by a permutation seeded with ``seed``; the same pairs every time for the same
+    data, fraction and seed.
+    """
+
+    fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise UsageError(f"--val-fraction: must be between 0 and 1 (got {self.fraction})")
+
+    def indices(self, n: int) -> list[int]:
+        """The validation pairs among ``n`` training pairs (sorted indices)."""
+        if n < 2:
+            raise DataError(f"a validation split needs at least 2 training pairs (got {n})")
+        count = min(n - 1, max(1, round(self.fraction * n)))
+        order = np.random.default_rng([self.seed, n]).permutation(n)
+        return sorted(int(i) for i in order[:count])
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"fraction": ..., "seed": ...}`` (stored in run configs and studies)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Holdout | None:
+        """The holdout stored by :meth:`to_dict`; None for None or {}."""
+        if not values:
+            return None
+        return cls(float(values.get("fraction", 0.2)), int(values.get("seed", 0)))
+
+
+class SubsetPairs(PairSet):
+    """Some pairs of another set, by index. ``fixed``: one low image per pair (no
+    augmentation, as for evaluation), whatever ``rng`` a caller passes."""
+
+    def __init__(self, base: PairSet, indices: Sequence[int], what: str,
+                 fixed: bool = False) -> None:
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        self.what = what
+        self.fixed = fixed
+        self.names = [base.names[i] for i in self.indices]
+
+    def pair(self, i: int, rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        return self.base.pair(self.indices[i], None if self.fixed else rng)
+
+    def crop(self, i: int, size: int, rng: np.random.Generator) -> tuple[Image, Image]:
+        if self.fixed:
+            return super().crop(i, size, rng)
+        return self.base.crop(self.indices[i], size, rng)
+
+    def label(self, i: int) -> str:
+        return self.base.label(self.indices[i])
+
+    def describe(self) -> str:
+        return f"{self.base.describe()}; {self.what}: {len(self)} pairs ({', '.join(self.names)})"
+
+
 # -- opening a data set ------------------------------------------------------------------------
 def _subdir(folder: Path, name: str) -> Path | None:
     """The child folder called ``name`` (case-insensitively), or None."""
@@ -382,14 +459,31 @@ def _low_high(folder: Path | None) -> tuple[Path, Path] | None:
 
 
 def open_pairs(data: str | os.PathLike[str] | None, split: str = "train", *, seed: int = 0,
-               skip_bad: bool = False) -> PairSet:
+               skip_bad: bool = False, holdout: Holdout | None = None) -> PairSet:
     """The paired data set ``data`` (None: the embedded default) for ``split``.
 
-    See the module docstring for the accepted folder layouts.
+    ``split`` is ``"train"``, ``"val"`` or ``"test"``. ``"val"`` holds the training pairs
+    that ``holdout`` (default :class:`Holdout()`) picks; ``"train"`` with a ``holdout``
+    leaves them out. See the module docstring for the accepted folder layouts.
     """
     _check_split(split)
+    if split == "val" or (split == "train" and holdout is not None):
+        holdout = holdout or Holdout()
+        if data is None:  # validation lows are fixed, independent of the training seed
+            base = EmbeddedPairs("train", _VAL_SEED + holdout.seed if split == "val" else seed)
+        else:
+            base = _open_pairs(data, "train", skip_bad)
+        chosen = holdout.indices(len(base))
+        if split == "val":
+            return SubsetPairs(base, chosen, "validation split", fixed=True)
+        rest = [i for i in range(len(base)) if i not in set(chosen)]
+        return SubsetPairs(base, rest, "training pairs without the validation split")
     if data is None:
         return EmbeddedPairs(split, seed)
+    return _open_pairs(data, split, skip_bad)
+
+
+def _open_pairs(data: str | os.PathLike[str], split: str, skip_bad: bool) -> PairSet:
     root = Path(data).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such data folder")

@@ -112,7 +112,7 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
     ``config.json``. ``overrides`` may only change :data:`RESUME_OVERRIDABLE` options
     (``max_steps`` and ``max_minutes`` default to no limit).
     """
-    from restorekit.data import open_pairs
+    from restorekit.data import Holdout, open_pairs
     from restorekit.engine.trainer import train
 
     fixed = sorted(set(overrides) - RESUME_OVERRIDABLE)
@@ -126,18 +126,23 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
         if run.is_empty():
             raise UsageError(f"--resume: no run {run}")
         path = run.resume_checkpoint(quiet=True)  # the newest usable one; nothing deleted
-        return {"path": str(path), "meta": read_metadata(path), "data": run.data_path()}
+        return {"path": str(path), "meta": read_metadata(path), "data": run.data_path(),
+                "holdout": run.read_config().get("extra", {}).get("holdout")}
 
     # Under torchrun rank 0 alone reads the run folder (other nodes need not see it).
     found = distributed.setup().from_main(locate)
     path, meta, data = Path(found["path"]), found["meta"], found["data"]
     limits = {"max_steps": 0, "max_minutes": 0.0}
     model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
+    holdout = Holdout.from_dict(found["holdout"])  # a run trained without the validation pairs
     seed = int(getattr(model.options, "seed", 0))
-    return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad),
+    extra_config: dict[str, Any] = {"data_path": data}
+    if holdout is not None:
+        extra_config["holdout"] = holdout.to_dict()
+    return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad,
+                                               holdout=holdout),
                  test_pairs=open_pairs(data, "test", seed=seed, skip_bad=skip_bad),
-                 run_dir=run.path, registry=registry, resume=True,
-                 extra_config={"data_path": data})
+                 run_dir=run.path, registry=registry, resume=True, extra_config=extra_config)
 
 
 def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch.Tensor]],

@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -176,7 +176,9 @@ class Trainer:
                  run_dir: Path, registry: Registry, resume: bool = False,
                  overwrite: bool = False, data_desc: str = "",
                  extra_config: dict[str, Any] | None = None,
-                 metrics: Sequence[Metric] | None = None) -> None:
+                 metrics: Sequence[Metric] | None = None,
+                 on_evaluate: Callable[[int, int, dict[str, float]], None] | None = None,
+                 ) -> None:
         if not isinstance(model.options, TrainConfig):
             raise UsageError(f"model {type(model).name!r}: its Options must subclass "
                              f"restorekit.engine.TrainConfig")
@@ -192,6 +194,7 @@ class Trainer:
         self.data_desc = data_desc
         self.extra_config = dict(extra_config or {})
         self.metrics = list(metrics) if metrics is not None else None
+        self.on_evaluate = on_evaluate
         # Progress: the epoch in progress (0-based) and batches of it done; ``step`` in total.
         self.epoch = 0
         self.step_in_epoch = 0
@@ -338,6 +341,8 @@ class Trainer:
         summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
         best = f" (best psnr {self.best_psnr:.4f})" if self.best_psnr is not None else ""
         tqdm.write(f"epoch {epoch_label} step {self.step}: {summary}{best}")
+        if self.on_evaluate is not None:  # e.g. a tuning trial's pruning; may raise to stop
+            self.on_evaluate(epoch_label, self.step, results)
         return improved
 
     def _write_samples(self, epoch_label: int) -> None:
@@ -566,7 +571,9 @@ class Trainer:
 def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: Path,
           registry: Registry, resume: bool = False, overwrite: bool = False,
           data_desc: str = "", extra_config: dict[str, Any] | None = None,
-          metrics: Sequence[Metric] | None = None) -> TrainResult:
+          metrics: Sequence[Metric] | None = None,
+          on_evaluate: Callable[[int, int, dict[str, float]], None] | None = None,
+          ) -> TrainResult:
     """Train ``model`` (options from ``model.options``, a :class:`TrainConfig`) into ``run_dir``.
 
     ``train_pairs``/``test_pairs`` are ``restorekit.data`` PairSets; ``registry`` (e.g.
@@ -576,11 +583,13 @@ def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: 
     ``overwrite`` (clear it). ``metrics`` defaults to
     ``restorekit.evaluate.default_metrics(registry)``: PSNR, SSIM, CIEDE2000 and every
     plugin metric. Raises ``TrainingError`` on a non-finite loss.
+    ``on_evaluate(epoch, step, metrics)`` is called after each evaluation (of
+    ``test_pairs``); an exception it raises stops training and propagates.
     """
     trainer = Trainer(model, train_pairs=train_pairs, test_pairs=test_pairs,
                       run_dir=Path(run_dir), registry=registry, resume=resume,
                       overwrite=overwrite, data_desc=data_desc, extra_config=extra_config,
-                      metrics=metrics)
+                      metrics=metrics, on_evaluate=on_evaluate)
     try:
         return trainer.run()
     except Exception as exc:  # under torchrun: a peer's failure becomes one line naming it

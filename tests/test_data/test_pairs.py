@@ -65,7 +65,7 @@ def test_train_test_layout_case_insensitive(tmp_path):
 
 def test_bad_split(lol):
     with pytest.raises(UsageError, match="split"):
-        open_pairs(lol, "val")
+        open_pairs(lol, "valid")
     with pytest.raises(UsageError, match="split"):
         open_pairs(None, "validation")
 
@@ -287,3 +287,34 @@ def test_check_min_size():
     check_min_size(np.zeros((8, 9, 3)), 8, "x")
     with pytest.raises(DataError, match=r"photo\.png.*8x9"):
         check_min_size(np.zeros((8, 9, 3)), 9, "photo.png")
+
+
+def test_validation_split_is_carved_from_train_and_seeded(lol):
+    from restorekit.data import Holdout
+
+    train = open_pairs(lol, "train")
+    val = open_pairs(lol, "val")
+    rest = open_pairs(lol, "train", holdout=Holdout())
+    assert len(val) >= 1 and len(val) + len(rest) == len(train)
+    assert not set(val.names) & set(rest.names)
+    assert set(val.names) | set(rest.names) == set(train.names)
+    assert open_pairs(lol, "val").names == val.names  # the same pairs every time
+    assert Holdout(seed=1).indices(100) != Holdout(seed=0).indices(100)
+    assert len(Holdout(0.2).indices(100)) == 20 and len(Holdout(0.5).indices(2)) == 1
+    with pytest.raises(UsageError, match="--val-fraction"):
+        Holdout(1.5)
+
+
+def test_embedded_validation_is_fixed_and_never_a_test_photo():
+    import numpy as np
+
+    from restorekit.data import EMBEDDED_PHOTOS, Holdout
+
+    val = open_pairs(None, "val")
+    assert val.names == ["astronaut"]  # the documented default (Holdout(0.2, seed 0))
+    assert not set(val.names) & set(EMBEDDED_PHOTOS["test"])
+    a, _ = val.pair(0, np.random.default_rng(1))
+    b, _ = open_pairs(None, "val", seed=7).pair(0, np.random.default_rng(2))
+    assert np.array_equal(a, b)  # fixed lows: no augmentation, independent of the seed
+    rest = open_pairs(None, "train", holdout=Holdout())
+    assert "astronaut" not in rest.names and len(rest) == 4

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restorekit import StepContext, TrainableModel
+from restorekit import Choice, FloatRange, IntRange, SearchRange, StepContext, TrainableModel
 from restorekit.engine import TrainConfig
 from restorekit.errors import UsageError
 from restorekit_pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss
 from restorekit_pix2pixhd.networks import (
+    UPSAMPLE_MODES,
     GlobalGenerator,
     LocalEnhancer,
     MultiscaleDiscriminator,
@@ -48,6 +49,10 @@ class Pix2PixHDOptions(TrainConfig):
         "help": "local enhancers (netG=local)", "range": (1, 4)})
     n_blocks_local: int = field(default=3, metadata={
         "help": "residual blocks per enhancer", "range": (0, None)})
+    upsample: str = field(default="transpose", metadata={
+        "help": "generator upsampling: transpose (NVIDIA's transposed convolution), resize "
+                "(nearest + 3x3 conv) or bilinear (bilinear + 3x3 conv)",
+        "choices": UPSAMPLE_MODES})
     ndf: int = field(default=64, metadata={
         "help": "filters of the first discriminator layer", "range": (1, None)})
     n_layers_D: int = field(default=3, metadata={
@@ -117,15 +122,49 @@ class Pix2PixHD(TrainableModel):
     default_preset: ClassVar[str | None] = "lol"
     embedded_preset: ClassVar[str | None] = "quick"
 
+    # -- tuning ------------------------------------------------------------------------------
+    @classmethod
+    def search_space(cls, preset: str | None = None) -> dict[str, SearchRange]:
+        """What ``restorekit tune pix2pixhd`` searches; capacities scale with the preset.
+
+        ``decay_fraction`` is the share of the epochs (``niter + niter_decay``, kept) spent
+        in the linear learning-rate decay.
+        """
+        small = preset == "quick"
+        return {
+            "lr": FloatRange(5e-5, 1e-3, log=True),
+            "beta1": FloatRange(0.0, 0.9),
+            "lambda_feat": FloatRange(1.0, 30.0, log=True),
+            "lambda_l1": FloatRange(1.0, 100.0, log=True),
+            "ngf": Choice(16, 24, 32) if small else Choice(32, 48, 64),
+            "n_blocks_global": IntRange(2, 6) if small else IntRange(4, 9),
+            "crop_size": Choice(64, 96, 128) if small else Choice(192, 256, 320),
+            "decay_fraction": FloatRange(0.0, 1.0),
+            "upsample": Choice(*UPSAMPLE_MODES),
+        }
+
+    @classmethod
+    def options_from_search(cls, base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """``decay_fraction`` splits the epochs of ``base`` into ``niter`` + ``niter_decay``."""
+        params = dict(params)
+        values = {**base, **params}
+        fraction = values.pop("decay_fraction", None)
+        if fraction is not None:
+            total = int(values.get("niter", Pix2PixHDOptions.niter)) + int(
+                values.get("niter_decay", Pix2PixHDOptions.niter_decay))
+            values["niter_decay"] = round(total * float(fraction))
+            values["niter"] = total - values["niter_decay"]
+        return values
+
     # -- building --------------------------------------------------------------------------
     def build(self, device: torch.device) -> None:
         o = self.options
         if o.netG == "global":
             self.netG: nn.Module = GlobalGenerator(3, 3, o.ngf, o.n_downsample_global,
-                                                   o.n_blocks_global)
+                                                   o.n_blocks_global, o.upsample)
         else:
             self.netG = LocalEnhancer(3, 3, o.ngf, o.n_downsample_global, o.n_blocks_global,
-                                      o.n_local_enhancers, o.n_blocks_local)
+                                      o.n_local_enhancers, o.n_blocks_local, o.upsample)
         self.netD = MultiscaleDiscriminator(6, o.ndf, o.n_layers_D, o.num_D)
         init_weights(self.netG)
         init_weights(self.netD)

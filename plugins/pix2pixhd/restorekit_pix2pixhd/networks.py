@@ -28,8 +28,11 @@ __all__ = [
     "LocalEnhancer",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
+    "ResizeConv",
     "ResnetBlock",
+    "UPSAMPLE_MODES",
     "crop_to",
+    "upsample_layer",
     "init_weights",
     "pad_to_multiple",
     "run_generator",
@@ -88,11 +91,45 @@ def set_fused(module: nn.Module, enabled: bool) -> int:
     return count
 
 
+UPSAMPLE_MODES = ("transpose", "resize", "bilinear")
+"""How the generator upsamples: NVIDIA's transposed convolution, or resizing (nearest or
+bilinear) followed by a 3x3 convolution."""
+
+
+class ResizeConv(nn.Module):
+    """Upsample by 2 (nearest or bilinear), then a reflection-padded 3x3 convolution.
+
+    Odena et al., "Deconvolution and Checkerboard Artifacts" (Distill, 2016): unlike a
+    stride-2 transposed convolution with a 3x3 kernel, every output pixel gets the same
+    number of kernel taps, so no grid texture is built into the upsampling.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, mode: str = "nearest") -> None:
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        align = False if self.mode == "bilinear" else None
+        return self.conv(F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=align))
+
+
+def upsample_layer(in_ch: int, out_ch: int, upsample: str = "transpose") -> nn.Module:
+    """The generator's x2 upsampling layer for ``upsample`` (one of :data:`UPSAMPLE_MODES`)."""
+    if upsample == "transpose":
+        return nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1)
+    if upsample in ("resize", "bilinear"):
+        return ResizeConv(in_ch, out_ch, "nearest" if upsample == "resize" else "bilinear")
+    raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)} (got {upsample!r})")
+
+
 class GlobalGenerator(nn.Module):
     """G1, the global generator (Sec. 3.2): front end, residual bottleneck, back end.
 
     ``c7s1-ngf, d(2 ngf), ..., R(ngf 2^n) x n_blocks, u(...), ..., c7s1-output_nc``,
     all layers in one ``self.model`` sequence so keys match NVIDIA's checkpoints.
+    ``upsample`` picks the ``u(...)`` layers (:func:`upsample_layer`; ``transpose`` is
+    NVIDIA's).
     """
 
     def __init__(
@@ -102,6 +139,7 @@ class GlobalGenerator(nn.Module):
         ngf: int = 64,
         n_downsampling: int = 3,
         n_blocks: int = 9,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         self.n_downsampling = n_downsampling
@@ -123,7 +161,7 @@ class GlobalGenerator(nn.Module):
         for i in range(n_downsampling):
             ch = ngf * 2 ** (n_downsampling - i)
             layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                upsample_layer(ch, ch // 2, upsample),
                 _norm(ch // 2),
                 nn.ReLU(True),
             ]
@@ -158,6 +196,7 @@ class LocalEnhancer(nn.Module):
         n_blocks_global: int = 9,
         n_local_enhancers: int = 1,
         n_blocks_local: int = 3,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         self.n_local_enhancers = n_local_enhancers
@@ -165,7 +204,7 @@ class LocalEnhancer(nn.Module):
 
         ngf_global = ngf * 2**n_local_enhancers
         global_layers = GlobalGenerator(
-            input_nc, output_nc, ngf_global, n_downsample_global, n_blocks_global
+            input_nc, output_nc, ngf_global, n_downsample_global, n_blocks_global, upsample
         ).model
         self.model = nn.Sequential(*list(global_layers)[:-3])  # drop pad, conv7x7, tanh
 
@@ -182,7 +221,7 @@ class LocalEnhancer(nn.Module):
             ]
             back: list[nn.Module] = [ResnetBlock(ngf_n * 2) for _ in range(n_blocks_local)]
             back += [
-                nn.ConvTranspose2d(ngf_n * 2, ngf_n, 3, stride=2, padding=1, output_padding=1),
+                upsample_layer(ngf_n * 2, ngf_n, upsample),
                 _norm(ngf_n),
                 nn.ReLU(True),
             ]

@@ -153,3 +153,27 @@ def test_pickle_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["run", "pix2pixhd", "--eval", "--checkpoint", str(evil)])
     err = capsys.readouterr().err
     assert code == 1 and "model.pth" in err and err.count("\n") == 1
+
+
+def test_search_space_is_declared_and_maps_the_decay_fraction() -> None:
+    from restorekit import Choice, FloatRange
+
+    space = Pix2PixHD.search_space("quick")
+    assert space["lr"] == FloatRange(5e-5, 1e-3, log=True)
+    assert space["upsample"] == Choice("transpose", "resize", "bilinear")
+    fields = set(Pix2PixHDOptions.__dataclass_fields__)
+    assert set(space) - fields == {"decay_fraction"}  # the only derived parameter
+    assert Pix2PixHD.search_space("lol")["ngf"] != space["ngf"]
+    base = dict(Pix2PixHD.presets["quick"])
+    values = Pix2PixHD.options_from_search(base, {"decay_fraction": 0.25, "lr": 1e-4})
+    assert (values["niter"], values["niter_decay"], values["lr"]) == (75, 25, 1e-4)
+    options = Pix2PixHD.make_options(None, **values)
+    assert options.epochs == 100
+
+
+def test_resize_upsampling_trains() -> None:
+    model = Pix2PixHD(tiny_options(upsample="resize"), Pipeline())
+    model.build(torch.device("cpu"))
+    assert "model.11.conv.weight" in model.netG.state_dict()
+    with pytest.raises(UsageError, match="--upsample"):
+        tiny_options(upsample="deconv")

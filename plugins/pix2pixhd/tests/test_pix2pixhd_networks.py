@@ -22,6 +22,7 @@ from restorekit_pix2pixhd.networks import (
     LocalEnhancer,
     MultiscaleDiscriminator,
     NLayerDiscriminator,
+    ResizeConv,
     ResnetBlock,
     crop_to,
     init_weights,
@@ -132,6 +133,48 @@ def test_state_dict_layout_follows_nvidia() -> None:
     dkeys = set(d.state_dict())
     assert {"scale0_layer0.0.weight", "scale0_layer1.0.weight", "scale1_layer3.0.bias"} <= dkeys
     assert not any(".1.weight" in k for k in dkeys)  # InstanceNorm without affine
+
+
+def test_upsample_transpose_is_nvidia_and_resize_swaps_only_the_upsampling_layers() -> None:
+    with torch.device("meta"):
+        default = GlobalGenerator(3, 3, ngf=8, n_downsampling=2, n_blocks=2)
+        transpose = GlobalGenerator(3, 3, ngf=8, n_downsampling=2, n_blocks=2,
+                                    upsample="transpose")
+        resize = GlobalGenerator(3, 3, ngf=8, n_downsampling=2, n_blocks=2, upsample="resize")
+        local = LocalEnhancer(3, 3, ngf=4, n_downsample_global=2, n_blocks_global=2,
+                              upsample="bilinear")
+    shapes = {k: v.shape for k, v in default.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in transpose.state_dict().items()}
+    assert isinstance(transpose.model[12], nn.ConvTranspose2d)
+    assert isinstance(resize.model[12], ResizeConv) and resize.model[12].mode == "nearest"
+    # the same weights count: a 3x3 kernel from 2C to C channels either way
+    assert n_params(resize) == n_params(default)
+    assert "model.12.conv.weight" in resize.state_dict()
+    assert isinstance(local.model1_2[3], ResizeConv) and local.model1_2[3].mode == "bilinear"
+    with pytest.raises(ValueError, match="upsample"):
+        GlobalGenerator(3, 3, ngf=8, n_downsampling=2, n_blocks=2, upsample="pixelshuffle")
+
+
+@pytest.mark.parametrize("upsample", ["resize", "bilinear"])
+def test_resize_generators_keep_odd_sizes(upsample: str) -> None:
+    torch.manual_seed(0)
+    g = GlobalGenerator(3, 3, ngf=4, n_downsampling=2, n_blocks=1, upsample=upsample)
+    out = run_generator(g, torch.rand(1, 3, 37, 50) * 2 - 1)
+    assert out.shape == (1, 3, 37, 50) and out.abs().max() <= 1
+
+
+def test_resize_conv_spreads_a_constant_evenly() -> None:
+    """Resize + conv has no checkerboard: a constant input gives a constant interior."""
+    up = ResizeConv(2, 1)
+    nn.init.constant_(up.conv.weight, 0.1)
+    nn.init.zeros_(up.conv.bias)
+    out = up(torch.ones(1, 2, 6, 6))
+    assert out.shape == (1, 1, 12, 12) and torch.allclose(out, torch.full_like(out, 1.8))
+    tconv = nn.ConvTranspose2d(2, 1, 3, stride=2, padding=1, output_padding=1)
+    nn.init.constant_(tconv.weight, 0.1)
+    nn.init.zeros_(tconv.bias)
+    inner = tconv(torch.ones(1, 2, 6, 6))[..., 1:-1, 1:-1]
+    assert inner.max() > inner.min()  # the transposed convolution's grid texture
 
 
 # --- shapes, padding and cropping ------------------------------------------------------------

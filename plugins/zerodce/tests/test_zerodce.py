@@ -151,9 +151,9 @@ def test_bad_option_is_a_usage_error(installed: Path,
 def test_pip_installs_it_into_a_virtual_environment(tmp_path: Path, offline_build: None) -> None:
     venv = tmp_path / "venv"
     # --without-pip: the environment's own (newer) pip and setuptools are used, offline.
-    from conftest import make_venv
+    from restorekit.testing import make_venv
 
-    py = make_venv(venv)
+    py = make_venv(venv, with_pip=False)
     env = {**os.environ, "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "off",
            "PYTHONDONTWRITEBYTECODE": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",

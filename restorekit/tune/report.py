@@ -1,0 +1,221 @@
+"""A study's ``report.html``: best trial, all trials, pictures by Optuna's matplotlib module.
+
+Everything is read from the study (any Optuna storage), so ``restorekit tune --report``
+can rebuild it at any time, also while workers are still running. The pictures are PNGs
+next to the HTML: ``history.png`` (optimisation history), ``importances.png``
+(parameter importances), ``intermediate.png`` (validation curves used for pruning) and
+``preprocess.png`` (the preprocessing table as bars).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from restorekit.engine.files import atomic_write_text
+from restorekit.engine.rundir import RunDir
+from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label
+
+REPORT = RunDir.REPORT  # a study folder's report is named like a run folder's
+PICTURES = ("history.png", "importances.png", "intermediate.png", "preprocess.png")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if value is None:
+        return ""
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _cell(c)}</td>"
+                                    for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class _Raw(str):
+    """HTML that a table cell shows as is."""
+
+
+def _save(draw: Callable[[], Any], path: Path) -> str | None:
+    """Draw with ``draw()`` (an Axes or array of Axes) and save as ``path``; an error
+    (too few trials, say) becomes the returned note instead of a picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = draw()
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        figure = first.figure
+        figure.set_size_inches(7.5, 4.2)
+        figure.tight_layout()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any plotting problem is only a missing picture
+        path.unlink(missing_ok=True)
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        plt.close("all")
+
+
+def preprocess_rows(study: Any) -> list[tuple[str, Any]]:
+    """(pipeline, trial) for the preprocessing table: every completed trial of a grid, or
+    the best completed trial of each pipeline a search tried."""
+    from optuna.trial import TrialState
+
+    higher = study.user_attrs.get(ATTR, {}).get("higher_is_better", True)
+    best: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state != TrialState.COMPLETE:
+            continue
+        spec = t.user_attrs.get("preprocess", "") or "none"
+        old = best.get(spec)
+        if old is None or (t.value > old.value if higher else t.value < old.value):
+            best[spec] = t
+    return sorted(best.items(), key=lambda kv: -kv[1].value if higher else kv[1].value)
+
+
+def _preprocess_chart(study: Any, metric: str) -> Callable[[], Any]:
+    def draw() -> Any:
+        import matplotlib.pyplot as plt
+
+        rows = preprocess_rows(study)
+        if not rows:
+            raise ValueError("no completed trial")
+        test = study.user_attrs.get(TEST_ATTR, {})
+        fig, ax = plt.subplots()
+        labels = [spec for spec, _ in rows]
+        ys = range(len(rows))
+        ax.barh([y + 0.2 for y in ys], [t.value for _, t in rows], height=0.4,
+                label="validation")
+        tested = [test.get(str(t.number), {}).get(metric) for _, t in rows]
+        if any(v is not None for v in tested):
+            ax.barh([y - 0.2 for y in ys], [v or 0 for v in tested], height=0.4, label="test")
+        ax.set_yticks(list(ys), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(metric)
+        ax.set_title("preprocessing pipelines")
+        ax.legend()
+        return ax
+
+    return draw
+
+
+def write_study_report(study: Any, folder: Path) -> Path:
+    """Write ``folder/report.html`` and its pictures; returns the HTML's path."""
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    attrs = study.user_attrs.get(ATTR, {})
+    metric = attrs.get("metric", "value")
+    notes = {
+        "history.png": _save(lambda: plots.plot_optimization_history(study,
+                                                                     target_name=metric),
+                             folder / "history.png"),
+        "importances.png": _save(lambda: plots.plot_param_importances(study),
+                                 folder / "importances.png"),
+        "intermediate.png": _save(lambda: plots.plot_intermediate_values(study),
+                                  folder / "intermediate.png"),
+        "preprocess.png": _save(_preprocess_chart(study, metric), folder / "preprocess.png"),
+    }
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    test = study.user_attrs.get(TEST_ATTR, {})
+    parts = [f"<h1>Study {html.escape(study.study_name)}</h1>",
+             f"<p>model <b>{_cell(attrs.get('model'))}</b>, preset {_cell(attrs.get('preset'))}"
+             f", objective: validation <b>{_cell(metric)}</b> ("
+             f"{'higher' if attrs.get('higher_is_better', True) else 'lower'} is better), "
+             f"{attrs.get('mode', 'search')}; data {_cell(attrs.get('data') or 'embedded')}"
+             f", validation split {_cell(json.dumps(attrs.get('holdout')))}; "
+             f"{len(trials)} trials: "
+             + ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}"
+                         for s in TrialState if any(t.state == s for t in trials))
+             + "</p>"]
+    if complete:
+        best = study.best_trial
+        parts.append(f"<h2>Best: trial {best.number}, {metric} {best.value:.4f}</h2>")
+        params = [[k, v] for k, v in best.params.items()]
+        params.append(["preprocess", best.user_attrs.get("preprocess", "") or "none"])
+        parts.append(_table(["parameter", "value"], params))
+        parts.append(_scores_table(study))
+    parts.append("<h2>Preprocessing</h2>")
+    rows = []
+    for spec, t in preprocess_rows(study):
+        scores = t.user_attrs.get("val", {})
+        tested = test.get(str(t.number), {})
+        rows.append([spec, t.number, t.value, scores.get("ssim"), scores.get("ciede2000"),
+                     tested.get(metric), tested.get("ssim"), tested.get("ciede2000")])
+    parts.append(_table(["pipeline", "trial", f"val {metric}", "val ssim", "val ciede2000",
+                         f"test {metric}", "test ssim", "test ciede2000"], rows))
+    for name, title in (("history.png", "Optimisation history"),
+                        ("importances.png", "Parameter importances"),
+                        ("intermediate.png", "Validation during training (pruning)"),
+                        ("preprocess.png", "Preprocessing pipelines")):
+        parts.append(f"<h2>{title}</h2>")
+        if notes[name] is None:
+            parts.append(f'<img src="{name}" alt="{title}">')
+        else:
+            parts.append(f"<p>(no picture: {html.escape(notes[name])})</p>")
+    parts.append("<h2>All trials</h2>")
+    parts.append(_table(["trial", "state", metric, "seconds", "parameters", "preprocess",
+                         "note", "run"], [_trial_row(t, folder) for t in trials]))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>study "
+            f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
+            "max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}"
+            "img{max-width:100%}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    path = folder / REPORT
+    atomic_write_text(path, page)
+    return path
+
+
+def _scores_table(study: Any) -> str:
+    from restorekit.tune.study import reported_trials
+
+    test = study.user_attrs.get(TEST_ATTR, {})
+    rows = []
+    for t in reported_trials(study):
+        val = t.user_attrs.get("val", {})
+        tested = test.get(str(t.number), {})
+        rows.append([row_label(study, t), val.get("psnr"), val.get("ssim"),
+                     val.get("ciede2000"), tested.get("psnr"), tested.get("ssim"),
+                     tested.get("ciede2000")])
+    return _table(["trial", "val psnr", "val ssim", "val ciede2000", "test psnr", "test ssim",
+                   "test ciede2000"], rows)
+
+
+def _trial_row(t: Any, folder: Path) -> list[Any]:
+    seconds = t.duration.total_seconds() if t.duration is not None else None
+    params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()
+                       if not k.startswith("preprocess"))
+    note = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned") or ""
+    if t.user_attrs.get("baseline"):
+        note = ("the preset; " + note).rstrip("; ")
+    if t.user_attrs.get("interrupted"):
+        note = "interrupted"
+    run = RunDir(folder / TRIALS / f"{t.number:04d}")
+    link: Any = ""
+    if run.report.is_file():
+        link = _Raw(f'<a href="{TRIALS}/{t.number:04d}/{RunDir.REPORT}">report</a>')
+    value = t.value if t.value is not None else None
+    return [t.number, t.state.name, value, None if seconds is None else round(seconds),
+            params, t.user_attrs.get("preprocess", "") or "none", note, link]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
