@@ -204,11 +204,13 @@ def run_two_workers(argv: list[str]) -> list[str]:
 
 def check_distinct_trials(study: optuna.Study, trials: int) -> None:
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert trials <= len(done) <= trials + 1  # a worker may finish one more at the end
+    seen = [(t.number, t.state.name, t.user_attrs.get("worker"), t.user_attrs.get("fail_reason"))
+            for t in study.trials]
+    assert trials <= len(done) <= trials + 1, seen  # a worker may finish one more at the end
     runs = [t.user_attrs["run"] for t in done]
-    assert len(set(runs)) == len(runs)
-    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers ran trials
-    assert len({t.number for t in done}) == len(done)
+    assert len(set(runs)) == len(runs), seen
+    assert len({t.user_attrs["worker"] for t in done}) == 2, seen  # both workers ran trials
+    assert len({t.number for t in done}) == len(done), seen
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
