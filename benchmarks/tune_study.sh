@@ -6,12 +6,18 @@
 # Both select on the validation split (astronaut) and score on the test split (coffee,
 # chelsea) once, at the end. Prints the tables; the reports are in $OUT/*/report.html.
 #
-#   bash benchmarks/tune_study.sh [OUT]        (default OUT: studies-bench, started afresh)
+#   bash benchmarks/tune_study.sh [OUT]        (default OUT: studies-bench; started afresh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-studies-bench}
+# Started afresh, but only ever over a folder this script made (its marker file).
+if [ -e "$OUT" ] && [ ! -f "$OUT/.tune-study-bench" ]; then
+  echo "tune_study: $OUT exists and was not made by this script; choose another folder" >&2
+  exit 2
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
+touch "$OUT/.tune-study-bench"
 SPACE="$OUT/space.toml"
 cat > "$SPACE" <<'TOML'
 # The quick preset's networks and crops, 8 epochs (4 constant + 4 decaying by default),
