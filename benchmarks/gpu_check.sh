@@ -7,6 +7,7 @@
 #   3. run the CUDA benchmarks of the fused ops and summarise them (benchmarks/ratios.py),
 #   4. run the whole test suite, and meanwhile train the `quick` preset on CUDA under the
 #      default precision, bf16 and fp16 (test PSNR of each),
+#   5. start a 1-GPU distributed run under torchrun (the NCCL path),
 # then print one summary (also written to $OUT/summary.md; logs in $OUT/logs.tgz).
 # Usage: bash benchmarks/gpu_check.sh   (OUT=DIR keeps the results there)
 set -uo pipefail
@@ -97,6 +98,11 @@ except Exception as exc:  # report, never stop the summary
     print(f"| {run.name} | - | - | - | - | - | no result ({exc}) |")
 EOF
 done
+# The NCCL path of distributed training: torchrun with one GPU (world size 1), a few steps.
+say ""
+step nccl_torchrun "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
+  -m restorekit run pix2pixhd --train --runs-dir "$runs" --name nccl --max-steps 20
+grep -m1 -E "distributed over" "$logs/nccl_torchrun.log" | tee -a "$summary"
 tar czf "$out/logs.tgz" -C "$logs" . 2>/dev/null
 say ""
 say "logs: $out/logs.tgz"
