@@ -7,6 +7,9 @@
 # chelsea) once, at the end. Prints the tables; the reports are in $OUT/*/report.html.
 #
 #   bash benchmarks/tune_study.sh [OUT]        (default OUT: studies-bench; started afresh)
+#
+# HALF_EPOCHS (default 4: 4 constant + 4 decaying epochs per trial), TRIALS (14), TIMEOUT
+# (minutes for the search, 11) and TRIAL_MINUTES (1.5) size it for another machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-studies-bench}
@@ -18,13 +21,18 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 touch "$OUT/.tune-study-bench"
+HALF=${HALF_EPOCHS:-4}
+TRIALS=${TRIALS:-14}
+TIMEOUT=${TIMEOUT:-11}
+TRIAL_MINUTES=${TRIAL_MINUTES:-1.5}
 SPACE="$OUT/space.toml"
-cat > "$SPACE" <<'TOML'
-# The quick preset's networks and crops, 8 epochs (4 constant + 4 decaying by default),
-# evaluated every 2 epochs for pruning; capacities and crops searched around the preset.
+cat > "$SPACE" <<TOML
+# The quick preset's networks and crops, $((2 * HALF)) epochs ($HALF constant + $HALF decaying
+# by default), evaluated every 2 epochs for pruning; capacities and crops searched around
+# the preset.
 [model]
-niter = 4
-niter_decay = 4
+niter = $HALF
+niter_decay = $HALF
 eval_every = 2
 num_samples = 1
 ngf = [16, 24, 32]
@@ -37,21 +45,23 @@ candidates = ["autogamma", "clahe", "denoise", "gamma", "whitebalance"]
 denoise = {method = ["tv"], strength = {low = 0.25, high = 2.0}}
 TOML
 START=$SECONDS
-echo "== 1. search: 14 trials at most, 11 minutes at most, 1.5 minutes per trial at most"
+echo "== 1. search: $TRIALS trials at most, $TIMEOUT minutes at most," \
+     "$TRIAL_MINUTES minutes per trial at most"
 restorekit tune pix2pixhd --studies-dir "$OUT" --study search --space "$SPACE" \
-    --trials 14 --timeout 11 --max-minutes 1.5 --device cpu --seed 0
+    --trials "$TRIALS" --timeout "$TIMEOUT" --max-minutes "$TRIAL_MINUTES" --device cpu --seed 0
 SEARCH=$((SECONDS - START))
 restorekit tune --export-best search --studies-dir "$OUT" -o "$OUT/best.json"
 
-echo "== 2. preprocessing ablation: the quick preset for 8 epochs, once per pipeline"
+echo "== 2. preprocessing ablation: the quick preset for $((2 * HALF)) epochs, once per pipeline"
 ABLATION=$OUT/ablation.toml
-printf '[model]\nniter = 4\nniter_decay = 4\neval_every = 2\nnum_samples = 1\n' > "$ABLATION"
+printf '[model]\nniter = %d\nniter_decay = %d\neval_every = 2\nnum_samples = 1\n' \
+    "$HALF" "$HALF" > "$ABLATION"
 START2=$SECONDS
 restorekit tune pix2pixhd --studies-dir "$OUT" --study ablation --space "$ABLATION" \
     --grid-preprocess "none;autogamma;clahe;autogamma,denoise" --device cpu
 echo "== wall time: search $((SEARCH / 60)) min $((SEARCH % 60)) s, ablation" \
      "$(((SECONDS - START2) / 60)) min $(((SECONDS - START2) % 60)) s"
-python - "$OUT" <<'PY'
+"${PYTHON:-python3}" - "$OUT" <<'PY'
 import sys
 
 import optuna
