@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from restorekit.data.io import list_images, read_image, to_tensor
+from restorekit.data.io import image_size, list_images, read_image, to_tensor
 from restorekit.data.lowlight import DEFAULT_MODEL, LowLightModel
 from restorekit.errors import DataError, UsageError
 from restorekit.types import Image
@@ -152,20 +152,6 @@ class _Cache:
         self.nbytes += size
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, from its header where possible."""
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(path) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                w, h = h, w
-            return h, w
-    except Exception:
-        return read_image(path).shape[:2]  # raises ImageReadError when unreadable
-
-
 class FolderPairs(PairSet):
     """Pairs of images in two folders, matched by file stem, loaded lazily and cached.
 
@@ -239,8 +225,8 @@ class FolderPairs(PairSet):
     @staticmethod
     def _problem(low: Path, high: Path) -> str | None:
         try:
-            size_low = _header_size(low)
-            size_high = _header_size(high)
+            size_low = image_size(low)
+            size_high = image_size(high)
         except DataError as exc:
             return str(exc)
         except Exception as exc:  # ImageReadError and friends

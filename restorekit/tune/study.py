@@ -177,11 +177,13 @@ def counted(study: Any) -> int:
                or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))
 
 
-def _pruner(spec: str, higher: bool) -> Any:
+def _pruner(spec: str, higher: bool, warmup_epochs: int = 1) -> Any:
+    """The pruner ``--pruner`` names. The median pruner waits for 3 finished trials and, within
+    a trial, for ``warmup_epochs`` (a GAN's first evaluations say little about its last)."""
     optuna = _optuna()
     name, _, arg = spec.partition(":")
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "none":
@@ -332,7 +334,8 @@ def _settings_attr(settings: TuneSettings, metric: Metric, space: Space) -> dict
             "folder": str(settings.folder.resolve())}
 
 
-def open_study(settings: TuneSettings, metric: Metric, space: Space) -> Any:
+def open_study(settings: TuneSettings, metric: Metric, space: Space,
+               warmup_epochs: int = 1) -> Any:
     """Create the study, or load it and check it is the same kind of study."""
     optuna = _optuna()
     storage = open_storage(settings.storage, settings.folder)
@@ -344,7 +347,7 @@ def open_study(settings: TuneSettings, metric: Metric, space: Space) -> Any:
         pruner = optuna.pruners.NopPruner()
     else:
         sampler = optuna.samplers.TPESampler(seed=settings.seed)
-        pruner = _pruner(settings.pruner, higher)
+        pruner = _pruner(settings.pruner, higher, warmup_epochs)
     study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
                                 pruner=pruner, direction=direction, load_if_exists=True)
     stored = study.user_attrs.get(ATTR)
@@ -395,7 +398,10 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         settings.trials = settings.trials or len(settings.grid)
     if settings.trials <= 0:
         raise UsageError("--trials: give the number of trials (> 0)")
-    study = open_study(settings, metric, space)
+    # Prune a trial only after a quarter of the base configuration's epochs.
+    base = model_cls.make_options(None, **preset_values(model_cls, settings.preset, space.fixed))
+    study = open_study(settings, metric, space,
+                       warmup_epochs=max(1, int(getattr(base, "epochs", 4)) // 4))
     train_pairs = open_pairs(settings.data, "train", skip_bad=settings.skip_bad,
                              holdout=settings.holdout)
     val_pairs = open_pairs(settings.data, "val", skip_bad=settings.skip_bad,
