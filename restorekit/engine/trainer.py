@@ -251,7 +251,8 @@ class Trainer:
         if stored is not None and all(m.name in row for row in stored.values()
                                       for m in self.metrics):
             return stored
-        tqdm.write("restorekit: computing the identity and classic baselines on the test split")
+        what = getattr(self.test_pairs, "describe", lambda: "the evaluation pairs")()
+        tqdm.write(f"restorekit: computing the identity and classic baselines on {what}")
         baselines = evaluate.classic_baselines(self.test_pairs, self.metrics, self.registry)
         baselines = {k: {m: float(v) for m, v in row.items()} for k, row in baselines.items()}
         self.rundir.write_baselines(baselines)
