@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,9 +19,13 @@ SOURCES = sorted(p.relative_to(ROOT).as_posix()
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the checkout: setuptools writes build/ next to the sources.
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("src") / "restorekit"
+    skip = shutil.ignore_patterns(".git", "build", "dist", "runs", "studies*", "*.egg-info",
+                                  "__pycache__", ".*cache", ".benchmarks", "*.so", "*.o")
+    shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(ROOT)],
+                    "--no-build-isolation", "-w", str(out), str(src)],
                    check=True, timeout=600, env={**os.environ, "PIP_NO_INDEX": "1"})
     (found,) = out.glob("restorekit-*.whl")
     return found
