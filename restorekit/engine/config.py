@@ -15,6 +15,8 @@ import torch
 
 from restorekit.errors import UsageError
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass
 class TrainConfig:
@@ -41,7 +43,7 @@ class TrainConfig:
         default="auto",
         metadata={"help": "fp32 (TF32 tensor cores on CUDA), bf16 or fp16 (autocast; fp16 "
                           "with loss scaling); auto = the measured fastest for the device",
-                  "choices": ("auto", "fp32", "bf16", "fp16")})
+                  "choices": PRECISIONS})
     seed: int = field(default=0, metadata={
         "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
     max_steps: int = field(default=0, metadata={
@@ -60,9 +62,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def native_bf16_cpu() -> bool:

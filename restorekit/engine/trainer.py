@@ -65,12 +65,16 @@ class StepContextImpl:
         self.epoch = 0
         self.step = 0
         self.precision = precision
-        self.amp = precision != "fp32"
         self.optimizers = optimizers
         # Loss scaling only for float16 (bfloat16 has float32's exponent range).
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=precision == "fp16")
                         for name in optimizers}
         self.updates = 0  # optimiser steps taken in the current train_step
+
+    @property
+    def amp(self) -> bool:
+        """Whether the step runs under autocast (bf16 or fp16)."""
+        return self.precision != "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to bfloat16 or float16 as ``precision`` says; a no-op for fp32."""
