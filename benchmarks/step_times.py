@@ -18,10 +18,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from restorekit.engine.trainer import StepContextImpl
+from restorekit.engine.trainer import make_step_context, step_function
 from restorekit.pipeline import Pipeline
 from restorekit_pix2pixhd.model import Pix2PixHD
 
@@ -31,22 +32,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_case(preset: str, fused: bool, precision: str, device: torch.device):
-    """A built model, its fixed batch and a step function, as the engine would run them."""
+def make_case(preset: str, fused: bool, precision: str, device: torch.device,
+              **settings: Any):
+    """A built model, its fixed batch and a step function, as the engine would run them
+    (``settings``: more options, e.g. ``cuda_graph=True`` or ``fused_optimizer=False``)."""
     torch.manual_seed(0)
-    options = Pix2PixHD.make_options(preset, fused=fused, precision=precision)
+    options = Pix2PixHD.make_options(preset, fused=fused, precision=precision, **settings)
     model = Pix2PixHD(options, Pipeline())
     model.build(device)
     n, size = options.batch_size, options.crop_size
     gen = torch.Generator().manual_seed(0)
     low = (torch.rand(n, 3, size, size, generator=gen) * 0.2).to(device)
     high = torch.rand(n, 3, size, size, generator=gen).to(device)
-    ctx = StepContextImpl(device, model.optimizers(), precision)
+    train_step = step_function(model, make_step_context(model, options, device, precision))
 
     def step() -> float:
         _sync(device)
         start = time.perf_counter()
-        model.train_step(low, high, ctx)
+        train_step(low, high)
         _sync(device)
         return time.perf_counter() - start
 

@@ -31,6 +31,7 @@ import torch
 
 from restorekit.api import TrainableModel
 from restorekit.engine.files import atomic_write_text, replace_synced, temp_path
+from restorekit.engine.optimizers import IMPLEMENTATION_FLAGS
 from restorekit.errors import CheckpointError, OutputError, os_reason
 
 FORMAT_VERSION = 1
@@ -288,6 +289,8 @@ def restore_optimizers(path: Path, tensors: Tensors, meta: dict[str, Any],
                 elif isinstance(value, list) and isinstance(current.get(key), tuple):
                     value = tuple(value)
                 group[key] = value
+            # How the optimiser runs (fused kernels, capturable) is this run's choice.
+            group.update({k: current[k] for k in IMPLEMENTATION_FLAGS if k in current})
             groups.append(group)
         state: dict[int, dict[str, Any]] = {}
         for index, plain in entry["state"].items():

@@ -44,6 +44,14 @@ class TrainConfig:
         metadata={"help": "fp32 (TF32 tensor cores on CUDA), bf16 or fp16 (autocast; fp16 "
                           "with loss scaling); auto = the measured fastest for the device",
                   "choices": PRECISIONS})
+    fused_optimizer: bool = field(
+        default=True, metadata={"help": "torch's fused optimiser kernels (one kernel per step "
+                                        "instead of several per parameter) where the "
+                                        "optimiser has them"})
+    cuda_graph: bool = field(
+        default=False, metadata={"help": "capture the training step in a CUDA graph and "
+                                         "replay it (CUDA, fp32 or bf16, one process; the "
+                                         "last partial batch runs eagerly)"})
     seed: int = field(default=0, metadata={
         "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
     max_steps: int = field(default=0, metadata={

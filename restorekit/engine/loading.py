@@ -22,7 +22,7 @@ from restorekit.pipeline import Pipeline
 from restorekit.plugins import Registry
 
 RESUME_OVERRIDABLE = frozenset({"max_steps", "max_minutes", "device", "num_workers",
-                                "tensorboard", "precision"})
+                                "tensorboard", "precision", "fused_optimizer", "cuda_graph"})
 """Options a resumed run accepts: they change where and how long, not what is trained."""
 
 

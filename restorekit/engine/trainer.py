@@ -26,7 +26,7 @@ from tqdm import tqdm
 from restorekit._version import __version__
 from restorekit.api import Metric, TrainableModel
 from restorekit.engine import checkpoint as ckpt
-from restorekit.engine import distributed
+from restorekit.engine import distributed, graphed, optimizers
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
 from restorekit.engine.report import write_report
 from restorekit.engine.rundir import RunDir
@@ -70,6 +70,7 @@ class StepContextImpl:
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=precision == "fp16")
                         for name in optimizers}
         self.updates = 0  # optimiser steps taken in the current train_step
+        self.graphed = False  # the step is captured in a CUDA graph (engine.graphed)
 
     @property
     def amp(self) -> bool:
@@ -81,7 +82,9 @@ class StepContextImpl:
         if not self.amp:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        # A captured step must cast its weights inside the graph, not reuse cached casts.
+        return torch.autocast(device_type=self.device.type, dtype=dtype,
+                              cache_enabled=not self.graphed)
 
     def backward_step(self, loss: torch.Tensor, optimizer: str) -> None:
         """Zero the named optimiser's gradients, backpropagate ``loss``, step (scaled)."""
@@ -96,6 +99,29 @@ class StepContextImpl:
         scaler.step(opt)
         scaler.update()
         self.updates += 1
+
+
+def make_step_context(model: TrainableModel, cfg: TrainConfig, device: torch.device,
+                      precision: str, dist: distributed.Distributed | None = None
+                      ) -> StepContextImpl:
+    """The step context for a built ``model``, its optimisers run as ``cfg`` says
+    (``fused_optimizer``, ``cuda_graph``)."""
+    ctx = StepContextImpl(device, dict(model.optimizers()), precision, dist)
+    if cfg.fused_optimizer:
+        optimizers.use_fused(ctx.optimizers)
+    if cfg.cuda_graph:
+        graphed.check_supported(device, precision, ctx.dist.world_size, ctx.optimizers)
+        ctx.graphed = True
+    return ctx
+
+
+def step_function(model: TrainableModel, ctx: StepContextImpl
+                  ) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(low, high) -> losses``: one training step, replayed from a CUDA graph when
+    ``ctx.graphed``."""
+    if ctx.graphed:
+        return graphed.GraphedStep(model, ctx)
+    return lambda low, high: model.train_step(low, high, ctx)
 
 
 class _DeferredInterrupt:
@@ -463,6 +489,7 @@ class Trainer:
         model, cfg = self.model, self.cfg
         num_epochs = model.num_epochs()
         stopped = self._dist.agree_stop(self._limit_reached(started))
+        step = step_function(model, ctx)
         while stopped is None and self.epoch < num_epochs:
             ctx.epoch = self.epoch
             model.on_epoch_start(self.epoch)
@@ -478,8 +505,7 @@ class Trainer:
                     ctx.step, ctx.updates = self.step, 0
                     self._in_step = True
                     self._dist.sync_buffers(model.networks())
-                    values = self._check_finite(
-                        self._dist.reduce_losses(model.train_step(low, high, ctx)))
+                    values = self._check_finite(self._dist.reduce_losses(step(low, high)))
                     self.step += 1
                     self.step_in_epoch += 1
                     self._in_step = False
@@ -533,7 +559,9 @@ class Trainer:
         seed_everything(cfg.seed)
         model.build(device)
         self._dist.after_build(model.networks(), cfg.seed)
-        ctx = StepContextImpl(device, dict(model.optimizers()), precision, self._dist)
+        # Before a checkpoint is loaded: it moves the optimisers' step counters where their
+        # fused and capturable kernels want them.
+        ctx = make_step_context(model, cfg, device, precision, self._dist)
         if resume_from is not None:
             self._restore(resume_from, ctx)
         if self._dist.is_main:

@@ -1,0 +1,125 @@
+"""How the engine runs optimisers: fused kernels, capturable state, the CUDA-graph step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from restorekit.engine import graphed, optimizers
+from restorekit.engine.trainer import make_step_context, step_function
+from restorekit.errors import UsageError
+from test_training import Tiny, TinyPairs, all_tensors, make, run
+from test_training import cheap_baselines  # noqa: F401  (autouse fixture)
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _adam(fused: bool) -> tuple[nn.Module, torch.optim.Adam]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    if fused:
+        assert optimizers.use_fused({"G": opt}) == ["G"]
+    return net, opt
+
+
+def test_fused_adam_follows_the_plain_one() -> None:
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    nets = {}
+    for fused in (False, True):
+        net, opt = _adam(fused)
+        for _ in range(5):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        nets[fused] = net
+        assert opt.param_groups[0]["fused"] is fused or (not fused and not opt.param_groups[0][
+            "fused"])
+    for a, b in zip(nets[False].parameters(), nets[True].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_only_optimizers_with_fused_kernels_switch() -> None:
+    net = nn.Linear(2, 2)
+    opts = {"adam": torch.optim.Adam(net.parameters()),
+            "lbfgs": torch.optim.LBFGS(net.parameters())}
+    assert optimizers.use_fused(opts) == ["adam"]
+    assert optimizers.make_capturable(opts) == ["lbfgs"]
+    assert opts["adam"].param_groups[0]["capturable"] is True
+
+
+def test_training_with_and_without_fused_optimizer_agree(tmp_path: Path) -> None:
+    run(tmp_path / "plain", make(fused_optimizer=False, max_steps=4))
+    run(tmp_path / "fused", make(fused_optimizer=True, max_steps=4))
+    a, b = all_tensors(tmp_path / "plain"), all_tensors(tmp_path / "fused")
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if key.startswith("net."):
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_resume_with_other_optimizer_flags(tmp_path: Path) -> None:
+    # The flags belong to the run: a fused run resumes unfused and back.
+    first = run(tmp_path / "r", make(fused_optimizer=True, max_steps=3))
+    assert first.step == 3
+    second = run(tmp_path / "r", make(fused_optimizer=False, max_steps=6), resume=True)
+    assert second.step == 6
+    third = run(tmp_path / "r", make(fused_optimizer=True), resume=True)
+    assert third.stopped == "completed" and third.step == 9
+
+
+def test_cuda_graph_is_refused_where_it_cannot_run(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="--cuda-graph: needs a CUDA device"):
+            run(tmp_path / "cpu", make(cuda_graph=True, device="cpu"))
+        assert not (tmp_path / "cpu").exists()
+    cuda = torch.device("cuda")
+    opts = {"G": torch.optim.Adam(nn.Linear(2, 2).parameters())}
+    with pytest.raises(UsageError, match="fp16 loss scaling synchronises"):
+        graphed.check_supported(cuda, "fp16", 1, opts)
+    with pytest.raises(UsageError, match="not with several processes"):
+        graphed.check_supported(cuda, "bf16", 2, opts)
+    with pytest.raises(UsageError, match=r"optimizer\(s\) L cannot be captured"):
+        graphed.check_supported(cuda, "fp32", 1,
+                                {"L": torch.optim.LBFGS(nn.Linear(2, 2).parameters())})
+
+
+@cuda_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_step_matches_eager(precision: str) -> None:
+    # Same model, same batches: the replayed step gives the eager step's losses and weights;
+    # a learning-rate change recaptures, a batch of another shape runs eagerly.
+    device = torch.device("cuda")
+    pairs = TinyPairs(4, 0)
+    batches = [torch.tensor(pairs.pair(i % 4)[j]).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+               for i in range(8) for j in (0, 1)]
+    batches = [(batches[2 * i].to(device), batches[2 * i + 1].to(device)) for i in range(8)]
+    results = {}
+    for cuda_graph in (False, True):
+        torch.manual_seed(0)
+        model = make(Tiny, cuda_graph=cuda_graph, device="cuda", precision=precision)
+        model.build(device)
+        ctx = make_step_context(model, model.options, device, precision)
+        step = step_function(model, ctx)
+        losses = []
+        for i, (low, high) in enumerate(batches):
+            if i == 6:
+                for group in model.optimizers()["G"].param_groups:
+                    group["lr"] *= 0.5
+            losses.append({k: float(v) for k, v in step(low, high).items()})
+        losses.append({k: float(v) for k, v in step(low[:1], high[:1]).items()})
+        results[cuda_graph] = (losses, [p.detach().clone() for p in model.G.parameters()])
+        if cuda_graph:
+            # Warm-up, capture at step 3, recapture at the learning-rate change (step 6).
+            assert (step.captures, step.replays) == (2, 8 - graphed.WARMUP_STEPS)
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    for a, b in zip(results[False][0], results[True][0], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert abs(a[k] - b[k]) <= tol * max(1.0, abs(a[k])), (k, a[k], b[k])
+    for a, b in zip(results[False][1], results[True][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
