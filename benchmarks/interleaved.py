@@ -49,7 +49,7 @@ def _cases(shape: tuple[int, int, int, int]) -> dict:
         "floor": floor,
         "fused": lambda: torch.autograd.grad(ext.resnet_block(x, c1, c2), (x, *params), g),
         "eager": lambda: torch.autograd.grad(block(x), (x, *params), g),
-        "op1_fused": lambda: torch.autograd.grad(ops.instance_norm_relu_pad(x, 1e-5), x, gp),
+        "op1_fused": lambda: torch.autograd.grad(ops.instance_norm_act(x, 1e-5, 0.0, 1), x, gp),
         "op1_eager": lambda: torch.autograd.grad(_eager_op1(x), x, gp),
     }
 

@@ -40,23 +40,31 @@ def _randn(shape, dtype=torch.float32, device="cpu", seed=0, requires_grad=False
     return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
 
 
-def _cases(ops):
-    """(name, fused function, reference function, number of tensor inputs)."""
-    return [
-        ("reflection_pad", ops.reflection_pad, _reference.reflection_pad, 1),
-        (
-            "instance_norm_relu_pad",
-            lambda x: ops.instance_norm_relu_pad(x, 1e-5),
-            lambda x: _reference.instance_norm_relu_pad(x, 1e-5),
-            1,
-        ),
-        (
-            "instance_norm_add",
-            lambda x, r: ops.instance_norm_add(x, r, 1e-5),
-            lambda x, r: _reference.instance_norm_add(x, r, 1e-5),
-            2,
-        ),
-    ]
+# (negative_slope, pad) of instance_norm_act: the block's ReLU + pad 1, the discriminator's
+# LeakyReLU 0.2, a norm without activation, the generator's last ReLU + pad 3, a ReLU alone.
+ACT_VARIANTS = [(0.0, 1), (0.2, 0), (1.0, 0), (0.0, 3), (0.0, 0), (0.2, 2)]
+
+
+def _act(fn, slope: float, pad: int):
+    return lambda x: fn(x, 1e-5, slope, pad)
+
+
+def _cases(ops, shape=None):
+    """(name, fused function, reference function, number of tensor inputs) for ``shape``."""
+    small = min(shape[2:]) if shape else 4
+    cases = [("reflection_pad", ops.reflection_pad, _reference.reflection_pad, 1)]
+    for slope, pad in ACT_VARIANTS:
+        if pad < small:
+            cases.append((f"instance_norm_act slope {slope} pad {pad}",
+                          _act(ops.instance_norm_act, slope, pad),
+                          _act(_reference.instance_norm_act, slope, pad), 1))
+    cases.append((
+        "instance_norm_add",
+        lambda x, r: ops.instance_norm_add(x, r, 1e-5),
+        lambda x, r: _reference.instance_norm_add(x, r, 1e-5),
+        2,
+    ))
+    return cases
 
 
 # --------------------------------------------------------------------------- forward / backward
@@ -64,14 +72,14 @@ def _cases(ops):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_matches_pytorch(ops, shape):
-    for name, fused, ref, nin in _cases(ops):
+    for name, fused, ref, nin in _cases(ops, shape):
         args = [_randn(shape, seed=i) for i in range(nin)]
         torch.testing.assert_close(fused(*args), ref(*args), rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_backward_matches_pytorch(ops, shape):
-    for name, fused, ref, nin in _cases(ops):
+    for name, fused, ref, nin in _cases(ops, shape):
         a = [_randn(shape, seed=i, requires_grad=True) for i in range(nin)]
         b = [t.detach().clone().requires_grad_(True) for t in a]
         y1, y2 = fused(*a), ref(*b)
@@ -84,19 +92,21 @@ def test_backward_matches_pytorch(ops, shape):
 
 def test_stats_outputs(ops):
     x = _randn((2, 3, 5, 6))
-    out, mean, rstd = ops.instance_norm_relu_pad_with_stats(x, 1e-5)
+    out, mean, rstd = ops.instance_norm_act_with_stats(x, 1e-5, 0.0, 1)
     torch.testing.assert_close(mean, x.mean(dim=(2, 3)))
     var = x.var(dim=(2, 3), unbiased=False)
     torch.testing.assert_close(rstd, torch.rsqrt(var + 1e-5))
     assert out.shape == (2, 3, 7, 8)
+    assert ops.instance_norm_act_with_stats(x, 1e-5, 0.2, 2)[0].shape == (2, 3, 9, 10)
+    assert ops.instance_norm_act(x, 1e-5, 0.2, 0).shape == x.shape
 
 
 def test_numerically_stable_variance(ops):
     # A large offset breaks the naive E[x^2] - E[x]^2 formula in float32.
     x = _randn((1, 2, 50, 60)) * 0.25 + 3000.0  # std 0.5, float32 spacing at 3000 is 2.4e-4
     ref = _reference.instance_norm_relu_pad(x.double(), 1e-5).float()
-    torch.testing.assert_close(ops.instance_norm_relu_pad(x, 1e-5), ref, rtol=5e-3, atol=5e-3)
-    _, _, rstd = ops.instance_norm_relu_pad_with_stats(x, 1e-5)
+    torch.testing.assert_close(ops.instance_norm_act(x, 1e-5, 0.0, 1), ref, rtol=5e-3, atol=5e-3)
+    _, _, rstd = ops.instance_norm_act_with_stats(x, 1e-5, 0.0, 1)
     true_rstd = torch.rsqrt(x.double().var(dim=(2, 3), unbiased=False) + 1e-5).float()
     torch.testing.assert_close(rstd, true_rstd, rtol=1e-4, atol=0)
 
@@ -104,8 +114,8 @@ def test_numerically_stable_variance(ops):
 def test_non_contiguous_input(ops):
     x = _randn((2, 3, 9, 7)).transpose(2, 3)
     torch.testing.assert_close(
-        ops.instance_norm_relu_pad(x, 1e-5),
-        _reference.instance_norm_relu_pad(x, 1e-5),
+        ops.instance_norm_act(x, 1e-5, 0.2, 2),
+        _reference.instance_norm_act(x, 1e-5, 0.2, 2),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -120,11 +130,11 @@ def _every_op(ops):
         "reflection_pad": lambda t: ops.reflection_pad(t),
         "reflection_pad_backward": lambda t: ops.reflection_pad_backward(t),
         "reflection_pad_backward_add": lambda t: ops.reflection_pad_backward_add(t, t),
-        "instance_norm_relu_pad": lambda t: ops.instance_norm_relu_pad(t, 1e-5),
-        "instance_norm_relu_pad_with_stats": lambda t: ops.instance_norm_relu_pad_with_stats(
-            t, 1e-5),
-        "instance_norm_relu_pad_backward": lambda t: ops.instance_norm_relu_pad_backward(
-            t, t, ones, ones),
+        "instance_norm_act": lambda t: ops.instance_norm_act(t, 1e-5, 0.2, 1),
+        "instance_norm_act_with_stats": lambda t: ops.instance_norm_act_with_stats(
+            t, 1e-5, 0.0, 0),
+        "instance_norm_act_backward": lambda t: ops.instance_norm_act_backward(
+            t, t, ones, ones, 0.0, 0),
         "instance_norm_add": lambda t: ops.instance_norm_add(t, t, 1e-5),
         "instance_norm_add_with_stats": lambda t: ops.instance_norm_add_with_stats(t, t, 1e-5),
         "instance_norm_add_backward": lambda t: ops.instance_norm_add_backward(
@@ -159,14 +169,23 @@ def _check_bad_arguments(ops) -> None:
     with pytest.raises(RuntimeError, match="H >= 2"):
         ops.reflection_pad(torch.randn(1, 1, 1, 5))
     with pytest.raises(RuntimeError, match="NCHW"):
-        ops.instance_norm_relu_pad(torch.randn(3, 4, 5), 1e-5)
+        ops.instance_norm_act(torch.randn(3, 4, 5), 1e-5)
+    for pad in (-1, 4, 9):
+        with pytest.raises(RuntimeError, match=f"reflection padding by {pad} needs"):
+            ops.instance_norm_act(torch.randn(1, 2, 4, 9), 1e-5, 0.0, pad)
+    with pytest.raises(RuntimeError, match="negative_slope must be finite"):
+        ops.instance_norm_act(torch.randn(1, 2, 4, 4), 1e-5, float("nan"), 0)
+    x = torch.randn(1, 2, 4, 4)
+    _, m, r = ops.instance_norm_act_with_stats(x, 1e-5, 0.0, 1)
+    with pytest.raises(RuntimeError, match="grad_out has shape"):
+        ops.instance_norm_act_backward(torch.randn(1, 2, 4, 4), x, m, r, 0.0, 1)
     with pytest.raises(RuntimeError, match="residual"):
         ops.instance_norm_add(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 5), 1e-5)
     with pytest.raises(RuntimeError, match="residual has dtype"):
         ops.instance_norm_add(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4).double(), 1e-5)
     for eps in (-1.0, float("nan"), float("inf")):
         with pytest.raises(RuntimeError, match="eps must be finite and >= 0"):
-            ops.instance_norm_relu_pad(torch.randn(1, 2, 4, 4), eps)
+            ops.instance_norm_act(torch.randn(1, 2, 4, 4), eps, 0.0, 1)
 
 
 def _in_child(check: str) -> None:
@@ -194,20 +213,26 @@ def test_bad_arguments_raise(ops):
 
 def test_empty_batch_gives_empty_output(ops):
     # N = 0 (or C = 0) is a valid, empty batch, as in PyTorch.
-    assert ops.instance_norm_relu_pad(torch.randn(0, 2, 4, 4), 1e-5).shape == (0, 2, 6, 6)
+    assert ops.instance_norm_act(torch.randn(0, 2, 4, 4), 1e-5, 0.0, 1).shape == (0, 2, 6, 6)
     assert ops.instance_norm_add(torch.randn(2, 0, 4, 4), torch.randn(2, 0, 4, 4)).shape == (
         2, 0, 4, 4)
 
 
-def test_constant_plane_with_zero_eps_is_zero_like_pytorch(ops):
-    x = torch.full((1, 2, 5, 6), 3.0)
-    want = torch.nn.functional.instance_norm(x, eps=0.0)
-    assert torch.equal(want, torch.zeros_like(x))
-    torch.testing.assert_close(ops.instance_norm_add(x, x, 0.0), want + x)
-    out = ops.instance_norm_relu_pad(x, 0.0)
-    assert torch.equal(out, torch.zeros_like(out))
-    for dtype in (torch.bfloat16, torch.float64):
-        assert torch.isfinite(ops.instance_norm_relu_pad(x.to(dtype), 0.0)).all()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda_only)])
+def test_constant_plane_with_zero_eps_is_zero_like_pytorch(ops, device):
+    # Also for constants whose sum is not exact (0.1) and planes long enough for the CUDA
+    # kernels' multi-block path.
+    for value in (3.0, 0.1, -7.77):
+        for shape in ((1, 2, 5, 6), (1, 2, 130, 150)):
+            x = torch.full(shape, value, device=device)
+            want = torch.nn.functional.instance_norm(x, eps=0.0)
+            assert torch.equal(want, torch.zeros_like(x))
+            torch.testing.assert_close(ops.instance_norm_add(x, x, 0.0), want + x)
+            out = ops.instance_norm_act(x, 0.0, 0.0, 1)
+            assert torch.equal(out, torch.zeros_like(out)), (value, shape)
+            for dtype in (torch.bfloat16, torch.float64):
+                out = ops.instance_norm_act(x.to(dtype), 0.0, 0.2, 0)
+                assert torch.equal(out, torch.zeros_like(out)), (value, shape, dtype)
 
 
 # ------------------------------------------------------------------- gradcheck and opcheck
@@ -215,7 +240,7 @@ def test_constant_plane_with_zero_eps_is_zero_like_pytorch(ops):
 
 @pytest.mark.parametrize("shape", GRAD_SHAPES)
 def test_gradcheck(ops, shape):
-    for name, fused, _, nin in _cases(ops):
+    for name, fused, _, nin in _cases(ops, shape):
         args = [_randn(shape, dtype=torch.float64, seed=i, requires_grad=True) for i in range(nin)]
         assert torch.autograd.gradcheck(fused, args, eps=1e-6, atol=1e-5), name
     g = _randn((shape[0], shape[1], shape[2] + 2, shape[3] + 2), torch.float64, requires_grad=True)
@@ -224,7 +249,7 @@ def test_gradcheck(ops, shape):
     assert torch.autograd.gradgradcheck(ops.reflection_pad, (x,))
 
 
-@pytest.mark.parametrize("case", ["instance_norm_relu_pad", "instance_norm_add", "block"])
+@pytest.mark.parametrize("case", ["instance_norm_act", "instance_norm_add", "block"])
 def test_double_backward_is_a_clear_error(ops, case):
     # Double backward through the normalising ops is not implemented: it must fail with one
     # clear error instead of returning wrong values (as it once did with a UserWarning).
@@ -233,7 +258,7 @@ def test_double_backward_is_a_clear_error(ops, case):
     r = _randn((1, 2, 5, 6), torch.float64, seed=1, requires_grad=True)
     block = _fused_block(2).double()
     fn = {
-        "instance_norm_relu_pad": lambda: ops.instance_norm_relu_pad(x, 1e-5),
+        "instance_norm_act": lambda: ops.instance_norm_act(x, 1e-5, 0.2, 1),
         "instance_norm_add": lambda: ops.instance_norm_add(x, r, 1e-5),
         "block": lambda: block(x),
     }[case]
@@ -249,15 +274,18 @@ def _opcheck_cases(ops):
     r = _randn((2, 3, 5, 4), seed=1, requires_grad=True)
     xd, rd = x.detach(), r.detach()
     gp = _randn((2, 3, 7, 6), seed=2)
-    _, m1, s1 = ops.instance_norm_relu_pad_with_stats(xd, 1e-5)
+    gp2 = _randn((2, 3, 9, 8), seed=5)
+    _, m1, s1 = ops.instance_norm_act_with_stats(xd, 1e-5, 0.0, 1)
     _, m2, s2 = ops.instance_norm_add_with_stats(xd, rd, 1e-5)
     return [
         (ops.reflection_pad.default, (x,)),
         (ops.reflection_pad_backward.default, (gp.clone().requires_grad_(True),)),
         (ops.reflection_pad_backward_add.default, (gp.clone().requires_grad_(True), r)),
-        (ops.instance_norm_relu_pad.default, (x, 1e-5)),
-        (ops.instance_norm_relu_pad_with_stats.default, (x, 1e-5)),
-        (ops.instance_norm_relu_pad_backward.default, (gp, xd, m1, s1)),
+        (ops.instance_norm_act.default, (x, 1e-5, 0.0, 1)),
+        (ops.instance_norm_act.default, (x, 1e-5, 0.2, 0)),
+        (ops.instance_norm_act_with_stats.default, (x, 1e-5, 0.2, 2)),
+        (ops.instance_norm_act_backward.default, (gp, xd, m1, s1, 0.0, 1)),
+        (ops.instance_norm_act_backward.default, (gp2, xd, m1, s1, 0.2, 2)),
         (ops.instance_norm_add.default, (x, r, 1e-5)),
         (ops.instance_norm_add_with_stats.default, (x, r, 1e-5)),
         (ops.instance_norm_add_backward.default, (_randn((2, 3, 5, 4), seed=3), xd, m2, s2)),
@@ -280,19 +308,81 @@ def test_aot_compile_block(ops):
     assert x.grad is not None
 
 
-def test_aot_compile_instance_norm_relu_pad(ops):
+def test_aot_compile_instance_norm_act(ops):
     # The public op's autograd is a C++ kernel (registration.cpp): it must trace under compile.
     x1 = _randn((2, 3, 6, 5), requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
-    g = _randn((2, 3, 8, 7), seed=4)
+    g = _randn((2, 3, 10, 9), seed=4)
     compiled = torch.compile(
-        lambda t: ops.instance_norm_relu_pad(t, 1e-5), backend="aot_eager", fullgraph=True
+        lambda t: ops.instance_norm_act(t, 1e-5, 0.2, 2), backend="aot_eager", fullgraph=True
     )
-    y1, y2 = compiled(x1), _reference.instance_norm_relu_pad(x2, 1e-5)
+    y1, y2 = compiled(x1), _reference.instance_norm_act(x2, 1e-5, 0.2, 2)
     torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
     y1.backward(g)
     y2.backward(g)
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------- fused norms in a network
+
+
+def _plain_net() -> nn.Sequential:
+    """Every run the pass knows, plus layers it must leave alone."""
+    return nn.Sequential(
+        nn.ReflectionPad2d(3), nn.Conv2d(3, 4, 7),
+        nn.InstanceNorm2d(4), nn.ReLU(True),                          # -> slope 0, pad 0
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.InstanceNorm2d(4), nn.LeakyReLU(0.2, True),                # -> slope 0.2
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.InstanceNorm2d(4), nn.ReLU(True), nn.ReflectionPad2d(2),   # -> pad 2
+        nn.Conv2d(4, 4, 3),
+        nn.InstanceNorm2d(4),                                         # -> slope 1 (none)
+        nn.Sequential(nn.InstanceNorm2d(4, affine=True), nn.ReLU()),  # affine: left alone
+        nn.ReflectionPad2d((1, 0, 1, 0)), nn.Tanh(),                  # not square: left alone
+    )
+
+
+def test_fuse_instance_norms_keeps_state_dict_and_results(ops):
+    torch.manual_seed(0)
+    plain = _plain_net().double()
+    fused = _plain_net().double()
+    fused.load_state_dict(plain.state_dict())
+    assert ext.fuse_instance_norms(fused) == 4
+    layers = [m for m in fused if isinstance(m, ext.InstanceNormAct)]
+    assert [(m.negative_slope, m.pad) for m in layers] == [(0.0, 0), (0.2, 0), (0.0, 2), (1.0, 0)]
+    assert isinstance(fused[13][0], nn.InstanceNorm2d)
+    assert plain.state_dict().keys() == fused.state_dict().keys()
+    x1 = _randn((2, 3, 12, 14), torch.float64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = plain(x1), fused(x2)
+    torch.testing.assert_close(y2, y1)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+    for p1, p2 in zip(plain.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(p2.grad, p1.grad)
+    assert torch.autograd.gradcheck(fused, (_randn((1, 3, 9, 8), torch.float64,
+                                                   requires_grad=True),))
+    # ... and back: the original layers return in their places.
+    assert ext.fuse_instance_norms(fused, False) == 4
+    assert [type(m) for m in fused] == [type(m) for m in plain]
+    torch.testing.assert_close(fused(x1), plain(x1))
+
+
+def test_fused_norm_layer_uses_the_op(ops, monkeypatch):
+    calls = []
+    real = torch.ops.restorekit.instance_norm_act
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args[1:])
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops.restorekit, "instance_norm_act", Spy())
+    net = _plain_net()
+    ext.fuse_instance_norms(net)
+    net(_randn((1, 3, 12, 14)))
+    assert calls == [(1e-5, 0.0, 0), (1e-5, 0.2, 0), (1e-5, 0.0, 2), (1e-5, 1.0, 0)]
 
 
 # --------------------------------------------------------------------------- the fused block
@@ -531,11 +621,16 @@ def test_check_nvcc_catches_broken_cuda_glue(tmp_path):
 # ------------------------------------------------------------------------------------- CUDA
 
 
+# Small planes, one block per plane; few large planes (split reductions), with and without
+# 16-byte aligned plane lengths; many mid-sized planes.
+CUDA_SHAPES = [(2, 3, 2, 2), (2, 3, 7, 9), (1, 4, 130, 150), (1, 3, 257, 301), (3, 40, 33, 64)]
+
+
 @cuda_only
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(2, 3, 2, 2), (2, 3, 7, 9), (1, 4, 130, 150)])
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_cuda_float32_matches_cpu(ops, shape):
-    for name, fused, _, nin in _cases(ops):
+    for name, fused, _, nin in _cases(ops, shape):
         cpu = [_randn(shape, seed=i, requires_grad=True) for i in range(nin)]
         dev = [t.detach().cuda().requires_grad_(True) for t in cpu]
         y_cpu, y_dev = fused(*cpu), fused(*dev)
@@ -550,12 +645,12 @@ def test_cuda_float32_matches_cpu(ops, shape):
 @cuda_only
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 3, 2, 2), (2, 3, 7, 9), (1, 4, 130, 150)])
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
 def test_cuda_reduced_precision_as_accurate_as_eager(ops, dtype, shape):
     # Reduced precision is judged against eager PyTorch in the same dtype on the same device,
     # both measured against float64: the fused error may not exceed eager's by more than a
     # small margin (a fixed tolerance against float32 fails for honest bfloat16 results).
-    for name, fused, ref, nin in _cases(ops):
+    for name, fused, ref, nin in _cases(ops, shape):
         exact = [_randn(shape, torch.float64, "cuda", seed=i, requires_grad=True)
                  for i in range(nin)]
         low = [t.detach().to(dtype).requires_grad_(True) for t in exact]
@@ -603,14 +698,15 @@ def test_cuda_fused_block_under_autocast(ops, dtype):
 @cuda_only
 @pytest.mark.cuda
 def test_cuda_gradcheck_and_opcheck(ops):
-    for name, fused, _, nin in _cases(ops):
-        args = [
-            _randn((2, 2, 3, 5), torch.float64, "cuda", seed=i, requires_grad=True)
-            for i in range(nin)
-        ]
-        assert torch.autograd.gradcheck(fused, args, eps=1e-6, atol=1e-5), name
+    for shape in [(2, 2, 3, 5), (1, 2, 9, 130)]:
+        for name, fused, _, nin in _cases(ops, shape):
+            args = [
+                _randn(shape, torch.float64, "cuda", seed=i, requires_grad=True)
+                for i in range(nin)
+            ]
+            assert torch.autograd.gradcheck(fused, args, eps=1e-6, atol=1e-5), name
     x = _randn((2, 3, 5, 4), device="cuda", requires_grad=True)
-    torch.library.opcheck(ops.instance_norm_relu_pad_with_stats.default, (x, 1e-5))
+    torch.library.opcheck(ops.instance_norm_act_with_stats.default, (x, 1e-5, 0.2, 2))
     torch.library.opcheck(ops.instance_norm_add_with_stats.default, (x, x.detach() * 2, 1e-5))
     torch.library.opcheck(ops.reflection_pad.default, (x,))
 
@@ -631,3 +727,46 @@ def test_cuda_fused_block_matches_plain(ops):
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-3, atol=1e-3)
     for p1, p2 in zip(plain.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-3, atol=1e-3)
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_ops_capture_in_a_cuda_graph(ops):
+    # No host syncs and no allocations outside torch's allocator: forward and backward of
+    # every op replay from a CUDA graph with the eager results.
+    shape = (1, 8, 130, 150)
+    x = _randn(shape, device="cuda", requires_grad=True)
+    r = _randn(shape, device="cuda", seed=1)
+
+    def step():
+        y = ops.instance_norm_act(x, 1e-5, 0.2, 2)
+        z = ops.instance_norm_add(ops.reflection_pad(x)[:, :, 1:-1, 1:-1].contiguous(), r)
+        (gx,) = torch.autograd.grad((y.square().sum() + z.square().sum()), x)
+        return y, z, gx
+
+    want = step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = step()
+    x.data.copy_(x.data)  # same input: the replay must give the eager results
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_split_reduction_is_numerically_stable(ops):
+    # Few large planes take the multi-block path: its merged variance must stay accurate
+    # under a large offset, as the one-block path does.
+    x = _randn((1, 2, 300, 400), device="cuda") * 0.25 + 3000.0
+    _, _, rstd = ops.instance_norm_act_with_stats(x, 1e-5, 0.0, 0)
+    true_rstd = torch.rsqrt(x.double().var(dim=(2, 3), unbiased=False) + 1e-5).float()
+    torch.testing.assert_close(rstd, true_rstd, rtol=1e-4, atol=0)

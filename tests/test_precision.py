@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import restorekit.ext as ext
 from restorekit.engine.config import (
@@ -79,9 +80,9 @@ def test_fused_block_under_cpu_autocast_matches_eager(dtype):
 def test_fused_ops_in_reduced_precision_on_cpu(dtype):
     # The CPU kernels take float16/bfloat16 natively (float32 accumulation, float32 stats).
     x = (torch.randn(2, 3, 9, 11, dtype=torch.float64) * 2 + 0.5).to(dtype)
-    out, mean, rstd = torch.ops.restorekit.instance_norm_relu_pad_with_stats(x, 1e-5)
+    out, mean, rstd = torch.ops.restorekit.instance_norm_act_with_stats(x, 1e-5, 0.2, 2)
     assert out.dtype == dtype and mean.dtype == torch.float32 and rstd.dtype == torch.float32
-    want = ext._reference.instance_norm_relu_pad(x.double(), 1e-5)
+    want = ext._reference.instance_norm_act(x.double(), 1e-5, 0.2, 2)
     assert _max_err(out, want) <= 4 * torch.finfo(dtype).eps * want.abs().max().item()
     torch.testing.assert_close(mean, x.double().mean(dim=(2, 3)).float())
 
@@ -161,3 +162,21 @@ def test_cli_trains_under_reduced_precision(tmp_path, monkeypatch, precision):
     config = json.loads((tmp_path / "runs" / "p" / "config.json").read_text())
     assert config["precision"] == precision
     assert (tmp_path / "runs" / "p" / "checkpoints" / "last.safetensors").is_file()
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_cpu_kernels_round_like_torch(dtype):
+    # The CPU kernels convert reduced precision on the bits (vectorised): the result must be
+    # torch's own rounding of the float32 result, bit for bit, special values included.
+    ops = torch.ops.restorekit
+    x = torch.randn(2, 3, 37, 41, generator=torch.Generator().manual_seed(0)) * 100
+    for slope, pad in ((0.0, 1), (0.2, 0), (1.0, 3)):
+        got = ops.instance_norm_act(x.to(dtype), 1e-5, slope, pad)
+        want = ops.instance_norm_act(x.to(dtype).float(), 1e-5, slope, pad).to(dtype)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (slope, pad)
+    specials = torch.tensor([0.0, -0.0, 1.00390625, 1.01171875, 65504.0, 7e4, 1e-8, 3e38,
+                             1e-40, float("inf"), float("-inf"), float("nan")]).view(1, 1, 2, 6)
+    got = ops.reflection_pad_backward(F.pad(specials, (1, 1, 1, 1)).to(dtype))
+    want = ops.reflection_pad_backward(F.pad(specials, (1, 1, 1, 1)).to(dtype).float()).to(dtype)
+    same = (got.view(torch.int16) == want.view(torch.int16)) | (got.isnan() & want.isnan())
+    assert bool(same.all())

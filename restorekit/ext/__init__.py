@@ -1,12 +1,17 @@
-"""Fused C++/CUDA kernels for the Pix2PixHD ResnetBlock.
+"""Fused C++/CUDA kernels for instance-normalised networks (Pix2PixHD's, first of all).
 
 The first use of an op builds (first time, cached afterwards) and loads the extension in
 ``restorekit/ext/csrc/`` unless ``RESTOREKIT_EXT=off``; importing this module builds nothing.
 The ops then live under ``torch.ops.restorekit``:
 
 * ``reflection_pad(x)`` / ``reflection_pad_backward(g)``
-* ``instance_norm_relu_pad(x, eps)``: InstanceNorm -> ReLU -> ReflectionPad(1) in one pass
+* ``instance_norm_act(x, eps, negative_slope, pad)``: InstanceNorm -> ReLU / LeakyReLU / no
+  activation -> ReflectionPad(pad) in one pass
 * ``instance_norm_add(x, residual, eps)``: InstanceNorm(x) + residual in one pass
+
+:func:`resnet_block` runs a whole Pix2PixHD residual block through them, and
+:func:`fuse_instance_norms` swaps every ``InstanceNorm2d -> activation [-> ReflectionPad2d]``
+run of a network for :class:`InstanceNormAct` (same ``state_dict``).
 
 ``RESTOREKIT_EXT`` selects: ``auto`` (default: the extension if it builds, else plain PyTorch
 with one warning), ``on`` (a failed build raises :class:`ExtensionBuildError` carrying the
@@ -33,12 +38,16 @@ from restorekit.ext._build import (
     mode,
     source_dir,
 )
+from restorekit.ext.modules import InstanceNormAct, fuse_instance_norms
 
 __all__ = [
     "ExtensionBuildError",
     "ExtensionError",
     "ExtensionWarning",
+    "InstanceNormAct",
     "describe",
+    "fuse_instance_norms",
+    "instance_norm_act",
     "instance_norm_add",
     "instance_norm_relu_pad",
     "is_available",
@@ -84,16 +93,17 @@ def is_available() -> bool:
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _supported(x: torch.Tensor) -> bool:
-    if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2 or x.dtype not in _DTYPES:
+def _supported(x: torch.Tensor, pad: int = 1) -> bool:
+    """Whether the kernels cover ``x`` (NCHW, a supported dtype, planes larger than ``pad``)."""
+    if x.dim() != 4 or x.dtype not in _DTYPES or not pad < min(x.shape[2], x.shape[3]):
         return False
     if x.device.type == "cpu":
         return True
     return x.device.type == "cuda" and "cuda" in _build.state().devices
 
 
-def _use_ext(x: torch.Tensor) -> bool:
-    return load() and _supported(x)
+def _use_ext(x: torch.Tensor, pad: int = 1) -> bool:
+    return load() and _supported(x, pad)
 
 
 def reflection_pad(x: torch.Tensor) -> torch.Tensor:
@@ -103,11 +113,22 @@ def reflection_pad(x: torch.Tensor) -> torch.Tensor:
     return _reference.reflection_pad(x)
 
 
+def instance_norm_act(
+    x: torch.Tensor, eps: float = 1e-5, negative_slope: float = 0.0, pad: int = 0
+) -> torch.Tensor:
+    """InstanceNorm2d(affine=False) -> activation -> ReflectionPad2d(pad), fused when available.
+
+    The activation is ``v if v >= 0 else negative_slope * v``: ``negative_slope`` 0 is ReLU,
+    1 is no activation, anything else LeakyReLU.
+    """
+    if _use_ext(x, pad):
+        return torch.ops.restorekit.instance_norm_act(x, eps, negative_slope, pad)
+    return _reference.instance_norm_act(x, eps, negative_slope, pad)
+
+
 def instance_norm_relu_pad(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """InstanceNorm2d(affine=False) -> ReLU -> ReflectionPad2d(1), fused when available."""
-    if _use_ext(x):
-        return torch.ops.restorekit.instance_norm_relu_pad(x, eps)
-    return _reference.instance_norm_relu_pad(x, eps)
+    return instance_norm_act(x, eps, 0.0, 1)
 
 
 def instance_norm_add(x: torch.Tensor, residual: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -171,7 +192,7 @@ class _FusedBlockFunction(torch.autograd.Function):
         ops = torch.ops.restorekit
         xp = ops.reflection_pad(x)
         h1 = torch.nn.functional.conv2d(xp, w1, b1)
-        a, m1, s1 = ops.instance_norm_relu_pad_with_stats(h1, eps)
+        a, m1, s1 = ops.instance_norm_act_with_stats(h1, eps, 0.0, 1)
         h2 = torch.nn.functional.conv2d(a, w2, b2)
         y, m2, s2 = ops.instance_norm_add_with_stats(h2, x, eps)
         ctx.save_for_backward(xp, w1, h1, m1, s1, a, w2, h2, m2, s2)
@@ -188,7 +209,7 @@ class _FusedBlockFunction(torch.autograd.Function):
         da, dw2, db2 = _conv_backward(dh2, a, w2, ctx.has_bias[1], [True, need_w2, need_b2])
         dx = dw1 = db1 = None
         if need_x or need_w1 or need_b1:
-            dh1 = ops.instance_norm_relu_pad_backward(da, h1, m1, s1)
+            dh1 = ops.instance_norm_act_backward(da, h1, m1, s1, 0.0, 1)
             dxp, dw1, db1 = _conv_backward(dh1, xp, w1, ctx.has_bias[0], [need_x, need_w1, need_b1])
             if need_x:
                 dx = ops.reflection_pad_backward_add(dxp, grad)

@@ -17,9 +17,9 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _padded(x: torch.Tensor) -> torch.Tensor:
+def _padded(x: torch.Tensor, pad: int = 1) -> torch.Tensor:
     n, c, h, w = x.shape
-    return x.new_empty((n, c, h + 2, w + 2))
+    return x.new_empty((n, c, h + 2 * pad, w + 2 * pad))
 
 
 def _unpadded(g: torch.Tensor) -> torch.Tensor:
@@ -47,13 +47,20 @@ def _fake_reflection_pad_backward_add(grad_out: torch.Tensor, other: torch.Tenso
     return _unpadded(grad_out)
 
 
-def _fake_inrp(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, ...]:
-    torch._check(x.dim() == 4, lambda: "instance_norm_relu_pad expects an NCHW tensor")
-    return (_padded(x), *_stats(x))
+def _fake_norm_act(
+    x: torch.Tensor, eps: float = 1e-5, negative_slope: float = 0.0, pad: int = 0
+) -> tuple[torch.Tensor, ...]:
+    torch._check(x.dim() == 4, lambda: "instance_norm_act expects an NCHW tensor")
+    return (_padded(x, pad), *_stats(x))
 
 
-def _fake_inrp_backward(
-    grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+def _fake_norm_act_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    negative_slope: float = 0.0,
+    pad: int = 0,
 ) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -96,10 +103,17 @@ def _setup_stats(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.save_for_backward(inputs[0], mean, rstd)
 
 
-def _inrp_backward(ctx: Any, grad: torch.Tensor, _gm: Any, _gr: Any) -> tuple:
+def _setup_norm_act(ctx: Any, inputs: tuple, output: tuple) -> None:
+    _setup_stats(ctx, inputs, output)
+    ctx.negative_slope, ctx.pad = inputs[2], inputs[3]
+
+
+def _norm_act_backward(ctx: Any, grad: torch.Tensor, _gm: Any, _gr: Any) -> tuple:
     x, mean, rstd = ctx.saved_tensors
-    dx = torch.ops.restorekit.instance_norm_relu_pad_backward(grad, x, mean, rstd)
-    return dx, None
+    dx = torch.ops.restorekit.instance_norm_act_backward(
+        grad, x, mean, rstd, ctx.negative_slope, ctx.pad
+    )
+    return dx, None, None, None
 
 
 def _ina_backward(ctx: Any, grad: torch.Tensor, _gm: Any, _gr: Any) -> tuple:
@@ -120,8 +134,8 @@ def register() -> None:
         "reflection_pad": _fake_reflection_pad,
         "reflection_pad_backward": _fake_reflection_pad_backward,
         "reflection_pad_backward_add": _fake_reflection_pad_backward_add,
-        "instance_norm_relu_pad_with_stats": _fake_inrp,
-        "instance_norm_relu_pad_backward": _fake_inrp_backward,
+        "instance_norm_act_with_stats": _fake_norm_act,
+        "instance_norm_act_backward": _fake_norm_act_backward,
         "instance_norm_add_with_stats": _fake_ina,
         "instance_norm_add_backward": _fake_ina_backward,
     }
@@ -139,7 +153,7 @@ def register() -> None:
         setup_context=_no_context,
     )
     torch.library.register_autograd(
-        lib + "instance_norm_relu_pad_with_stats", _inrp_backward, setup_context=_setup_stats
+        lib + "instance_norm_act_with_stats", _norm_act_backward, setup_context=_setup_norm_act
     )
     torch.library.register_autograd(
         lib + "instance_norm_add_with_stats", _ina_backward, setup_context=_setup_stats

@@ -73,8 +73,9 @@ class Pix2PixHDOptions(TrainConfig):
         "help": "epochs at the initial learning rate", "range": (0, None)})
     niter_decay: int = field(default=100, metadata={
         "help": "epochs of linear decay to 0", "range": (0, None)})
-    fused: bool = field(default=True, metadata={"help": "fused C++/CUDA residual blocks "
-                                                         "(restorekit.ext; RESTOREKIT_EXT)"})
+    fused: bool = field(default=True, metadata={
+        "help": "fused C++/CUDA residual blocks and instance norms in G and D "
+                "(restorekit.ext; RESTOREKIT_EXT)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -172,6 +173,7 @@ class Pix2PixHD(TrainableModel):
         self.netD.to(device)
         if o.fused:
             set_fused(self.netG, True)
+            set_fused(self.netD, True)
         betas = (o.beta1, 0.999)
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr, betas=betas)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr, betas=betas)

@@ -54,8 +54,8 @@ class ResnetBlock(nn.Module):
     """Residual block of the generator bottleneck (Sec. 3.2; Johnson et al. 2016).
 
     ``x + [pad, conv3x3, IN, ReLU, pad, conv3x3, IN](x)``. With ``fused = True`` the
-    block runs through the compiled kernel ``restorekit.ext.resnet_block`` instead
-    (same weights, same result); see :func:`set_fused`.
+    block runs through the compiled kernels of ``restorekit.ext.resnet_block`` instead
+    (same weights, same result, one hand-written backward); see :func:`set_fused`.
     """
 
     fused: bool = False
@@ -79,16 +79,19 @@ class ResnetBlock(nn.Module):
 
 
 def set_fused(module: nn.Module, enabled: bool) -> int:
-    """Switch every :class:`ResnetBlock` inside ``module`` to the fused kernel or back.
+    """Switch ``module`` (a generator or discriminator) to the fused kernels or back.
 
-    Returns how many blocks were switched.
+    Every :class:`ResnetBlock` runs ``restorekit.ext.resnet_block``, and every other
+    ``InstanceNorm -> ReLU/LeakyReLU [-> ReflectionPad]`` run becomes one
+    ``restorekit.ext.InstanceNormAct`` (:func:`restorekit.ext.fuse_instance_norms`; the
+    ``state_dict`` does not change). Returns how many blocks and runs were switched.
     """
     count = 0
     for m in module.modules():
         if isinstance(m, ResnetBlock):
             m.fused = bool(enabled)
             count += 1
-    return count
+    return count + ext.fuse_instance_norms(module, enabled, skip=(ResnetBlock,))
 
 
 UPSAMPLE_MODES = ("transpose", "resize", "bilinear")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from restorekit import ext
 from restorekit.errors import CheckpointError
 from restorekit_pix2pixhd.losses import (
     VGG19,
@@ -295,17 +296,55 @@ def test_multiscale_finest_scale_uses_nvidia_index() -> None:
 # --- fused residual blocks -------------------------------------------------------------------
 
 
-def test_set_fused_counts_blocks() -> None:
+def test_set_fused_counts_blocks_and_norms() -> None:
     g = GlobalGenerator(3, 3, ngf=2, n_downsampling=1, n_blocks=4)
-    assert set_fused(g, True) == 4
+    # 4 blocks; the 7x7 front, one downsampling and one upsampling norm outside them.
+    assert set_fused(g, True) == 4 + 3
     assert all(m.fused for m in g.modules() if isinstance(m, ResnetBlock))
-    assert set_fused(g, False) == 4
+    fused = [m for m in g.model if isinstance(m, ext.InstanceNormAct)]
+    # The last upsampling norm takes the output layer's ReflectionPad2d(3) with it.
+    assert [(m.negative_slope, m.pad) for m in fused] == [(0.0, 0), (0.0, 0), (0.0, 3)]
+    assert set_fused(g, False) == 4 + 3
     assert not any(m.fused for m in g.modules() if isinstance(m, ResnetBlock))
+    assert not any(isinstance(m, ext.InstanceNormAct) for m in g.modules())
     local = LocalEnhancer(3, 3, ngf=2, n_downsample_global=1, n_blocks_global=5,
                           n_local_enhancers=2, n_blocks_local=3)  # fmt: skip
-    assert set_fused(local, True) == 5 + 3 + 3
+    assert set_fused(local, True) == (5 + 3 + 3) + 3 + 2 * 3
+    d = MultiscaleDiscriminator(6, ndf=4, n_layers=3, num_D=2)
+    assert set_fused(d, True) == 2 * 3
+    assert {m.negative_slope for m in d.modules() if isinstance(m, ext.InstanceNormAct)} == {0.2}
     assert set_fused(nn.Conv2d(1, 1, 1), True) == 0
     assert ResnetBlock(4).fused is False
+
+
+@pytest.mark.parametrize("netG", ["global", "local"])
+def test_fused_networks_match_plain(netG: str) -> None:
+    # Whole generator and discriminator, fused vs plain: same state_dict, outputs, gradients.
+    torch.manual_seed(0)
+    if netG == "global":
+        make = lambda: GlobalGenerator(3, 3, ngf=4, n_downsampling=2, n_blocks=2)  # noqa: E731
+    else:
+        make = lambda: LocalEnhancer(3, 3, ngf=4, n_downsample_global=1,  # noqa: E731
+                                     n_blocks_global=2, n_local_enhancers=1, n_blocks_local=1)
+    nets = {"plain": (make(), MultiscaleDiscriminator(6, ndf=4, n_layers=2, num_D=2))}
+    nets["fused"] = (make(), MultiscaleDiscriminator(6, ndf=4, n_layers=2, num_D=2))
+    for plain, fused in zip(nets["plain"], nets["fused"], strict=True):
+        fused.load_state_dict(plain.state_dict())
+        set_fused(fused, True)
+        assert fused.state_dict().keys() == plain.state_dict().keys()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    results = {}
+    for name, (g, d) in nets.items():
+        fake = g(x)
+        scores = d(torch.cat([x, fake], 1))
+        loss = sum(f.square().mean() for scale in scores for f in scale)
+        loss.backward()
+        grads = [p.grad.clone() for p in (*g.parameters(), *d.parameters())]
+        results[name] = (fake, loss, grads)
+    torch.testing.assert_close(results["fused"][0], results["plain"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results["fused"][1], results["plain"][1], rtol=1e-4, atol=1e-6)
+    for a, b in zip(results["fused"][2], results["plain"][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_resnet_block_plain_and_fused_paths(monkeypatch: pytest.MonkeyPatch) -> None:

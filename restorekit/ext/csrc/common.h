@@ -28,30 +28,46 @@ template <typename... Args>
 
 namespace restorekit {
 
-// Every op works on NCHW planes; reflection padding by 1 needs H >= 2 and W >= 2.
+// Reflection padding by 1 needs NCHW planes with H >= 2 and W >= 2.
 inline void check_planes(const at::Tensor& x, const char* op) {
   RK_CHECK(x.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", x.dim(),
-              " dimensions");
+           " dimensions");
   RK_CHECK(x.size(2) >= 2 && x.size(3) >= 2, "restorekit::", op,
-              ": reflection padding by 1 needs H >= 2 and W >= 2, got ", x.size(2), "x",
-              x.size(3));
+           ": reflection padding by 1 needs H >= 2 and W >= 2, got ", x.size(2), "x",
+           x.size(3));
 }
 
 // eps is added to the variance: it must be finite and not negative.
 inline void check_eps(double eps, const char* op) {
   RK_CHECK(std::isfinite(eps) && eps >= 0, "restorekit::", op,
-              ": eps must be finite and >= 0, got ", eps);
+           ": eps must be finite and >= 0, got ", eps);
+}
+
+// The activation's slope for negative inputs (0: ReLU, 1: none, else LeakyReLU).
+inline void check_slope(double slope, const char* op) {
+  RK_CHECK(std::isfinite(slope), "restorekit::", op,
+           ": negative_slope must be finite, got ", slope);
 }
 
 // The public ops check their arguments here, before autograd or dispatch touches them (a bad
 // tensor must raise, never crash, under every supported torch).
 inline void check_input(const at::Tensor& x, const char* op) {
   RK_CHECK(x.defined(), "restorekit::", op, ": expected a tensor, got an undefined one");
-  check_planes(x, op);
+  RK_CHECK(x.dim() == 4, "restorekit::", op, ": expected an NCHW tensor, got ", x.dim(),
+           " dimensions");
+  RK_CHECK(x.size(2) >= 1 && x.size(3) >= 1, "restorekit::", op,
+           ": expected planes of at least 1x1, got ", x.size(2), "x", x.size(3));
   const auto st = x.scalar_type();
   RK_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "restorekit::", op, ": unsupported dtype ", st,
-              " (float32, float64, float16 or bfloat16)");
+           "restorekit::", op, ": unsupported dtype ", st,
+           " (float32, float64, float16 or bfloat16)");
+}
+
+// Reflection padding by `pad` needs 0 <= pad < H and pad < W (as torch's ReflectionPad2d).
+inline void check_pad(const at::Tensor& x, int64_t pad, const char* op) {
+  RK_CHECK(pad >= 0 && pad < x.size(2) && pad < x.size(3), "restorekit::", op,
+           ": reflection padding by ", pad, " needs 0 <= pad < H and pad < W, got ", x.size(2),
+           "x", x.size(3));
 }
 
 inline void check_padded(const at::Tensor& g, const char* op) {
@@ -89,12 +105,24 @@ inline void check_stats(const at::Tensor& x, const at::Tensor& mean, const at::T
   }
 }
 
-inline std::vector<int64_t> padded_shape(const at::Tensor& x) {
-  return {x.size(0), x.size(1), x.size(2) + 2, x.size(3) + 2};
+inline std::vector<int64_t> padded_shape(const at::Tensor& x, int64_t pad = 1) {
+  return {x.size(0), x.size(1), x.size(2) + 2 * pad, x.size(3) + 2 * pad};
 }
 
-inline std::vector<int64_t> unpadded_shape(const at::Tensor& g) {
-  return {g.size(0), g.size(1), g.size(2) - 2, g.size(3) - 2};
+inline std::vector<int64_t> unpadded_shape(const at::Tensor& g, int64_t pad = 1) {
+  return {g.size(0), g.size(1), g.size(2) - 2 * pad, g.size(3) - 2 * pad};
+}
+
+// grad_out of an op whose output is x reflection-padded by `pad`.
+inline void check_grad_padded(const at::Tensor& g, const at::Tensor& x, int64_t pad,
+                              const char* op) {
+  RK_CHECK(g.defined() && g.sizes() == at::IntArrayRef(padded_shape(x, pad)), "restorekit::",
+           op, ": grad_out has shape ", g.defined() ? g.sizes() : at::IntArrayRef{},
+           ", expected ", at::IntArrayRef(padded_shape(x, pad)));
+  RK_CHECK(g.scalar_type() == x.scalar_type(), "restorekit::", op, ": grad_out has dtype ",
+           g.scalar_type(), ", expected ", x.scalar_type());
+  RK_CHECK(g.device() == x.device(), "restorekit::", op, ": grad_out is on ", g.device(),
+           ", expected ", x.device());
 }
 
 }  // namespace restorekit

@@ -6,7 +6,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -55,27 +60,29 @@ inline T vtotal(vec_t<T> a0, vec_t<T> a1, vec_t<T> a2, vec_t<T> a3) {
   return s;
 }
 
-// (xh > 0 ? g : 0) lane-wise (false for NaN, like the scalar form).
+// (xh > 0 ? g : slope * g) lane-wise: the gradient through act (false for NaN, like the
+// scalar form, so a NaN xhat passes slope * g).
 template <typename T>
-inline vec_t<T> vrelu_mask(vec_t<T> xh, vec_t<T> g) {
-  const auto m = xh > vec_t<T>{};
-  return (vec_t<T>)(((decltype(m))g) & m);
+inline vec_t<T> vact_grad(vec_t<T> xh, vec_t<T> g, vec_t<T> slope) {
+  return xh > vec_t<T>{} ? g : g * slope;
 }
 
+// sum(p[i] - shift).
 template <typename T>
-[[gnu::noinline]] T chunk_sum(const T* __restrict p, int64_t n) {
+[[gnu::noinline]] T chunk_sum(const T* __restrict p, int64_t n, T shift) {
   constexpr int V = Vec<T>::kWidth;
+  const vec_t<T> sv = vsplat(shift);
   vec_t<T> a0{}, a1{}, a2{}, a3{};
   int64_t i = 0;
   for (; i + 4 * V <= n; i += 4 * V) {
-    a0 += vload(p + i);
-    a1 += vload(p + i + V);
-    a2 += vload(p + i + 2 * V);
-    a3 += vload(p + i + 3 * V);
+    a0 += vload(p + i) - sv;
+    a1 += vload(p + i + V) - sv;
+    a2 += vload(p + i + 2 * V) - sv;
+    a3 += vload(p + i + 3 * V) - sv;
   }
-  for (; i + V <= n; i += V) a0 += vload(p + i);
+  for (; i + V <= n; i += V) a0 += vload(p + i) - sv;
   T s = vtotal<T>(a0, a1, a2, a3);
-  for (; i < n; ++i) s += p[i];
+  for (; i < n; ++i) s += p[i] - shift;
   return s;
 }
 
@@ -105,18 +112,18 @@ template <typename T>
   return s;
 }
 
-// a = sum(gm), b = sum(gm * xhat) with gm = (xhat > 0 ? g : 0), xhat = (x - m) * s.
+// a = sum(ga), b = sum(ga * xhat) with ga = (xhat > 0 ? g : slope * g), xhat = (x - m) * s.
 template <typename T>
-[[gnu::noinline]] void chunk_relu_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s,
-                            T& a, T& b) {
+[[gnu::noinline]] void chunk_act_sums(const T* __restrict g, const T* __restrict x, int64_t n,
+                                      T m, T s, T slope, T& a, T& b) {
   constexpr int V = Vec<T>::kWidth;
-  const vec_t<T> mv = vsplat(m), sv = vsplat(s);
+  const vec_t<T> mv = vsplat(m), sv = vsplat(s), kv = vsplat(slope);
   vec_t<T> a0{}, a1{}, b0{}, b1{};
   int64_t i = 0;
   for (; i + 2 * V <= n; i += 2 * V) {
     const vec_t<T> x0 = (vload(x + i) - mv) * sv, x1 = (vload(x + i + V) - mv) * sv;
-    const vec_t<T> g0 = vrelu_mask<T>(x0, vload(g + i));
-    const vec_t<T> g1 = vrelu_mask<T>(x1, vload(g + i + V));
+    const vec_t<T> g0 = vact_grad<T>(x0, vload(g + i), kv);
+    const vec_t<T> g1 = vact_grad<T>(x1, vload(g + i + V), kv);
     a0 += g0;
     a1 += g1;
     b0 += g0 * x0;
@@ -126,9 +133,9 @@ template <typename T>
   T sb = vtotal<T>(b0, b1, vec_t<T>{}, vec_t<T>{});
   for (; i < n; ++i) {
     const T xh = (x[i] - m) * s;
-    const T gm = xh > T(0) ? g[i] : T(0);
-    sa += gm;
-    sb += gm * xh;
+    const T ga = xh > T(0) ? g[i] : slope * g[i];
+    sa += ga;
+    sb += ga * xh;
   }
   a = sa;
   b = sb;
@@ -159,12 +166,14 @@ template <typename T>
   b = sb;
 }
 
-// Two-pass mean and biased variance of one contiguous plane.
+// Two-pass mean and biased variance of one contiguous plane, shifted by its first element:
+// a constant plane (any value) then gets exactly its value as mean and 0 as variance.
 template <typename T>
 inline void plane_stats(const T* __restrict x, int64_t n, double eps, T& mean, T& rstd) {
+  const T shift = x[0];
   double s = 0;
-  for (int64_t i = 0; i < n; i += kChunk) s += chunk_sum(x + i, std::min(kChunk, n - i));
-  const T m = static_cast<T>(s / static_cast<double>(n));
+  for (int64_t i = 0; i < n; i += kChunk) s += chunk_sum(x + i, std::min(kChunk, n - i), shift);
+  const T m = shift + static_cast<T>(s / static_cast<double>(n));
   double q = 0;
   for (int64_t i = 0; i < n; i += kChunk) q += chunk_sqdev(x + i, std::min(kChunk, n - i), m);
   mean = m;
@@ -173,40 +182,49 @@ inline void plane_stats(const T* __restrict x, int64_t n, double eps, T& mean, T
                               : static_cast<T>(1.0 / std::sqrt(q / static_cast<double>(n) + eps));
 }
 
-// dst[c] += reflection-gathered padded row `src` (length W + 2) for c in [0, W).
+// dst[c] += reflection-gathered padded row `src` (length W + 2p) for c in [0, W): the
+// interior column c + p, plus the left border column p - c for 1 <= c <= p, plus the right
+// border column p + W + (W - 2 - c) for W - 1 - p <= c <= W - 2.
 template <typename T>
-inline void add_gathered_row(T* __restrict dst, const T* __restrict src, int64_t W) {
+inline void add_gathered_row(T* __restrict dst, const T* __restrict src, int64_t W, int64_t p) {
 #pragma omp simd
-  for (int64_t c = 0; c < W; ++c) dst[c] += src[c + 1];
-  dst[1] += src[0];
-  dst[W - 2] += src[W + 1];
+  for (int64_t c = 0; c < W; ++c) dst[c] += src[c + p];
+  for (int64_t c = 1; c <= p; ++c) dst[c] += src[p - c];
+  for (int64_t c = W - 1 - p; c <= W - 2; ++c) dst[c] += src[p + W + (W - 2 - c)];
 }
 
-// Interior row r of the gradient of reflection padding by 1 (gather, no atomics).
+// Interior row r of the gradient of reflection padding by p (a gather, no atomics): padded
+// row r + p, plus the top border row p - r for 1 <= r <= p, plus the bottom border row
+// p + H + (H - 2 - r) for H - 1 - p <= r <= H - 2.
 template <typename T>
 inline void gather_row(T* __restrict dst, const T* __restrict g, int64_t r, int64_t H,
-                       int64_t W) {
-  const int64_t Wp = W + 2;
-  const T* __restrict src = g + (r + 1) * Wp;
+                       int64_t W, int64_t p = 1) {
+  const int64_t Wp = W + 2 * p;
+  const T* __restrict src = g + (r + p) * Wp;
 #pragma omp simd
-  for (int64_t c = 0; c < W; ++c) dst[c] = src[c + 1];
-  dst[1] += src[0];
-  dst[W - 2] += src[W + 1];
-  if (r == 1) add_gathered_row(dst, g, W);                  // padded row 0 mirrors row 1
-  if (r == H - 2) add_gathered_row(dst, g + (H + 1) * Wp, W);  // padded row H+1 mirrors H-2
+  for (int64_t c = 0; c < W; ++c) dst[c] = src[c + p];
+  for (int64_t c = 1; c <= p; ++c) dst[c] += src[p - c];
+  for (int64_t c = W - 1 - p; c <= W - 2; ++c) dst[c] += src[p + W + (W - 2 - c)];
+  if (r >= 1 && r <= p) add_gathered_row(dst, g + (p - r) * Wp, W, p);
+  if (r >= H - 1 - p && r <= H - 2) add_gathered_row(dst, g + (p + H + (H - 2 - r)) * Wp, W, p);
 }
 
-// Fill the reflected border of a padded plane whose interior is already written.
+// Fill the reflected border (width p) of a padded plane whose interior is already written.
 template <typename T>
-inline void fill_border(T* __restrict out, int64_t H, int64_t W) {
-  const int64_t Wp = W + 2;
-  for (int64_t r = 1; r <= H; ++r) {
+inline void fill_border(T* __restrict out, int64_t H, int64_t W, int64_t p = 1) {
+  if (p == 0) return;
+  const int64_t Wp = W + 2 * p;
+  for (int64_t r = p; r < p + H; ++r) {
     T* row = out + r * Wp;
-    row[0] = row[2];
-    row[W + 1] = row[W - 1];
+    for (int64_t j = 1; j <= p; ++j) {
+      row[p - j] = row[p + j];
+      row[p + W - 1 + j] = row[p + W - 1 - j];
+    }
   }
-  std::memcpy(out, out + 2 * Wp, sizeof(T) * Wp);
-  std::memcpy(out + (H + 1) * Wp, out + (H - 1) * Wp, sizeof(T) * Wp);
+  for (int64_t j = 1; j <= p; ++j) {
+    std::memcpy(out + (p - j) * Wp, out + (p + j) * Wp, sizeof(T) * Wp);
+    std::memcpy(out + (p + H - 1 + j) * Wp, out + (p + H - 1 - j) * Wp, sizeof(T) * Wp);
+  }
 }
 
 // Run fn(plane) for every plane, a contiguous run of planes per thread.
@@ -224,15 +242,49 @@ inline void for_each_plane(int64_t planes, int64_t plane_numel, const F& fn) {
 // plane(s) it works on into its own float scratch, runs the float kernel, and narrows the
 // result back (statistics stay float). No whole-tensor casts, float accumulation.
 
-template <typename R>
-inline void widen(const R* __restrict src, float* __restrict dst, int64_t n) {
+// The conversions are written on the bits so that they vectorise (c10's scalar conversions
+// do not, and cost more than the kernels themselves); they round as c10 does: to nearest,
+// ties to even, NaN stays NaN.
+inline void widen(const c10::BFloat16* __restrict src, float* __restrict dst, int64_t n) {
+  const uint16_t* __restrict s = reinterpret_cast<const uint16_t*>(src);
+  uint32_t* __restrict d = reinterpret_cast<uint32_t*>(dst);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
 }
 
-template <typename R>
-inline void narrow(const float* __restrict src, R* __restrict dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<R>(src[i]);
+inline void narrow(const float* __restrict src, c10::BFloat16* __restrict dst, int64_t n) {
+  const uint32_t* __restrict s = reinterpret_cast<const uint32_t*>(src);
+  uint16_t* __restrict d = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = s[i];
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    d[i] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+  }
+}
+
+inline void widen(const c10::Half* __restrict src, float* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+inline void narrow(const float* __restrict src, c10::Half* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), h);
+  }
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
 }
 
 // Thread-local float buffer number `slot` with room for n elements.
@@ -281,50 +333,51 @@ void pad_backward_add_plane(const T* __restrict gp, const T* __restrict op,
   }
 }
 
+// act(v) = v < 0 ? slope * v : v (keeps NaN, like torch.relu and leaky_relu).
 template <typename T>
-void inrp_plane(const T* __restrict xp, T* __restrict op, T* mean, T* rstd, int64_t H,
-                int64_t W, double eps) {
-  const int64_t Wp = W + 2;
+void norm_act_plane(const T* __restrict xp, T* __restrict op, T* mean, T* rstd, int64_t H,
+                    int64_t W, int64_t p, double eps, T slope) {
+  const int64_t Wp = W + 2 * p;
   T m, s;
   plane_stats(xp, H * W, eps, m, s);
   *mean = m;
   *rstd = s;
   for (int64_t r = 0; r < H; ++r) {
     const T* __restrict xr = xp + r * W;
-    T* __restrict orow = op + (r + 1) * Wp + 1;
+    T* __restrict orow = op + (r + p) * Wp + p;
 #pragma omp simd
     for (int64_t c = 0; c < W; ++c) {
       const T v = (xr[c] - m) * s;
-      orow[c] = v < T(0) ? T(0) : v;  // keeps NaN, like torch.relu
+      orow[c] = v < T(0) ? slope * v : v;
     }
   }
-  fill_border(op, H, W);
+  fill_border(op, H, W, p);
 }
 
 template <typename T>
-void inrp_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp, T m,
-                         T s, int64_t H, int64_t W) {
+void norm_act_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp,
+                             T m, T s, T slope, int64_t H, int64_t W, int64_t p) {
   const int64_t n = H * W;
   // Pass 1, by blocks of whole rows (about kChunk elements, contiguous in dp and x): gather
-  // the padded gradient into dp, then sum g and g * xhat under the ReLU mask while the block
-  // is in L1. Reading g and x block by block keeps both streams going at once.
+  // the padded gradient into dp, then sum ga and ga * xhat while the block is in L1. Reading
+  // g and x block by block keeps both streams going at once.
   const int64_t rows = std::max<int64_t>(1, kChunk / W);
   double s1 = 0, s2 = 0;
   for (int64_t r0 = 0; r0 < H; r0 += rows) {
     const int64_t r1 = std::min(H, r0 + rows);
-    for (int64_t r = r0; r < r1; ++r) gather_row(dp + r * W, gp, r, H, W);
+    for (int64_t r = r0; r < r1; ++r) gather_row(dp + r * W, gp, r, H, W, p);
     T a, b;
-    chunk_relu_sums(dp + r0 * W, xp + r0 * W, (r1 - r0) * W, m, s, a, b);
+    chunk_act_sums(dp + r0 * W, xp + r0 * W, (r1 - r0) * W, m, s, slope, a, b);
     s1 += a;
     s2 += b;
   }
-  // Pass 2 (from cache): dx = rstd * (mask * g - mean(g) - xhat * mean(g * xhat)).
+  // Pass 2 (from cache): dx = rstd * (ga - mean(ga) - xhat * mean(ga * xhat)).
   const T k1 = static_cast<T>(s1 / n), k2 = static_cast<T>(s2 / n);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T xh = (xp[i] - m) * s;
-    const T gm = xh > T(0) ? dp[i] : T(0);
-    dp[i] = s * (gm - k1 - xh * k2);
+    const T ga = xh > T(0) ? dp[i] : slope * dp[i];
+    dp[i] = s * (ga - k1 - xh * k2);
   }
 }
 
@@ -446,20 +499,22 @@ at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& o
   return dx;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats(
-    const at::Tensor& x_, double eps) {
-  check_planes(x_, "instance_norm_relu_pad");
-  check_dtype(x_, "instance_norm_relu_pad");
-  check_eps(eps, "instance_norm_relu_pad");
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_with_stats(
+    const at::Tensor& x_, double eps, double slope, int64_t pad) {
+  const char* op = "instance_norm_act";
+  check_input(x_, op);
+  check_eps(eps, op);
+  check_slope(slope, op);
+  check_pad(x_, pad, op);
   const at::Tensor x = x_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t n = H * W, pn = (H + 2) * (W + 2);
-  at::Tensor out = at::empty(padded_shape(x), x.options());
+  const int64_t n = H * W, pn = (H + 2 * pad) * (W + 2 * pad);
+  at::Tensor out = at::empty(padded_shape(x, pad), x.options());
   auto sopt = x.options().dtype(stats_dtype(x.scalar_type()));
   at::Tensor mean = at::empty({N, C}, sopt), rstd = at::empty({N, C}, sopt);
   if (N * C == 0) return {out, mean, rstd};
   if (is_reduced(x)) {
-    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad", [&] {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_act", [&] {
       const scalar_t* xs = x.const_data_ptr<scalar_t>();
       scalar_t* os = out.mutable_data_ptr<scalar_t>();
       float* ms = mean.mutable_data_ptr<float>();
@@ -467,46 +522,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pad_with_stats
       for_each_plane(N * C, n, [&](int64_t p) {
         float *xf = scratch(0, n), *of = scratch(1, pn);
         widen(xs + p * n, xf, n);
-        inrp_plane(xf, of, ms + p, rs + p, H, W, eps);
+        norm_act_plane(xf, of, ms + p, rs + p, H, W, pad, eps, static_cast<float>(slope));
         narrow(of, os + p * pn, pn);
       });
     });
     return {out, mean, rstd};
   }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_act", [&] {
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     scalar_t* os = out.mutable_data_ptr<scalar_t>();
     scalar_t* ms = mean.mutable_data_ptr<scalar_t>();
     scalar_t* rs = rstd.mutable_data_ptr<scalar_t>();
     for_each_plane(N * C, n, [&](int64_t p) {
-      inrp_plane(xs + p * n, os + p * pn, ms + p, rs + p, H, W, eps);
+      norm_act_plane(xs + p * n, os + p * pn, ms + p, rs + p, H, W, pad, eps,
+                     static_cast<scalar_t>(slope));
     });
   });
   return {out, mean, rstd};
 }
 
-at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tensor& x_,
-                                           const at::Tensor& mean_, const at::Tensor& rstd_) {
-  check_planes(x_, "instance_norm_relu_pad_backward");
-  check_dtype(x_, "instance_norm_relu_pad_backward");
-  check_padded(g_, "instance_norm_relu_pad_backward");
-  RK_CHECK(g_.sizes() == at::IntArrayRef(padded_shape(x_)),
-              "restorekit::instance_norm_relu_pad_backward: grad_out has shape ", g_.sizes(),
-              ", expected ", at::IntArrayRef(padded_shape(x_)));
-  RK_CHECK(g_.scalar_type() == x_.scalar_type(),
-              "restorekit::instance_norm_relu_pad_backward: dtype mismatch");
-  RK_CHECK(g_.device() == x_.device(),
-              "restorekit::instance_norm_relu_pad_backward: grad_out is on another device");
-  check_stats(x_, mean_, rstd_, "instance_norm_relu_pad_backward");
+at::Tensor instance_norm_act_backward(const at::Tensor& g_, const at::Tensor& x_,
+                                      const at::Tensor& mean_, const at::Tensor& rstd_,
+                                      double slope, int64_t pad) {
+  const char* op = "instance_norm_act_backward";
+  check_input(x_, op);
+  check_slope(slope, op);
+  check_pad(x_, pad, op);
+  check_grad_padded(g_, x_, pad, op);
+  check_stats(x_, mean_, rstd_, op);
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
   const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
   const int64_t P = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t gn = (H + 2) * (W + 2), xn = H * W;
+  const int64_t gn = (H + 2 * pad) * (W + 2 * pad), xn = H * W;
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (P == 0) return dx;
   if (is_reduced(x)) {
-    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(),
-                                       "restorekit::instance_norm_relu_pad_backward", [&] {
+    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_act_backward",
+                                       [&] {
       const scalar_t* gs = g.const_data_ptr<scalar_t>();
       const scalar_t* xs = x.const_data_ptr<scalar_t>();
       const float* ms = mean.const_data_ptr<float>();
@@ -516,20 +568,21 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
         float *gf = scratch(0, gn), *xf = scratch(1, xn), *df = scratch(2, xn);
         widen(gs + p * gn, gf, gn);
         widen(xs + p * xn, xf, xn);
-        inrp_backward_plane(gf, xf, df, ms[p], rs[p], H, W);
+        norm_act_backward_plane(gf, xf, df, ms[p], rs[p], static_cast<float>(slope), H, W, pad);
         narrow(df, ds + p * xn, xn);
       });
     });
     return dx;
   }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_relu_pad_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_act_backward", [&] {
     const scalar_t* gs = g.const_data_ptr<scalar_t>();
     const scalar_t* xs = x.const_data_ptr<scalar_t>();
     const scalar_t* ms = mean.const_data_ptr<scalar_t>();
     const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
     scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
     for_each_plane(P, xn, [&](int64_t p) {
-      inrp_backward_plane(gs + p * gn, xs + p * xn, ds + p * xn, ms[p], rs[p], H, W);
+      norm_act_backward_plane(gs + p * gn, xs + p * xn, ds + p * xn, ms[p], rs[p],
+                              static_cast<scalar_t>(slope), H, W, pad);
     });
   });
   return dx;
@@ -537,8 +590,7 @@ at::Tensor instance_norm_relu_pad_backward(const at::Tensor& g_, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
     const at::Tensor& x_, const at::Tensor& res_, double eps) {
-  check_planes(x_, "instance_norm_add");
-  check_dtype(x_, "instance_norm_add");
+  check_input(x_, "instance_norm_add");
   check_same(x_, res_, "instance_norm_add", "residual");
   check_eps(eps, "instance_norm_add");
   const at::Tensor x = x_.contiguous(), res = res_.contiguous();
@@ -579,8 +631,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
 
 at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_,
                                       const at::Tensor& mean_, const at::Tensor& rstd_) {
-  check_planes(x_, "instance_norm_add_backward");
-  check_dtype(x_, "instance_norm_add_backward");
+  check_input(x_, "instance_norm_add_backward");
   check_same(x_, g_, "instance_norm_add_backward", "grad_out");
   check_stats(x_, mean_, rstd_, "instance_norm_add_backward");
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
@@ -626,8 +677,8 @@ TORCH_LIBRARY_IMPL(restorekit, CPU, m) {
   m.impl("reflection_pad", &cpu::reflection_pad);
   m.impl("reflection_pad_backward", &cpu::reflection_pad_backward);
   m.impl("reflection_pad_backward_add", &cpu::reflection_pad_backward_add);
-  m.impl("instance_norm_relu_pad_with_stats", &cpu::instance_norm_relu_pad_with_stats);
-  m.impl("instance_norm_relu_pad_backward", &cpu::instance_norm_relu_pad_backward);
+  m.impl("instance_norm_act_with_stats", &cpu::instance_norm_act_with_stats);
+  m.impl("instance_norm_act_backward", &cpu::instance_norm_act_backward);
   m.impl("instance_norm_add_with_stats", &cpu::instance_norm_add_with_stats);
   m.impl("instance_norm_add_backward", &cpu::instance_norm_add_backward);
 }
