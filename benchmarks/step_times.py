@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from restorekit.engine import allocator
 from restorekit.engine.trainer import make_step_context, step_function
 from restorekit.pipeline import Pipeline
 from restorekit_pix2pixhd.model import Pix2PixHD
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    allocator.keep_freed_memory()  # as `restorekit run` does: freed activations are reused
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # what the engine sets for fp32

@@ -1,50 +1,89 @@
-"""Benchmark: one Pix2PixHD training step (quick preset) with and without the fused blocks.
+"""Benchmark: one whole Pix2PixHD training step per preset and configuration.
 
-Run: pytest benchmarks/test_train_step.py --benchmark-only. The batch is fixed and seeded;
-each round is one full G-then-D step (forward, backward, Adam) as ``--train`` runs it.
+Run: pytest benchmarks/test_train_step.py --benchmark-only. Each round is one step as
+``restorekit run --train`` takes it (``step_times.make_case``: the engine's StepContext, G then
+D, each forward, backward and Adam) on a fixed, seeded batch, after enough warm-up steps
+for a CUDA-graphed step to be captured. Configurations: ``CONFIGS`` (the graphed ones on CUDA
+only). Presets: ``quick`` on every device, ``lol`` and ``paper`` on CUDA;
+``RK_BENCH_STEP_PRESETS=quick,lol`` picks them on any device. ``extra_info`` carries the FLOPs
+of one step (``benchmarks/flops.py``), from which ``benchmarks/ratios.py`` prints the
+achieved TFLOP/s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 import torch
+from bench_common import ROUNDS, run_benchmark
+from flops import count_flops
+from step_times import make_case
 
-from restorekit.pipeline import Pipeline
-from restorekit_pix2pixhd.model import Pix2PixHD
+from restorekit.engine import graphed
+from restorekit.engine.config import native_bf16_cpu
+
+PRESETS = ("quick", "lol", "paper")
+
+# Configuration -> settings of step_times.make_case (Pix2PixHD and engine options). "plain
+# fp32" is the reference of every speed-up: NVIDIA's architecture and optimiser in eager
+# PyTorch, fp32 on TF32 tensor cores on CUDA.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "plain fp32": {"fused": False, "precision": "fp32", "fused_optimizer": False},
+    "fused fp32": {"fused": True, "precision": "fp32", "fused_optimizer": True},
+    "fused bf16": {"fused": True, "precision": "bf16", "fused_optimizer": True},
+    "fused fp32 graph": {"fused": True, "precision": "fp32", "fused_optimizer": True,
+                         "cuda_graph": True},
+    "fused bf16 graph": {"fused": True, "precision": "bf16", "fused_optimizer": True,
+                         "cuda_graph": True},
+}
 
 
-class _Step:
-    """The engine's StepContext, reduced to what the step needs (fp32, no autocast)."""
-
-    def __init__(self, model: Pix2PixHD, device: torch.device) -> None:
-        self.model, self.device, self.epoch, self.step = model, device, 0, 0
-
-    def autocast(self):
-        return torch.autocast(self.device.type, enabled=False)
-
-    def backward_step(self, loss: torch.Tensor, name: str) -> None:
-        opt = self.model.optimizers()[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+def presets_to_run(device: str) -> list[str]:
+    """RK_BENCH_STEP_PRESETS (comma-separated) if set, else every preset on CUDA, else quick."""
+    listed = os.environ.get("RK_BENCH_STEP_PRESETS", "")
+    if listed.strip():
+        return [name.strip() for name in listed.split(",")]
+    return list(PRESETS) if device == "cuda" else ["quick"]
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
-def test_quick_preset_train_step(benchmark, restorekit_ops, device, fused):
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    options = Pix2PixHD.make_options("quick", fused=fused)
-    model = Pix2PixHD(options, Pipeline())
-    model.build(dev)
-    size, n = options.crop_size, options.batch_size
-    low = (torch.rand(n, 3, size, size, device=dev) * 0.2)
-    high = torch.rand(n, 3, size, size, device=dev)
-    ctx = _Step(model, dev)
-    for _ in range(2):  # warm-up (allocator, first-call dispatch)
-        model.train_step(low, high, ctx)
-    benchmark.group = f"train-step quick {device}"
-    benchmark.extra_info.update(case="train_step", impl="fused" if fused else "eager",
-                                mode="fwdbwd", shape="quick", device=device)
-    benchmark.pedantic(model.train_step, args=(low, high, ctx), rounds=15, iterations=1)
+@contextlib.contextmanager
+def engine_matmul_settings(device: str, precision: str) -> Iterator[None]:
+    """TF32 tensor cores for fp32 on CUDA, as ``restorekit run`` sets them; restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if device == "cuda" and precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("config", list(CONFIGS), ids=[c.replace(" ", "_") for c in CONFIGS])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_train_step(benchmark, restorekit_ops, device, preset, config):
+    """One training step (G then D) of the preset under the configuration."""
+    if preset not in presets_to_run(device):
+        pytest.skip(f"{preset} runs on CUDA (or when RK_BENCH_STEP_PRESETS lists it)")
+    settings = CONFIGS[config]
+    if settings.get("cuda_graph") and device != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device")
+    if settings["precision"] == "bf16" and device == "cpu" and not native_bf16_cpu():
+        pytest.skip("bfloat16 is emulated on this CPU")
+    with engine_matmul_settings(device, settings["precision"]):
+        step = make_case(preset, device=torch.device(device), **settings)
+        flops = count_flops(step)  # one step, also the first warm-up
+        for _ in range(graphed.WARMUP_STEPS):  # the last one captures a graphed step
+            step()
+        run_benchmark(
+            benchmark,
+            step,
+            device=device,
+            group=f"train-step {preset} {device}",
+            rounds=ROUNDS["step"],
+            info={"case": "train_step", "impl": config, "mode": "fwdbwd", "shape": preset,
+                  "device": device, "precision": settings["precision"], "flops": flops},
+        )

@@ -133,7 +133,7 @@ template <typename T>
   T sb = vtotal<T>(b0, b1, vec_t<T>{}, vec_t<T>{});
   for (; i < n; ++i) {
     const T xh = (x[i] - m) * s;
-    const T ga = xh > T(0) ? g[i] : slope * g[i];
+    const T ga = g[i] * (xh > T(0) ? T(1) : slope);
     sa += ga;
     sb += ga * xh;
   }
@@ -348,7 +348,9 @@ void norm_act_plane(const T* __restrict xp, T* __restrict op, T* mean, T* rstd, 
 #pragma omp simd
     for (int64_t c = 0; c < W; ++c) {
       const T v = (xr[c] - m) * s;
-      orow[c] = v < T(0) ? slope * v : v;
+      // Branch-free (a branch on the sign mispredicts in the loop's scalar tail): exactly
+      // v for v >= 0 and slope * v below, NaN stays NaN.
+      orow[c] = std::max(v, T(0)) + slope * std::min(v, T(0));
     }
   }
   fill_border(op, H, W, p);
@@ -376,7 +378,7 @@ void norm_act_backward_plane(const T* __restrict gp, const T* __restrict xp, T* 
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T xh = (xp[i] - m) * s;
-    const T ga = xh > T(0) ? dp[i] : slope * dp[i];
+    const T ga = dp[i] * (xh > T(0) ? T(1) : slope);
     dp[i] = s * (ga - k1 - xh * k2);
   }
 }
