@@ -6,13 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import (
+    Tiny,
+    TinyPairs,
+    all_tensors,
+    cheap_baselines,  # noqa: F401  (autouse fixture)
+    make,
+    run,
+)
 from torch import nn
 
 from restorekit.engine import graphed, optimizers
 from restorekit.engine.trainer import make_step_context, step_function
 from restorekit.errors import UsageError
-from test_training import Tiny, TinyPairs, all_tensors, make, run
-from test_training import cheap_baselines  # noqa: F401  (autouse fixture)
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
