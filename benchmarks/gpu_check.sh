@@ -2,11 +2,14 @@
 # The GPU check: on a fresh GPU machine with its own PyTorch, in about 5 minutes,
 #   1. install this checkout without touching torch, build the extension (CPU + CUDA), and
 #      probe whether this torch build survives exceptions raised inside extension ops,
-#   2. time a training step of the lol / paper / quick presets, plain and fused, under each
-#      precision (benchmarks/step_times.py, one process),
-#   3. run the CUDA benchmarks of the fused ops and summarise them (benchmarks/ratios.py),
-#   4. run the whole test suite, and meanwhile train the `quick` preset on CUDA under the
-#      default precision, bf16 and fp16 (test PSNR of each),
+#   2. time a training step of the lol / paper / quick presets under each configuration:
+#      plain fp32 (NVIDIA's network, eager), fused fp32/bf16, and both captured in a CUDA graph
+#      (benchmarks/step_times.py, one process, with TFLOP/s),
+#   3. run the CUDA benchmarks of the fused ops (GB/s, graph-replayed and queued), the block
+#      (torch.compile of the plain and the fused block: float32 forward+backward only, to keep
+#      the compile time down) and summarise them (benchmarks/ratios.py),
+#   4. run the whole test suite, and meanwhile train the `quick` preset on CUDA with the
+#      defaults, in bf16, and with --cuda-graph (test PSNR of each),
 #   5. start a 1-GPU distributed run under torchrun (the NCCL path),
 # then print one summary (also written to $OUT/summary.md; logs in $OUT/logs.tgz).
 # Usage: bash benchmarks/gpu_check.sh   (OUT=DIR keeps the results there)
@@ -56,7 +59,8 @@ say ""
 say "## Training step, median ms (one process, interleaved)"
 grep '^|' "$logs/step_times.log" | tee -a "$summary"
 
-step cuda_benchmarks "$PY" -m pytest benchmarks -k cuda --benchmark-only -q -p no:cacheprovider \
+step cuda_benchmarks "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
+  -k "cuda and not train_step and not (compile and (bfloat16 or (fwd and not fwdbwd)))" \
   --benchmark-json="$out/cuda_bench.json"
 say ""
 say "## Fused ops and block (benchmarks/ratios.py, min over rounds)"
@@ -76,14 +80,14 @@ step train_default train default &
 p1=$!
 step train_bf16 train bf16 --precision bf16 &
 p2=$!
-step train_fp16 train fp16 --precision fp16 &
+step train_graph train graph --cuda-graph &
 p3=$!
 wait "$p1" "$p2" "$p3" "$tests_pid"
 grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$logs/tests.log" | tail -n 30 | tee -a "$summary"
 say ""
-say "| quick training on CUDA | precision | steps | test PSNR | SSIM | CIEDE2000 |"
-say "| --- | --- | ---: | ---: | ---: | ---: |"
-for label in default bf16 fp16; do
+say "| quick training on CUDA (wall time: the train_* lines above) | precision | CUDA graph | steps | test PSNR | SSIM | CIEDE2000 |"
+say "| --- | --- | --- | ---: | ---: | ---: | ---: |"
+for label in default bf16 graph; do
   "$PY" - "$runs/quick-$label" "$logs/train_$label.log" <<'EOF' | tee -a "$summary"
 import json, sys
 from pathlib import Path
@@ -91,10 +95,12 @@ run, log = Path(sys.argv[1]), Path(sys.argv[2])
 try:
     cfg = json.loads((run / "config.json").read_text())
     m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
-    print(f"| {run.name} | {cfg.get('precision')} | {m['step']} | {m['psnr']:.2f} | "
-          f"{m.get('ssim', float('nan')):.3f} | {m.get('ciede2000', float('nan')):.2f} |")
+    opts = cfg.get("options", {})
+    print(f"| {run.name} | {cfg.get('precision')} | {opts.get('cuda_graph')} | {m['step']} | "
+          f"{m['psnr']:.2f} | {m.get('ssim', float('nan')):.3f} | "
+          f"{m.get('ciede2000', float('nan')):.2f} |")
 except Exception as exc:  # report, never stop the summary
-    print(f"| {run.name} | - | - | - | - | no result ({exc}) |")
+    print(f"| {run.name} | - | - | - | - | - | no result ({exc}) |")
 EOF
 done
 # The NCCL path of distributed training: torchrun with one GPU (world size 1), a few steps.

@@ -1,13 +1,14 @@
-"""Time one Pix2PixHD training step per preset, fused or plain, under each precision.
+"""Time one Pix2PixHD training step per preset under each configuration (``CONFIGS``).
 
 Usage: python benchmarks/step_times.py [--presets lol,paper,quick] [--steps 20]
-       [--device cuda] [--precisions fp32,bf16,fp16] [--json OUT.json]
+       [--device cuda] [--configs "plain fp32,fused bf16 graph"] [--json OUT.json]
 
 Everything runs in one process on one device, the configurations interleaved round by round
 (so drift of clocks or temperature hits them alike); a step is what ``restorekit run --train``
-does for one batch (G then D: forward, backward, Adam; GradScaler under fp16), with the
-engine's own StepContext. Prints a markdown table of median milliseconds per step and the
-speed-up over the plain fp32 step (NVIDIA's architecture, eager PyTorch).
+does for one batch (G then D: forward, backward, Adam), with the engine's own step context
+and step function (``--fused-optimizer``, ``--cuda-graph``). Prints a markdown table of
+median milliseconds per step, the achieved TFLOP/s (``benchmarks/flops.py``) and the
+speed-up over the plain fp32 step (NVIDIA's architecture and optimiser, eager PyTorch).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 import torch
 
-from restorekit.engine import allocator
+from restorekit.engine import allocator, graphed
+from restorekit.engine.config import native_bf16_cpu
 from restorekit.engine.trainer import make_step_context, step_function
 from restorekit.pipeline import Pipeline
 from restorekit_pix2pixhd.model import Pix2PixHD
@@ -57,32 +59,55 @@ def make_case(preset: str, fused: bool, precision: str, device: torch.device,
     return step
 
 
+# Configuration -> settings of make_case (Pix2PixHD and engine options). "plain fp32" is the
+# reference of every speed-up: NVIDIA's architecture and optimiser in eager PyTorch, fp32 on
+# TF32 tensor cores on CUDA. The graphed ones need CUDA.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "plain fp32": {"fused": False, "precision": "fp32", "fused_optimizer": False},
+    "fused fp32": {"fused": True, "precision": "fp32", "fused_optimizer": True},
+    "fused bf16": {"fused": True, "precision": "bf16", "fused_optimizer": True},
+    "fused fp32 graph": {"fused": True, "precision": "fp32", "fused_optimizer": True,
+                         "cuda_graph": True},
+    "fused bf16 graph": {"fused": True, "precision": "bf16", "fused_optimizer": True,
+                         "cuda_graph": True},
+}
+
+
+def runs_on(config: str, device: torch.device) -> bool:
+    """Whether ``config`` runs on ``device`` (graphs need CUDA; bf16 a CPU that has it)."""
+    settings = CONFIGS[config]
+    if settings.get("cuda_graph") and device.type != "cuda":
+        return False
+    return not (settings["precision"] == "bf16" and device.type == "cpu"
+                and not native_bf16_cpu())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="lol,paper,quick")
-    parser.add_argument("--precisions", default="fp32,bf16,fp16")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated names of CONFIGS")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    from flops import step_flops  # flops imports this module
+
     allocator.keep_freed_memory()  # as `restorekit run` does: freed activations are reused
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # what the engine sets for fp32
         torch.backends.cudnn.allow_tf32 = True
-    precisions = args.precisions.split(",")
+    names = [c for c in args.configs.split(",") if runs_on(c, device)]
     results: dict[str, dict[str, float]] = {}
+    tflop: dict[str, float] = {}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"# training step times on {where}, torch {torch.__version__}", file=sys.stderr)
     for preset in args.presets.split(","):
-        cases = {}
-        for precision in precisions:
-            for fused in (False, True):
-                name = f"{'fused' if fused else 'plain'} {precision}"
-                cases[name] = make_case(preset, fused, precision, device)
+        tflop[preset] = step_flops(preset, torch.device("meta")) / 1e12
+        cases = {name: make_case(preset, device=device, **CONFIGS[name]) for name in names}
         for step in cases.values():
-            for _ in range(args.warmup):
+            for _ in range(graphed.WARMUP_STEPS + 1):  # a graphed step is captured by then
                 step()
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.steps):  # interleaved rounds
@@ -95,18 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {preset}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in results[preset].items()),
               file=sys.stderr)
 
-    names = [f"{impl} {p}" for p in precisions for impl in ("plain", "fused")]
-    print("| preset | " + " | ".join(names) + " | best vs plain fp32 |")
-    print("| --- |" + " ---: |" * (len(names) + 1))
+    print("| preset | TFLOP/step | " + " | ".join(names) + " | best vs plain fp32 |")
+    print("| --- | ---: |" + " ---: |" * (len(names) + 1))
     for preset, row in results.items():
         base = row.get("plain fp32")
         best = min(row, key=row.get)
         gain = f"{best}: {base / row[best]:.2f}x" if base else best
-        print(f"| `{preset}` | " + " | ".join(f"{row[n]:.2f} ms" for n in names)
-              + f" | {gain} |")
+        cells = [f"{row[n]:.2f} ms ({tflop[preset] / row[n] * 1e3:.1f} TFLOP/s)" for n in names]
+        print(f"| `{preset}` | {tflop[preset]:.3f} | " + " | ".join(cells) + f" | {gain} |")
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__,
-                                         "ms": results}, indent=1))
+                                         "tflop_per_step": tflop, "ms": results}, indent=1))
     return 0
 
 

@@ -15,32 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import torch
 from bench_common import ROUNDS, run_benchmark
 from flops import count_flops
-from step_times import make_case
+from step_times import CONFIGS, make_case, runs_on
 
 from restorekit.engine import graphed
-from restorekit.engine.config import native_bf16_cpu
 
 PRESETS = ("quick", "lol", "paper")
-
-# Configuration -> settings of step_times.make_case (Pix2PixHD and engine options). "plain
-# fp32" is the reference of every speed-up: NVIDIA's architecture and optimiser in eager
-# PyTorch, fp32 on TF32 tensor cores on CUDA.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "plain fp32": {"fused": False, "precision": "fp32", "fused_optimizer": False},
-    "fused fp32": {"fused": True, "precision": "fp32", "fused_optimizer": True},
-    "fused bf16": {"fused": True, "precision": "bf16", "fused_optimizer": True},
-    "fused fp32 graph": {"fused": True, "precision": "fp32", "fused_optimizer": True,
-                         "cuda_graph": True},
-    "fused bf16 graph": {"fused": True, "precision": "bf16", "fused_optimizer": True,
-                         "cuda_graph": True},
-}
-
 
 def presets_to_run(device: str) -> list[str]:
     """RK_BENCH_STEP_PRESETS (comma-separated) if set, else every preset on CUDA, else quick."""
@@ -69,10 +53,9 @@ def test_train_step(benchmark, restorekit_ops, device, preset, config):
     if preset not in presets_to_run(device):
         pytest.skip(f"{preset} runs on CUDA (or when RK_BENCH_STEP_PRESETS lists it)")
     settings = CONFIGS[config]
-    if settings.get("cuda_graph") and device != "cuda":
-        pytest.skip("CUDA graphs need a CUDA device")
-    if settings["precision"] == "bf16" and device == "cpu" and not native_bf16_cpu():
-        pytest.skip("bfloat16 is emulated on this CPU")
+    if not runs_on(config, torch.device(device)):
+        pytest.skip(f"{config} does not run on {device} (CUDA graphs need CUDA; bfloat16 a "
+                    "CPU that computes it natively)")
     with engine_matmul_settings(device, settings["precision"]):
         step = make_case(preset, device=torch.device(device), **settings)
         flops = count_flops(step)  # one step, also the first warm-up
