@@ -360,16 +360,20 @@ template <typename T>
 void norm_act_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp,
                              T m, T s, T slope, int64_t H, int64_t W, int64_t p) {
   const int64_t n = H * W;
-  // Pass 1, by blocks of whole rows (about kChunk elements, contiguous in dp and x): gather
-  // the padded gradient into dp, then sum ga and ga * xhat while the block is in L1. Reading
-  // g and x block by block keeps both streams going at once.
+  // Unpadded (p == 0): the sums read the gradient where it is. Padded: pass 1, by blocks of
+  // whole rows (about kChunk elements, contiguous in dp and x), gathers the padded gradient
+  // into dp and sums ga and ga * xhat while the block is in L1 (reading g and x block by
+  // block keeps both streams going at once).
+  const T* g = p == 0 ? gp : dp;  // based on gp or dp: no __restrict of its own
   const int64_t rows = std::max<int64_t>(1, kChunk / W);
   double s1 = 0, s2 = 0;
   for (int64_t r0 = 0; r0 < H; r0 += rows) {
     const int64_t r1 = std::min(H, r0 + rows);
-    for (int64_t r = r0; r < r1; ++r) gather_row(dp + r * W, gp, r, H, W, p);
+    if (p != 0) {
+      for (int64_t r = r0; r < r1; ++r) gather_row(dp + r * W, gp, r, H, W, p);
+    }
     T a, b;
-    chunk_act_sums(dp + r0 * W, xp + r0 * W, (r1 - r0) * W, m, s, slope, a, b);
+    chunk_act_sums(g + r0 * W, xp + r0 * W, (r1 - r0) * W, m, s, slope, a, b);
     s1 += a;
     s2 += b;
   }
@@ -378,7 +382,7 @@ void norm_act_backward_plane(const T* __restrict gp, const T* __restrict xp, T* 
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const T xh = (xp[i] - m) * s;
-    const T ga = dp[i] * (xh > T(0) ? T(1) : slope);
+    const T ga = g[i] * (xh > T(0) ? T(1) : slope);
     dp[i] = s * (ga - k1 - xh * k2);
   }
 }
