@@ -5,11 +5,11 @@
 #   2. time a training step of the lol / paper / quick presets under each configuration:
 #      plain fp32 (NVIDIA's network, eager), fused fp32/bf16, and both captured in a CUDA graph
 #      (benchmarks/step_times.py, one process, with TFLOP/s),
-#   3. run the CUDA benchmarks of the fused ops (GB/s, graph-replayed and queued), the block
+#   3. run the whole test suite, and meanwhile train the `quick` preset on CUDA with the
+#      defaults, in bf16, and with --cuda-graph (test PSNR of each),
+#   4. run the CUDA benchmarks of the fused ops (GB/s, graph-replayed and queued), the block
 #      (torch.compile of the plain and the fused block: float32 forward+backward only, to keep
 #      the compile time down) and summarise them (benchmarks/ratios.py),
-#   4. run the whole test suite, and meanwhile train the `quick` preset on CUDA with the
-#      defaults, in bf16, and with --cuda-graph (test PSNR of each),
 #   5. start a 1-GPU distributed run under torchrun (the NCCL path),
 # then print one summary (also written to $OUT/summary.md; logs in $OUT/logs.tgz).
 # Usage: bash benchmarks/gpu_check.sh   (OUT=DIR keeps the results there)
@@ -59,13 +59,6 @@ say ""
 say "## Training step, median ms (one process, interleaved)"
 grep '^|' "$logs/step_times.log" | tee -a "$summary"
 
-step cuda_benchmarks "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
-  -k "cuda and not train_step and not (compile and (bfloat16 or (fwd and not fwdbwd)))" \
-  --benchmark-json="$out/cuda_bench.json"
-say ""
-say "## Fused ops and block (benchmarks/ratios.py, min over rounds)"
-"$PY" benchmarks/ratios.py "$out/cuda_bench.json" 2>&1 | tee -a "$summary"
-
 # The suite and three quick trainings side by side (the trainings report quality, not speed).
 say ""
 say "## Test suite and quick trainings on CUDA"
@@ -103,6 +96,14 @@ except Exception as exc:  # report, never stop the summary
     print(f"| {run.name} | - | - | - | - | - | no result ({exc}) |")
 EOF
 done
+# The benchmarks last: what is left of the time goes to them (the summary grows as they end).
+step cuda_benchmarks "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
+  -k "cuda and not train_step and not (compile and (bfloat16 or (fwd and not fwdbwd)))" \
+  --benchmark-json="$out/cuda_bench.json"
+say ""
+say "## Fused ops and block (benchmarks/ratios.py, min over rounds)"
+"$PY" benchmarks/ratios.py "$out/cuda_bench.json" 2>&1 | tee -a "$summary"
+
 # The NCCL path of distributed training: torchrun with one GPU (world size 1), a few steps.
 say ""
 step nccl_torchrun "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \

@@ -7,7 +7,8 @@ replays with one launch. A graph holds fixed addresses and shapes, so:
 * the step's inputs are copied into static buffers before each replay;
 * optimisers keep their step counters on the device (:func:`optimizers.make_capturable`), and
   a learning-rate change (baked into the graph as a constant) means a new capture;
-* a batch of another shape (the last, partial batch of an epoch) runs eagerly;
+* a smaller batch (the last, partial batch of an epoch) runs eagerly; a larger one is
+  captured anew (a run resumed at a partial batch);
 * fp16's loss scaling and gradient averaging across processes synchronise with the CPU, so
   ``--cuda-graph`` takes fp32 or bf16 in one process (checked by :func:`check_supported`).
 
@@ -66,9 +67,11 @@ class GraphedStep:
     def __call__(self, low: torch.Tensor, high: torch.Tensor) -> dict[str, torch.Tensor]:
         key = self._key(low, high)
         if key != self.key:
-            if self.key is not None and key[:4] != self.key[:4]:
-                return self._eager(low, high)  # another shape: the last, partial batch
-            self.graph, self.key = None, key  # the first step, or a new learning rate
+            if self.key is not None and key[:4] != self.key[:4] and low.shape[0] <= self.key[0][0]:
+                return self._eager(low, high)  # a smaller batch: the last, partial one
+            # The first step, a new learning rate, or a larger batch than the one captured
+            # (a run resumed at an epoch's partial last batch).
+            self.graph, self.key = None, key
         if self.graph is None:
             if self.eager_runs < WARMUP_STEPS:
                 return self._warmup(low, high)
