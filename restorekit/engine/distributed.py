@@ -484,6 +484,11 @@ def shutdown() -> None:
         with contextlib.suppress(Exception):  # a dead peer: the process ends anyway
             dist.destroy_process_group()
     _CURRENT = Distributed()
+    # The run has ended and reported any error: torchrun's SIGTERM to the ranks left over
+    # must not raise Stopped into the interpreter's teardown (a traceback after the one line).
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def reported() -> None:
