@@ -98,22 +98,33 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # what the engine sets for fp32
         torch.backends.cudnn.allow_tf32 = True
+    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     names = [c for c in args.configs.split(",") if runs_on(c, device)]
     results: dict[str, dict[str, float]] = {}
     tflop: dict[str, float] = {}
+    errors: dict[str, dict[str, str]] = {}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"# training step times on {where}, torch {torch.__version__}", file=sys.stderr)
     for preset in args.presets.split(","):
         tflop[preset] = step_flops(preset, torch.device("meta")) / 1e12
-        cases = {name: make_case(preset, device=device, **CONFIGS[name]) for name in names}
-        for step in cases.values():
-            for _ in range(graphed.WARMUP_STEPS + 1):  # a graphed step is captured by then
-                step()
+        cases, failed = {}, {}
+        for name in names:
+            try:  # one configuration failing (e.g. a capture) must not cost the others
+                cases[name] = make_case(preset, device=device, **CONFIGS[name])
+                for _ in range(graphed.WARMUP_STEPS + 1):  # a graphed step is captured by then
+                    cases[name]()
+            except Exception as exc:  # noqa: BLE001 (reported in the table)
+                cases.pop(name, None)
+                failed[name] = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                print(f"# {preset}: {name} failed: {failed[name]}", file=sys.stderr)
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.steps):  # interleaved rounds
             for name, step in cases.items():
                 times[name].append(step())
         results[preset] = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        errors[preset] = failed
         del cases
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -124,13 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: |" + " ---: |" * (len(names) + 1))
     for preset, row in results.items():
         base = row.get("plain fp32")
-        best = min(row, key=row.get)
-        gain = f"{best}: {base / row[best]:.2f}x" if base else best
-        cells = [f"{row[n]:.2f} ms ({tflop[preset] / row[n] * 1e3:.1f} TFLOP/s)" for n in names]
+        best = min(row, key=row.get) if row else None
+        gain = f"{best}: {base / row[best]:.2f}x" if base and best else str(best)
+        cells = [f"{row[n]:.2f} ms ({tflop[preset] / row[n] * 1e3:.1f} TFLOP/s)" if n in row
+                 else f"failed: {errors[preset].get(n, '?')}" for n in names]
         print(f"| `{preset}` | {tflop[preset]:.3f} | " + " | ".join(cells) + f" | {gain} |")
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "torch": torch.__version__,
-                                         "tflop_per_step": tflop, "ms": results}, indent=1))
+                                         "tflop_per_step": tflop, "ms": results,
+                                         "failed": errors}, indent=1))
     return 0
 
 

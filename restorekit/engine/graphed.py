@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from restorekit.engine.optimizers import make_capturable
-from restorekit.errors import UsageError
+from restorekit.errors import TrainingError, UsageError, one_line
 
 WARMUP_STEPS = 3
 
@@ -107,9 +107,14 @@ class GraphedStep:
             opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         self.ctx.updates = 0
-        # thread_local: the data loader's pin-memory thread may call CUDA during capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._outputs = self.model.train_step(*self._inputs, self.ctx)
+        try:
+            # thread_local: the data loader's pin-memory thread may call CUDA during capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._outputs = self.model.train_step(*self._inputs, self.ctx)
+        except RuntimeError as exc:  # e.g. a host sync or an uncapturable op in the step
+            raise TrainingError(f"--cuda-graph: the training step cannot be captured in a CUDA "
+                                f"graph ({one_line(exc, with_type=False)[:300]}); train "
+                                f"without --cuda-graph") from None
         self._updates = self.ctx.updates
         self.graph = graph
         self.captures += 1

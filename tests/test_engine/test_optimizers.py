@@ -18,7 +18,7 @@ from torch import nn
 
 from restorekit.engine import graphed, optimizers
 from restorekit.engine.trainer import make_step_context, step_function
-from restorekit.errors import UsageError
+from restorekit.errors import TrainingError, UsageError
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -146,3 +146,26 @@ def test_cuda_graph_step_matches_eager(precision: str) -> None:
             assert abs(a[k] - b[k]) <= tol * max(1.0, abs(a[k])), (k, a[k], b[k])
     for a, b in zip(results[False][1], results[True][1], strict=True):
         torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+def test_a_step_that_cannot_be_captured_is_one_clear_error(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    # What torch.cuda.graph raises on a host sync inside the step becomes one TrainingError
+    # naming the option (no CUDA needed: the capture is stubbed where it fails).
+    def refuse(*args, **kwargs):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\n"
+                           "CUDA kernel errors might be asynchronously reported")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", refuse)
+    model = make(Steady)
+    model.build(torch.device("cpu"))
+    ctx = make_step_context(model, model.options, torch.device("cpu"), "fp32")
+    step = graphed.GraphedStep(model, ctx)
+    step.eager_runs = graphed.WARMUP_STEPS  # warmed up: the next call captures
+    low = torch.rand(2, 3, 16, 16)
+    with pytest.raises(TrainingError, match="--cuda-graph: the training step cannot be "
+                                            "captured") as info:
+        step(low, low)
+    assert "\n" not in str(info.value) and "without --cuda-graph" in str(info.value)
