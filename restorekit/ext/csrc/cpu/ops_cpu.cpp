@@ -141,31 +141,6 @@ template <typename T>
   b = sb;
 }
 
-// a = sum(g), b = sum(g * xhat).
-template <typename T>
-[[gnu::noinline]] void chunk_sums(const T* __restrict g, const T* __restrict x, int64_t n, T m, T s, T& a,
-                       T& b) {
-  constexpr int V = Vec<T>::kWidth;
-  const vec_t<T> mv = vsplat(m), sv = vsplat(s);
-  vec_t<T> a0{}, a1{}, b0{}, b1{};
-  int64_t i = 0;
-  for (; i + 2 * V <= n; i += 2 * V) {
-    const vec_t<T> g0 = vload(g + i), g1 = vload(g + i + V);
-    a0 += g0;
-    a1 += g1;
-    b0 += g0 * ((vload(x + i) - mv) * sv);
-    b1 += g1 * ((vload(x + i + V) - mv) * sv);
-  }
-  T sa = vtotal<T>(a0, a1, vec_t<T>{}, vec_t<T>{});
-  T sb = vtotal<T>(b0, b1, vec_t<T>{}, vec_t<T>{});
-  for (; i < n; ++i) {
-    sa += g[i];
-    sb += g[i] * ((x[i] - m) * s);
-  }
-  a = sa;
-  b = sb;
-}
-
 // Two-pass mean and biased variance of one contiguous plane, shifted by its first element:
 // a constant plane (any value) then gets exactly its value as mean and 0 as variance.
 template <typename T>
@@ -398,21 +373,6 @@ void ina_plane(const T* __restrict xp, const T* __restrict rp, T* __restrict op,
   for (int64_t i = 0; i < n; ++i) op[i] = (xp[i] - m) * s + rp[i];
 }
 
-template <typename T>
-void ina_backward_plane(const T* __restrict gp, const T* __restrict xp, T* __restrict dp, T m,
-                        T s, int64_t n) {
-  double s1 = 0, s2 = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-    T a, b;
-    chunk_sums(gp + i0, xp + i0, std::min(kChunk, n - i0), m, s, a, b);
-    s1 += a;
-    s2 += b;
-  }
-  const T k1 = static_cast<T>(s1 / n), k2 = static_cast<T>(s2 / n);
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dp[i] = s * (gp[i] - k1 - (xp[i] - m) * s * k2);
-}
-
 // ---------------------------------------------------------------------- the ops --------------
 
 at::Tensor reflection_pad(const at::Tensor& x_) {
@@ -547,15 +507,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_with_stats(
   return {out, mean, rstd};
 }
 
-at::Tensor instance_norm_act_backward(const at::Tensor& g_, const at::Tensor& x_,
-                                      const at::Tensor& mean_, const at::Tensor& rstd_,
-                                      double slope, int64_t pad) {
-  const char* op = "instance_norm_act_backward";
-  check_input(x_, op);
-  check_slope(slope, op);
-  check_pad(x_, pad, op);
-  check_grad_padded(g_, x_, pad, op);
-  check_stats(x_, mean_, rstd_, op);
+// dx of act(instance_norm(x)) padded by pad, for grad_out g (arguments already checked).
+at::Tensor norm_act_backward(const at::Tensor& g_, const at::Tensor& x_, const at::Tensor& mean_,
+                             const at::Tensor& rstd_, double slope, int64_t pad) {
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
   const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
   const int64_t P = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
@@ -592,6 +546,18 @@ at::Tensor instance_norm_act_backward(const at::Tensor& g_, const at::Tensor& x_
     });
   });
   return dx;
+}
+
+at::Tensor instance_norm_act_backward(const at::Tensor& g, const at::Tensor& x,
+                                      const at::Tensor& mean, const at::Tensor& rstd,
+                                      double slope, int64_t pad) {
+  const char* op = "instance_norm_act_backward";
+  check_input(x, op);
+  check_slope(slope, op);
+  check_pad(x, pad, op);
+  check_grad_padded(g, x, pad, op);
+  check_stats(x, mean, rstd, op);
+  return norm_act_backward(g, x, mean, rstd, slope, pad);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
@@ -635,45 +601,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
   return {out, mean, rstd};
 }
 
-at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_,
-                                      const at::Tensor& mean_, const at::Tensor& rstd_) {
-  check_input(x_, "instance_norm_add_backward");
-  check_same(x_, g_, "instance_norm_add_backward", "grad_out");
-  check_stats(x_, mean_, rstd_, "instance_norm_add_backward");
-  const at::Tensor g = g_.contiguous(), x = x_.contiguous();
-  const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
-  const int64_t P = x.size(0) * x.size(1), n = x.size(2) * x.size(3);
-  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (P == 0) return dx;
-  if (is_reduced(x)) {
-    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add_backward",
-                                       [&] {
-      const scalar_t* gs = g.const_data_ptr<scalar_t>();
-      const scalar_t* xs = x.const_data_ptr<scalar_t>();
-      const float* ms = mean.const_data_ptr<float>();
-      const float* rs = rstd.const_data_ptr<float>();
-      scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
-      for_each_plane(P, n, [&](int64_t p) {
-        float *gf = scratch(0, n), *xf = scratch(1, n), *df = scratch(2, n);
-        widen(gs + p * n, gf, n);
-        widen(xs + p * n, xf, n);
-        ina_backward_plane(gf, xf, df, ms[p], rs[p], n);
-        narrow(df, ds + p * n, n);
-      });
-    });
-    return dx;
-  }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "restorekit::instance_norm_add_backward", [&] {
-    const scalar_t* gs = g.const_data_ptr<scalar_t>();
-    const scalar_t* xs = x.const_data_ptr<scalar_t>();
-    const scalar_t* ms = mean.const_data_ptr<scalar_t>();
-    const scalar_t* rs = rstd.const_data_ptr<scalar_t>();
-    scalar_t* ds = dx.mutable_data_ptr<scalar_t>();
-    for_each_plane(P, n, [&](int64_t p) {
-      ina_backward_plane(gs + p * n, xs + p * n, ds + p * n, ms[p], rs[p], n);
-    });
-  });
-  return dx;
+// The residual's gradient is grad_out itself; x's is the act backward's with no activation
+// (slope 1: ga = g) and no padding, as on CUDA.
+at::Tensor instance_norm_add_backward(const at::Tensor& g, const at::Tensor& x,
+                                      const at::Tensor& mean, const at::Tensor& rstd) {
+  check_input(x, "instance_norm_add_backward");
+  check_same(x, g, "instance_norm_add_backward", "grad_out");
+  check_stats(x, mean, rstd, "instance_norm_add_backward");
+  return norm_act_backward(g, x, mean, rstd, 1.0, 0);
 }
 
 }  // namespace
