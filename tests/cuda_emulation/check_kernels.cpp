@@ -155,7 +155,7 @@ void test_case(int planes, int H, int W, int pad, double slope, double eps, int 
     report(tag + " add out", err, tol<T>() * (sizeof(T) == 4 ? 5 : 1));
     for (int p = 0; p < planes; ++p) { mean.p[p] = A(rm[p]); rstd.p[p] = A(rr[p]); }
     Buf<T> dx(size_t(planes) * n, off);
-    rc = launch_instance_norm_add_backward(dt<T>(), gun.p, x.p, mean.p, rstd.p, dx.p, ws_n ? ws.p : nullptr, ws_n, planes, H, W, nullptr);
+    rc = launch_instance_norm_act_backward(dt<T>(), gun.p, x.p, mean.p, rstd.p, dx.p, ws_n ? ws.p : nullptr, ws_n, planes, H, W, 1.0, 0, nullptr);  // the add op's backward
     report(tag + " addbw rc", rc, 0);
     err = 0;
     for (int p = 0; p < planes; ++p) {

@@ -41,7 +41,7 @@
 //   instance_norm_act_with_stats   P * (s * (n + np) + 2 a)   read x, write out, mean, rstd
 //   instance_norm_act_backward     P * (s * (np + 2 n) + 2 a) read grad_out, x, stats; write dx
 //   instance_norm_add_with_stats   P * (3 s n + 2 a)          read x, residual; write out, stats
-//   instance_norm_add_backward     P * (3 s n + 2 a)          read grad_out, x, stats; write dx
+//   (instance_norm_add's backward is instance_norm_act_backward with slope 1, pad 0)
 // (pad = 1 for the reflection_pad ops; per element of x that is s * (1 + np / n) etc.) On the
 // split path (and one-block-per-plane planes longer than a tile) the second pass re-reads x
 // (and grad_out) once more: from L2 for the benchmarked shapes (<= 16 MB per tensor), but
@@ -1156,17 +1156,6 @@ cudaError_t launch_instance_norm_add(DType dtype, const void* x, const void* res
                                         planes, static_cast<int>(H * W), plan, eps, stream);
     });
   });
-}
-
-// The residual's gradient is grad_out itself; x's is act_backward's with no activation
-// (slope 1: ga = g) and no padding.
-cudaError_t launch_instance_norm_add_backward(DType dtype, const void* grad_out, const void* x,
-                                              const void* mean, const void* rstd,
-                                              void* grad_in, void* workspace,
-                                              int64_t workspace_size, int64_t planes, int64_t H,
-                                              int64_t W, cudaStream_t stream) {
-  return launch_act_backward(dtype, grad_out, x, mean, rstd, grad_in, workspace, workspace_size,
-                             planes, H, W, 1.0, 0, stream);
 }
 
 }  // namespace cuda

@@ -20,7 +20,7 @@
 //   instance_norm_act              planes * (s * (n + np) + 2 a)
 //   instance_norm_act_backward     planes * (s * (np + 2 n) + 2 a)
 //   instance_norm_add              planes * (3 s n + 2 a)
-//   instance_norm_add_backward     planes * (3 s n + 2 a)
+//   (instance_norm_add's backward: instance_norm_act_backward, slope 1, pad 0)
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -73,13 +73,6 @@ cudaError_t launch_instance_norm_add(DType dtype, const void* x, const void* res
                                      void* mean, void* rstd, void* workspace,
                                      int64_t workspace_size, int64_t planes, int64_t H, int64_t W,
                                      double eps, cudaStream_t stream);
-
-// grad_in with respect to x (the residual's gradient is grad_out itself).
-cudaError_t launch_instance_norm_add_backward(DType dtype, const void* grad_out, const void* x,
-                                              const void* mean, const void* rstd,
-                                              void* grad_in, void* workspace,
-                                              int64_t workspace_size, int64_t planes, int64_t H,
-                                              int64_t W, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace restorekit

@@ -154,16 +154,10 @@ Stats3 instance_norm_act_with_stats(const at::Tensor& x_, double eps, double neg
   return {out, mean, rstd};
 }
 
-at::Tensor instance_norm_act_backward(const at::Tensor& g_, const at::Tensor& x_,
-                                      const at::Tensor& mean_, const at::Tensor& rstd_,
-                                      double negative_slope, int64_t pad) {
-  const char* op = "instance_norm_act_backward";
-  check_input(x_, op);
-  check_slope(negative_slope, op);
-  check_pad(x_, pad, op);
-  check_grad_padded(g_, x_, pad, op);
-  check_stats(x_, mean_, rstd_, op);
-  check_plane_grid(x_, pad, op);
+// dx of act(instance_norm(x)) padded by pad, for grad_out g (arguments already checked).
+at::Tensor norm_act_backward(const at::Tensor& g_, const at::Tensor& x_, const at::Tensor& mean_,
+                             const at::Tensor& rstd_, double negative_slope, int64_t pad,
+                             const char* op) {
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor g = g_.contiguous(), x = x_.contiguous();
   const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
@@ -178,6 +172,19 @@ at::Tensor instance_norm_act_backward(const at::Tensor& g_, const at::Tensor& x_
                    stream()),
                op);
   return dx;
+}
+
+at::Tensor instance_norm_act_backward(const at::Tensor& g, const at::Tensor& x,
+                                      const at::Tensor& mean, const at::Tensor& rstd,
+                                      double negative_slope, int64_t pad) {
+  const char* op = "instance_norm_act_backward";
+  check_input(x, op);
+  check_slope(negative_slope, op);
+  check_pad(x, pad, op);
+  check_grad_padded(g, x, pad, op);
+  check_stats(x, mean, rstd, op);
+  check_plane_grid(x, pad, op);
+  return norm_act_backward(g, x, mean, rstd, negative_slope, pad, op);
 }
 
 Stats3 instance_norm_add_with_stats(const at::Tensor& x_, const at::Tensor& res_, double eps) {
@@ -201,27 +208,16 @@ Stats3 instance_norm_add_with_stats(const at::Tensor& x_, const at::Tensor& res_
   return {out, mean, rstd};
 }
 
-at::Tensor instance_norm_add_backward(const at::Tensor& g_, const at::Tensor& x_,
-                                      const at::Tensor& mean_, const at::Tensor& rstd_) {
+// The residual's gradient is grad_out itself; x's is the act backward's with no activation
+// (slope 1: ga = g) and no padding.
+at::Tensor instance_norm_add_backward(const at::Tensor& g, const at::Tensor& x,
+                                      const at::Tensor& mean, const at::Tensor& rstd) {
   const char* op = "instance_norm_add_backward";
-  check_input(x_, op);
-  check_same(x_, g_, op, "grad_out");
-  check_stats(x_, mean_, rstd_, op);
-  check_plane_grid(x_, 0, op);
-  const c10::cuda::CUDAGuard guard(x_.device());
-  const at::Tensor g = g_.contiguous(), x = x_.contiguous();
-  const at::Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
-  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t planes = x.size(0) * x.size(1);
-  if (planes == 0) return dx;
-  const Workspace ws = norm_workspace(x, op);
-  check_launch(launch_instance_norm_add_backward(dtype_of(x, op), g.const_data_ptr(),
-                                                 x.const_data_ptr(), mean.const_data_ptr(),
-                                                 rstd.const_data_ptr(), dx.mutable_data_ptr(),
-                                                 ws.data(), ws.size(), planes, x.size(2),
-                                                 x.size(3), stream()),
-               op);
-  return dx;
+  check_input(x, op);
+  check_same(x, g, op, "grad_out");
+  check_stats(x, mean, rstd, op);
+  check_plane_grid(x, 0, op);
+  return norm_act_backward(g, x, mean, rstd, 1.0, 0, op);
 }
 
 }  // namespace
