@@ -1018,46 +1018,6 @@ void launch_norm(const T* x, const Out& out, Acc_t<T>* mean, Acc_t<T>* rstd,
       x, out, seg_mean, seg_m2, mean, rstd, n, split, eps);
 }
 
-cudaError_t launch_act_backward(DType dtype, const void* grad_out, const void* x,
-                                const void* mean, const void* rstd, void* grad_in,
-                                void* workspace, int64_t workspace_size, int64_t planes,
-                                int64_t H, int64_t W, double negative_slope, int64_t pad,
-                                cudaStream_t stream) {
-  if (planes == 0) return cudaSuccess;
-  const Plan plan = norm_plan(dtype, planes, H * W);
-  if (workspace_elems(plan, planes) > workspace_size) return cudaErrorInvalidValue;
-  const Geometry geo{static_cast<int>(H), static_cast<int>(W), static_cast<int>(pad)};
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using A = Acc_t<T>;
-    const T* g = static_cast<const T*>(grad_out);
-    const T* xs = static_cast<const T*>(x);
-    const A* ms = static_cast<const A*>(mean);
-    const A* rs = static_cast<const A*>(rstd);
-    T* dx = static_cast<T*>(grad_in);
-    const A slope = static_cast<A>(negative_slope);
-    // A padded gradient is gathered element by element; an unpadded one is loaded like x.
-    with_vector_width<T>(H * W, {x, grad_in, pad == 0 ? grad_out : nullptr}, [&](auto vec) {
-      constexpr int V = decltype(vec)::value;
-      const Split& split = plan.split;
-      if (split.segments == 1) {
-        act_backward_plane_kernel<V, T>
-            <<<static_cast<unsigned int>(planes), plan.threads, 0, stream>>>(
-                g, xs, ms, rs, dx, geo, slope, plan.tiles);
-        return;
-      }
-      const int64_t blocks = planes * split.segments;
-      A* seg_s1 = static_cast<A*>(workspace);
-      A* seg_s2 = seg_s1 + blocks;
-      act_backward_partial_kernel<V, T>
-          <<<static_cast<unsigned int>(blocks), plan.threads, 0, stream>>>(
-              g, xs, ms, rs, seg_s1, seg_s2, geo, slope, split);
-      act_backward_apply_kernel<V, T>
-          <<<static_cast<unsigned int>(blocks), plan.threads, 0, stream>>>(
-              g, xs, ms, rs, seg_s1, seg_s2, dx, geo, slope, split);
-    });
-  });
-}
 
 }  // namespace
 
@@ -1135,8 +1095,40 @@ cudaError_t launch_instance_norm_act_backward(DType dtype, const void* grad_out,
                                               int64_t workspace_size, int64_t planes, int64_t H,
                                               int64_t W, double negative_slope, int64_t pad,
                                               cudaStream_t stream) {
-  return launch_act_backward(dtype, grad_out, x, mean, rstd, grad_in, workspace, workspace_size,
-                             planes, H, W, negative_slope, pad, stream);
+  if (planes == 0) return cudaSuccess;
+  const Plan plan = norm_plan(dtype, planes, H * W);
+  if (workspace_elems(plan, planes) > workspace_size) return cudaErrorInvalidValue;
+  const Geometry geo{static_cast<int>(H), static_cast<int>(W), static_cast<int>(pad)};
+  return dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = Acc_t<T>;
+    const T* g = static_cast<const T*>(grad_out);
+    const T* xs = static_cast<const T*>(x);
+    const A* ms = static_cast<const A*>(mean);
+    const A* rs = static_cast<const A*>(rstd);
+    T* dx = static_cast<T*>(grad_in);
+    const A slope = static_cast<A>(negative_slope);
+    // A padded gradient is gathered element by element; an unpadded one is loaded like x.
+    with_vector_width<T>(H * W, {x, grad_in, pad == 0 ? grad_out : nullptr}, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      const Split& split = plan.split;
+      if (split.segments == 1) {
+        act_backward_plane_kernel<V, T>
+            <<<static_cast<unsigned int>(planes), plan.threads, 0, stream>>>(
+                g, xs, ms, rs, dx, geo, slope, plan.tiles);
+        return;
+      }
+      const int64_t blocks = planes * split.segments;
+      A* seg_s1 = static_cast<A*>(workspace);
+      A* seg_s2 = seg_s1 + blocks;
+      act_backward_partial_kernel<V, T>
+          <<<static_cast<unsigned int>(blocks), plan.threads, 0, stream>>>(
+              g, xs, ms, rs, seg_s1, seg_s2, geo, slope, split);
+      act_backward_apply_kernel<V, T>
+          <<<static_cast<unsigned int>(blocks), plan.threads, 0, stream>>>(
+              g, xs, ms, rs, seg_s1, seg_s2, dx, geo, slope, split);
+    });
+  });
 }
 
 cudaError_t launch_instance_norm_add(DType dtype, const void* x, const void* residual, void* out,
