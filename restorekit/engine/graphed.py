@@ -10,7 +10,7 @@ replays with one launch. A graph holds fixed addresses and shapes, so:
 * a smaller batch (the last, partial batch of an epoch) runs eagerly; a larger one is
   captured anew (a run resumed at a partial batch);
 * fp16's loss scaling and gradient averaging across processes synchronise with the CPU, so
-  ``--cuda-graph`` takes fp32 or bf16 in one process (checked by :func:`check_supported`).
+  ``--cuda-graph`` takes fp32 or bf16 in one process (checked by :func:`prepare`).
 
 Before the first capture the step runs :data:`WARMUP_STEPS` times eagerly on a side stream
 (lazy initialisation, cuDNN's algorithm search), as PyTorch's CUDA-graph guide asks.
@@ -28,9 +28,10 @@ from restorekit.errors import TrainingError, UsageError, one_line
 WARMUP_STEPS = 3
 
 
-def check_supported(device: torch.device, precision: str, world_size: int,
+def prepare(device: torch.device, precision: str, world_size: int,
                     optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    """One-line ``UsageError`` when ``--cuda-graph`` cannot capture this run's step."""
+    """Make the optimisers capturable, or a one-line ``UsageError`` when ``--cuda-graph``
+    cannot capture this run's step."""
     if device.type != "cuda":
         raise UsageError(f"--cuda-graph: needs a CUDA device (training runs on {device})")
     if precision == "fp16":

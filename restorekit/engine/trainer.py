@@ -110,7 +110,7 @@ def make_step_context(model: TrainableModel, cfg: TrainConfig, device: torch.dev
     if cfg.fused_optimizer:
         optimizers.use_fused(ctx.optimizers)
     if cfg.cuda_graph:
-        graphed.check_supported(device, precision, ctx.dist.world_size, ctx.optimizers)
+        graphed.prepare(device, precision, ctx.dist.world_size, ctx.optimizers)
         ctx.graphed = True
     return ctx
 

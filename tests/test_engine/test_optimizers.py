@@ -85,11 +85,11 @@ def test_cuda_graph_is_refused_where_it_cannot_run(tmp_path: Path) -> None:
     cuda = torch.device("cuda")
     opts = {"G": torch.optim.Adam(nn.Linear(2, 2).parameters())}
     with pytest.raises(UsageError, match="fp16 loss scaling synchronises"):
-        graphed.check_supported(cuda, "fp16", 1, opts)
+        graphed.prepare(cuda, "fp16", 1, opts)
     with pytest.raises(UsageError, match="not with several processes"):
-        graphed.check_supported(cuda, "bf16", 2, opts)
+        graphed.prepare(cuda, "bf16", 2, opts)
     with pytest.raises(UsageError, match=r"optimizer\(s\) L cannot be captured"):
-        graphed.check_supported(cuda, "fp32", 1,
+        graphed.prepare(cuda, "fp32", 1,
                                 {"L": torch.optim.LBFGS(nn.Linear(2, 2).parameters())})
 
 
