@@ -10,6 +10,8 @@ Layout::
     samples/             epoch_NNN.png sample grids (low | enhanced | ground truth)
     report.html          with losses.svg and metrics.svg
     tensorboard/         event files, with ``--tensorboard``
+    .restorekit-run      the marker written when restorekit created the run (--overwrite)
+    .restorekit.lock     the lock of the process training in it
 
 The model's options and preprocessing live in the checkpoints (a lone checkpoint file
 describes itself); ``config.json`` holds what is not in a checkpoint (the data path and
@@ -18,11 +20,12 @@ from the checkpoint, nowhere else.
 
 Every write into a run folder goes through this class, and :meth:`prepare` is where its
 safety lives: a run name is a plain name inside the runs folder (:meth:`named`),
-``--overwrite`` clears only a folder that is recognisably a run folder (:meth:`is_run`),
+``--overwrite`` clears only a folder that restorekit marked as its run when it created it
+(the ``.restorekit-run`` marker, :meth:`is_marked`; never a guess from its contents),
 ``--resume`` never deletes and falls back from an unusable ``last`` to ``best``, stray
 ``.*.tmp`` files of a killed process are removed, and an OS lock (``fcntl.flock`` on
-``.restorekit.lock`` inside the folder, which also marks it as a run folder) keeps a second
-process out until :meth:`release` (or the process's exit).
+``.restorekit.lock`` inside the folder) keeps a second process out until :meth:`release`
+(or the process's exit).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class RunDir:
     BEST = "best"
     POINTER = "latest.json"
     LOCK = ".restorekit.lock"
+    MARKER = ".restorekit-run"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -157,21 +161,31 @@ class RunDir:
 
     # -- state -----------------------------------------------------------------------------
     def is_empty(self) -> bool:
-        """No folder, or nothing in it but restorekit's lock file."""
-        return not self.path.is_dir() or all(p.name == self.LOCK for p in self.path.iterdir())
+        """No folder, or nothing in it but restorekit's lock file and run marker."""
+        return not self.path.is_dir() or all(p.name in (self.LOCK, self.MARKER)
+                                             for p in self.path.iterdir())
+
+    @property
+    def marker_path(self) -> Path:
+        return self.path / self.MARKER
+
+    def is_marked(self) -> bool:
+        """restorekit created this folder as a run (its marker is a regular file): the only
+        kind of folder ``--overwrite`` may clear."""
+        return self.marker_path.is_file() and not self.marker_path.is_symlink()
+
+    def _mark(self) -> None:
+        """Write the marker that makes this folder a run restorekit may later clear."""
+        info = {"restorekit_run": True, "created_at": _now(), "pid": os.getpid()}
+        atomic_write_text(self.marker_path, json.dumps(info) + "\n")
 
     def is_run(self) -> bool:
-        """Recognisably a restorekit run folder: its lock file, a config naming a model, or
-        a checkpoint. Only such a folder may be cleared by ``--overwrite``."""
-        if self.lock_path.is_file() or (self.checkpoints / self.POINTER).is_file():
+        """A restorekit run folder: its marker, or (runs made before the marker existed) a
+        checkpoint pointer or checkpoint. Such a folder may be resumed; only a marked one
+        may be cleared by ``--overwrite``."""
+        if self.is_marked() or (self.checkpoints / self.POINTER).is_file():
             return True
-        if any(self.checkpoint_path(w).is_file() for w in (self.LAST, self.BEST)):
-            return True
-        try:
-            config = json.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(config, dict) and isinstance(config.get("model"), str)
+        return any(self.checkpoint_path(w).is_file() for w in (self.LAST, self.BEST))
 
     def _pointer_target(self) -> Path | None:
         pointer = self.checkpoints / self.POINTER
@@ -317,7 +331,8 @@ class RunDir:
         """Lock (and create or clear) the folder for training; the checkpoint to resume from.
 
         A non-empty folder needs ``resume`` (the newest usable checkpoint; nothing is
-        deleted) or ``overwrite`` (only a folder :meth:`is_run` recognises is cleared). The
+        deleted; a run made before the marker existed gets it) or ``overwrite`` (only a
+        folder restorekit marked as its run, :meth:`is_marked`, is cleared). The
         lock is held until :meth:`release`; a folder this call created is removed again by
         :meth:`release` if no checkpoint was written (a failed start leaves nothing).
         """
@@ -325,11 +340,13 @@ class RunDir:
             raise UsageError("use either --resume or --overwrite, not both")
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"run folder {self.path} exists and is not a folder")
+        if overwrite and not self.is_empty() and not self.is_marked():
+            adopt = " (a run made by an older restorekit: --resume it once to adopt it)" \
+                if self.is_run() else ""
+            raise UsageError(f"--overwrite: {self.path} is not a restorekit run folder (no "
+                             f"{self.MARKER} marker written when restorekit created it); "
+                             f"refusing to delete it{adopt}")
         if not self.is_empty() and not self.is_run():
-            if overwrite:
-                raise UsageError(f"--overwrite: {self.path} is not a restorekit run folder "
-                                 f"(no {self.CONFIG}, checkpoint or {self.LOCK}); refusing "
-                                 f"to delete it")
             if resume:
                 raise UsageError(f"--resume: {self.path} is not a restorekit run folder")
             raise UsageError(f"run folder {self.path} already exists and is not a run; "
@@ -348,6 +365,8 @@ class RunDir:
                                      f"to continue it or --overwrite to start over")
             elif resume:
                 raise UsageError(f"--resume: no run {self.path}")
+            if not self.is_marked():
+                self._mark()
             self.checkpoints.mkdir(exist_ok=True)
             self.samples.mkdir(exist_ok=True)
         except BaseException:
@@ -410,9 +429,9 @@ class RunDir:
             self._created = False
 
     def _clear(self) -> None:
-        """Remove everything in the (locked, recognised) run folder but the lock file."""
+        """Remove everything in the (locked, marked) run folder but the lock and marker."""
         for entry in self.path.iterdir():
-            if entry.name == self.LOCK:
+            if entry.name in (self.LOCK, self.MARKER):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)

@@ -157,13 +157,47 @@ def test_overwrite_deletes_only_run_folders(tick, tmp_path: Path,
         assert train_tick(name, "--overwrite", "--max-steps", "1") == 2
         assert "--name" in one_error(capsys)
     assert train_tick("album", "--overwrite", "--max-steps", "1") == 2
-    assert "is not a restorekit run folder (no config.json" in one_error(capsys)
+    assert "is not a restorekit run folder (no .restorekit-run marker" in one_error(capsys)
     assert snapshot(tmp_path) == before
     # A run folder is recognised and replaced.
     assert train_tick("r", "--max-steps", "1") == 0
     (tmp_path / "runs" / "r" / "old.txt").write_text("x")
     assert train_tick("r", "--overwrite", "--max-steps", "1") == 0
     assert not (tmp_path / "runs" / "r" / "old.txt").exists()
+
+
+def test_overwrite_needs_the_marker_restorekit_wrote(tick, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Was (issue 19, case 4): any config.json with a string "model" let --overwrite delete
+    the folder (notes, data, a resnet50 config: all gone)."""
+    folder = tmp_path / "runs" / "r"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    (folder / "config.json").write_text(json.dumps({"model": "resnet50", "lr": 0.1}))
+    before = snapshot(tmp_path)
+    assert train_tick("r", "--overwrite", "--max-steps", "1") == 2
+    assert "not a restorekit run folder (no .restorekit-run marker" in one_error(capsys)
+    # Nor does restorekit's own lock file (or checkpoint-looking files) stand in for it.
+    (folder / ".restorekit.lock").write_text("")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.safetensors").write_bytes(b"not mine")
+    before = snapshot(tmp_path)
+    assert train_tick("r", "--overwrite", "--max-steps", "1") == 2
+    assert "--resume it once to adopt it" in one_error(capsys)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_made_before_the_marker_is_adopted_by_resume(tick, tmp_path: Path) -> None:
+    assert train_tick("r", "--max-steps", "1") == 0
+    run = RunDir(tmp_path / "runs" / "r")
+    assert run.is_marked()
+    run.marker_path.unlink()  # as an older restorekit left it
+    assert train_tick("r", "--overwrite", "--max-steps", "1") == 2
+    assert main(["run", "tick", "--train", "--resume", "--name", "r", "--data", "data",
+                 "--max-steps", "2"]) == 0
+    assert run.is_marked()
+    assert train_tick("r", "--overwrite", "--max-steps", "1") == 0
 
 
 def test_resume_never_deletes(tick, tmp_path: Path,

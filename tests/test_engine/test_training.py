@@ -334,6 +334,11 @@ def test_a_folder_that_is_not_a_run_is_never_cleared(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a restorekit run folder.*refusing"):
         run(tmp_path / "r", make(epochs=1), overwrite=True)
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["old.txt"]
+    # A config naming a model is no marker: still refused, still there.
+    (tmp_path / "r" / "config.json").write_text('{"model": "tiny"}')
+    with pytest.raises(UsageError, match="not a restorekit run folder.*refusing"):
+        run(tmp_path / "r", make(epochs=1), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json", "old.txt"]
 
 
 def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -> None:
