@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import struct
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps
 
+from restorekit.atomic import atomic_path
 from restorekit.errors import (
     DataError,
     ImageReadError,
@@ -302,12 +302,9 @@ def write_image(path: str | os.PathLike[str], image: Image, bits: int = 8) -> No
     scale = 65535 if bits == 16 else 255
     quant = np.round(arr * scale).astype(np.uint16 if bits == 16 else np.uint8)
 
-    # A fresh name in the same folder (so os.replace is atomic); opened with "xb" so
-    # the file gets the usual permissions (umask), unlike tempfile.mkstemp's 0600.
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp_name, "xb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             if suffix in (".tif", ".tiff"):
                 import tifffile
 
@@ -322,13 +319,8 @@ def write_image(path: str | os.PathLike[str], image: Image, bits: int = 8) -> No
                     pil.save(fh, format="BMP")
                 else:
                     pil.save(fh, format="JPEG", quality=95)
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write image ({os_reason(exc)})") from None
-        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write image ({os_reason(exc)})") from None
 
 
 def _encode_png16(rgb: np.ndarray) -> bytes:
