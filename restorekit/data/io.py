@@ -9,7 +9,7 @@ Notes on formats:
       so those are decoded twice (high and low bytes) and recombined; 16-bit RGB PNGs
       are written by a small built-in encoder (zlib) because Pillow cannot write them.
     * TIFF goes through ``tifffile`` (8/16-bit integer and float samples; first page;
-      grey, RGB, palette and CMYK colour spaces, others refused).
+      grey, RGB, palette, CMYK and JPEG-compressed YCbCr colour spaces, others refused).
     * CMYK (TIFF, JPEG) becomes RGB as ``(1 - C)(1 - K)`` (no colour management).
     * Only regular files are opened: a FIFO, device or socket is refused after ``stat``
       (opening a FIFO would wait forever for a writer).
@@ -291,12 +291,15 @@ def _read_tiff(path: Path) -> Image:
         _check_pixels(path, int(page.imagewidth), int(page.imagelength))
         photometric = page.photometric
         inkset = page.tags.valueof("InkSet", 1)  # 1 = CMYK, the default
+        if photometric == PHOTOMETRIC.YCBCR and page.compression in (6, 7):
+            photometric = PHOTOMETRIC.RGB  # tifffile's JPEG decoder (imagecodecs) gives RGB
         if photometric not in _TIFF_COLOUR_SPACES or (
                 photometric == PHOTOMETRIC.SEPARATED and inkset != 1):
             name = getattr(photometric, "name", str(photometric))
             what = "inks other than CMYK" if photometric == PHOTOMETRIC.SEPARATED else name
             raise ImageReadError(f"{path}: cannot read image: unsupported TIFF colour space "
-                                 f"({what}; RGB, grey, palette and CMYK are read)")
+                                 f"({what}; RGB, grey, palette, CMYK and JPEG YCbCr are "
+                                 f"read)")
         colormap = page.colormap if photometric == PHOTOMETRIC.PALETTE else None
         arr = page.asarray()
         if arr.ndim == 3 and page.planarconfig == PLANARCONFIG.SEPARATE:

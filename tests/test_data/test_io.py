@@ -382,7 +382,7 @@ def test_tiff_colour_spaces(tmp_path: Path) -> None:
                        [[1, 0, 32768 / 65535], [0, 1, 0], [0, 0, 0]], atol=1e-6)
     tifffile.imwrite(tmp_path / "lab.tif", np.zeros((4, 4, 3), np.uint8), photometric="cielab")
     _assert_read_error(tmp_path / "lab.tif", "unsupported TIFF colour space (CIELAB; RGB, "
-                                             "grey, palette and CMYK are read)")
+                                             "grey, palette, CMYK and JPEG YCbCr are read)")
     tifffile.imwrite(tmp_path / "inks.tif", np.zeros((4, 4, 4), np.uint8),
                      photometric="separated", extratags=[(332, 3, 1, 2, True)])  # InkSet 2
     _assert_read_error(tmp_path / "inks.tif", "unsupported TIFF colour space (inks other "
