@@ -76,7 +76,7 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _alpha_warned = False
 _TIFF_COLOUR_SPACES = (0, 1, 2, 3, 5)
 """TIFF photometric interpretations read: min-is-white, min-is-black, RGB, palette, separated
-(CMYK). Others (YCbCr, CIELab, ...) would need a conversion tifffile does not do."""
+(CMYK). Others (uncompressed YCbCr, CIELab, ...) need a conversion tifffile does not do."""
 
 
 def _warn_alpha(path: Path) -> None:
