@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,8 +43,12 @@ def lookup(getter: Callable[[str], Any], name: str, option: str) -> Any:
 
 
 def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Image files from files and folders; outputs are named by stem, so stems must differ."""
-    from restorekit.data import list_images
+    """Image files from files and folders; outputs are named by stem, so stems must differ.
+
+    A file named directly must be a regular file (a FIFO would block ``open`` forever);
+    folders are listed by :func:`restorekit.data.list_images`, which skips anything else.
+    """
+    from restorekit.data import check_image_file, list_images
 
     files: list[Path] = []
     for path in inputs:
@@ -51,24 +57,29 @@ def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
             if not found:
                 raise UsageError(f"{path}: folder holds no images")
             files.extend(found)
-        elif path.exists():
+        elif os.path.lexists(path):
+            check_image_file(path)
             files.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
-    stems = [f.stem for f in files]
-    clash = sorted({s for s in stems if stems.count(s) > 1})
-    if clash:
-        raise UsageError(f"several inputs share the stem {clash[0]!r}; outputs would collide")
+    first: dict[str, Path] = {}
+    for f in files:
+        if f.stem in first:
+            raise UsageError(f"{first[f.stem]} and {f} share the stem {f.stem!r}; both "
+                             f"outputs would be named {f.stem}.png")
+        first[f.stem] = f
     return files
 
 
 def output_files(output: Path, inputs: Sequence[Path], files: Sequence[Path],
-                 suffix: str = ".png") -> list[Path]:
+                 suffix: str = ".png", overwrite: bool = False) -> list[Path]:
     """The output file of each input (``output/<stem><suffix>``), after checking the output.
 
     Refused with one line, before anything is written: ``-o`` equal to or inside an input
-    folder, ``-o`` that is a file, and an output that would overwrite one of the inputs.
-    The output folder is created.
+    folder, ``-o`` that is a file, and any output that would replace something: an input
+    (the same file by device and inode, so also a hard link), a symbolic link (never
+    followed, never replaced), anything but a regular file, and, unless ``overwrite``, any
+    existing file. The output folder is created.
     """
     out = output.resolve()
     for given in inputs:
@@ -79,12 +90,31 @@ def output_files(output: Path, inputs: Sequence[Path], files: Sequence[Path],
                                  f"choose an output folder outside the inputs")
     if output.exists() and not output.is_dir():
         raise UsageError(f"-o {output}: exists and is not a folder")
-    sources = {f.resolve() for f in files}
+    sources = {(st.st_dev, st.st_ino) for st in map(os.stat, files)}  # hard links too
     targets = [output / f"{f.stem}{suffix}" for f in files]
+    existing = []
     for target in targets:
-        if target.resolve() in sources:
+        if target.is_symlink():
+            raise UsageError(f"-o {output}: {target} is a symbolic link (to "
+                             f"{os.readlink(target)}); refusing to write through or "
+                             f"replace it")
+        try:
+            st = target.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot check the output ({os_reason(exc)})") from None
+        if (st.st_dev, st.st_ino) in sources:
             raise UsageError(f"-o {output}: {target} is also an input; refusing to "
                              f"overwrite it")
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"-o {output}: {target} exists and is not a regular file; "
+                             f"refusing to replace it")
+        existing.append(target)
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UsageError(f"-o {output}: {existing[0]} already exists{more}; refusing to "
+                         f"replace it (choose another -o folder, or --overwrite)")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

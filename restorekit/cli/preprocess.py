@@ -16,6 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preprocess", required=True, metavar="SPEC",
                         help='pipeline, e.g. "autogamma,clahe:clip=0.01,denoise:method=tv"')
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files already in the output folder (never an input, "
+                             "never through a symbolic link)")
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
     pipeline = Pipeline.parse(args.preprocess, registry)
     files = expand_inputs(args.inputs)
-    targets = output_files(args.output, args.inputs, files)
+    targets = output_files(args.output, args.inputs, files, overwrite=args.overwrite)
     for path, target in tqdm(list(zip(files, targets, strict=True)),
                              desc=f"preprocess {pipeline}", unit="img"):
         write_image(target, pipeline(read_image(path)), bits=args.bits)

@@ -120,6 +120,11 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
     o.add_argument("-o", "--output", type=Path, default=None, help="output folder for --enhance")
     o.add_argument("--bits", type=int, choices=(8, 16), default=8, help="output PNG bit depth")
     o.add_argument("--json", action="store_true", help="--eval: machine-readable table")
+    o.add_argument("--overwrite", action="store_true",
+                   help="--enhance: replace files already in -o DIR (never an input, never "
+                        "through a symbolic link)"
+                        + ("; --train: replace an existing run NAME" if model_cls.trainable
+                           else ""))
     if model_cls.trainable:
         t = parser.add_argument_group("runs and checkpoints")
         presets = []
@@ -135,7 +140,6 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
         t.add_argument("--resume", action="store_true",
                        help="continue the run NAME (default: the newest run of this model) "
                             "from its last checkpoint")
-        t.add_argument("--overwrite", action="store_true", help="replace an existing run NAME")
         t.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="--train: the model, options, preprocessing and data of FILE (a "
                             "run's config.json or 'restorekit tune --export-best' output); "
@@ -398,7 +402,8 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
     from restorekit.data import image_size, read_image, write_image
 
     files = expand_inputs(args.enhance)
-    targets = dict(zip(files, output_files(args.output, args.enhance, files), strict=True))
+    outputs = output_files(args.output, args.enhance, files, overwrite=args.overwrite)
+    targets = dict(zip(files, outputs, strict=True))
     usable = []
     for path in files:  # sizes first: a batch must not stop halfway on a too-small image
         try:

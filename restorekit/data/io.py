@@ -8,7 +8,11 @@ Notes on formats:
     * PNG and JPEG/BMP go through Pillow. Pillow decodes 16-bit RGB(A) PNGs to 8 bits,
       so those are decoded twice (high and low bytes) and recombined; 16-bit RGB PNGs
       are written by a small built-in encoder (zlib) because Pillow cannot write them.
-    * TIFF goes through ``tifffile`` (8/16-bit integer and float samples; first page).
+    * TIFF goes through ``tifffile`` (8/16-bit integer and float samples; first page;
+      grey, RGB, palette, CMYK and JPEG-compressed YCbCr colour spaces, others refused).
+    * CMYK (TIFF, JPEG) becomes RGB as ``(1 - C)(1 - K)`` (no colour management).
+    * Only regular files are opened: a FIFO, device or socket is refused after ``stat``
+      (opening a FIFO would wait forever for a writer).
     * The EXIF orientation of JPEG/PNG files is applied; alpha is dropped (warned once).
     * Every format has the same pixel limit, checked from the header before decoding:
       :data:`MAX_PIXELS` (width x height), overridden by ``RESTOREKIT_MAX_PIXELS``.
@@ -19,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import struct
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +34,7 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps
 
+from restorekit.atomic import atomic_path
 from restorekit.errors import (
     DataError,
     ImageReadError,
@@ -43,6 +48,7 @@ from restorekit.types import Image
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "check_image_file",
     "image_size",
     "max_pixels",
     "list_images",
@@ -68,6 +74,9 @@ ENV_MAX_PIXELS = "RESTOREKIT_MAX_PIXELS"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _alpha_warned = False
+_TIFF_COLOUR_SPACES = (0, 1, 2, 3, 5)
+"""TIFF photometric interpretations read: min-is-white, min-is-black, RGB, palette, separated
+(CMYK). Others (uncompressed YCbCr, CIELab, ...) need a conversion tifffile does not do."""
 
 
 def _warn_alpha(path: Path) -> None:
@@ -112,13 +121,41 @@ def _pillow_limit() -> Iterator[None]:
         PILImage.MAX_IMAGE_PIXELS = old
 
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_image_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, from ``stat`` alone, a path that is not a regular file (links are followed).
+
+    Opening a FIFO blocks until a writer comes, and a device or socket is no image, so
+    nothing opens them: ``ImageReadError("<path>: cannot read image: it is a FIFO (named
+    pipe), not a regular file")`` (and likewise for a folder, a missing file).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: cannot read image: no such file") from None
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read image: {os_reason(exc)}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageReadError(f"{path}: cannot read image: it is a folder")
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+    raise ImageReadError(f"{path}: cannot read image: it is {kind}, not a regular file")
+
+
 def read_image(path: str | os.PathLike[str]) -> Image:
     """Read an image file as float32 RGB ``(H, W, 3)`` in [0, 1].
 
     Raises ``ImageReadError("<path>: cannot read image: <reason>")`` for a missing,
-    unreadable, corrupt, truncated or unsupported file.
+    unreadable, corrupt, truncated or unsupported file, and for anything but a regular
+    file (:func:`check_image_file`).
     """
     path = Path(path)
+    check_image_file(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
@@ -155,6 +192,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(H, W) of an image file from its header where possible (EXIF rotation applied);
     an ``ImageReadError`` when it cannot be read."""
     path = Path(path)
+    check_image_file(path)
     try:
         with PILImage.open(path) as im:
             w, h = im.size
@@ -243,17 +281,31 @@ def _apply_orientation(image: Image, orientation: int) -> Image:
 
 
 def _read_tiff(path: Path) -> Image:
+    """The first page of a TIFF, by its colour space: grey (black or white is zero), RGB,
+    palette, or CMYK (``(1 - C)(1 - K)``, as Pillow converts a CMYK JPEG); others refused."""
     import tifffile
+    from tifffile import PHOTOMETRIC, PLANARCONFIG
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        shape = tuple(int(v) for v in page.shape)
-        width, height = (shape[-2], shape[-3]) if len(shape) >= 3 and \
-            shape[-1] in (1, 3, 4) else (shape[-1], shape[-2])
-        _check_pixels(path, width, height)
+        _check_pixels(path, int(page.imagewidth), int(page.imagelength))
+        photometric = page.photometric
+        inkset = page.tags.valueof("InkSet", 1)  # 1 = CMYK, the default
+        if photometric == PHOTOMETRIC.YCBCR and page.compression in (6, 7):
+            photometric = PHOTOMETRIC.RGB  # tifffile's JPEG decoder (imagecodecs) gives RGB
+        if photometric not in _TIFF_COLOUR_SPACES or (
+                photometric == PHOTOMETRIC.SEPARATED and inkset != 1):
+            name = getattr(photometric, "name", str(photometric))
+            what = "inks other than CMYK" if photometric == PHOTOMETRIC.SEPARATED else name
+            raise ImageReadError(f"{path}: cannot read image: unsupported TIFF colour space "
+                                 f"({what}; RGB, grey, palette, CMYK and JPEG YCbCr are "
+                                 f"read)")
+        colormap = page.colormap if photometric == PHOTOMETRIC.PALETTE else None
         arr = page.asarray()
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+        if arr.ndim == 3 and page.planarconfig == PLANARCONFIG.SEPARATE:
+            arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+    if colormap is not None:  # indices into 16-bit R, G and B tables
+        arr = np.moveaxis(np.asarray(colormap)[:, arr], 0, -1)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.dtype == np.uint8:
@@ -266,14 +318,21 @@ def _read_tiff(path: Path) -> Image:
         image = np.clip(np.nan_to_num(arr.astype(np.float32)), 0, 1)
     else:
         raise OSError(f"unsupported TIFF sample type {arr.dtype}")
-    if image.ndim == 2:
-        return _gray_to_rgb(image)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise OSError(f"unsupported TIFF layout {arr.shape}")
-    if image.shape[2] == 4:
+    if photometric == PHOTOMETRIC.MINISWHITE:
+        image = 1 - image
+    colours = 4 if photometric == PHOTOMETRIC.SEPARATED else 3
+    if image.ndim == 3 and image.shape[2] == 2 and colours == 3:  # grey + alpha
         _warn_alpha(path)
-        image = image[:, :, :3]
-    return np.ascontiguousarray(image, dtype=np.float32)
+        image = image[:, :, 0]
+    if image.ndim == 2 and colours == 3:
+        return _gray_to_rgb(image)
+    if image.ndim != 3 or image.shape[2] not in (colours, colours + 1):
+        raise OSError(f"unsupported TIFF layout {arr.shape}")
+    if image.shape[2] == colours + 1:
+        _warn_alpha(path)
+    if colours == 4:
+        image = (1 - image[:, :, :3]) * (1 - image[:, :, 3:4])
+    return np.ascontiguousarray(image[:, :, :3], dtype=np.float32)
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -302,12 +361,9 @@ def write_image(path: str | os.PathLike[str], image: Image, bits: int = 8) -> No
     scale = 65535 if bits == 16 else 255
     quant = np.round(arr * scale).astype(np.uint16 if bits == 16 else np.uint8)
 
-    # A fresh name in the same folder (so os.replace is atomic); opened with "xb" so
-    # the file gets the usual permissions (umask), unlike tempfile.mkstemp's 0600.
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp_name, "xb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             if suffix in (".tif", ".tiff"):
                 import tifffile
 
@@ -322,13 +378,8 @@ def write_image(path: str | os.PathLike[str], image: Image, bits: int = 8) -> No
                     pil.save(fh, format="BMP")
                 else:
                     pil.save(fh, format="JPEG", quality=95)
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write image ({os_reason(exc)})") from None
-        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write image ({os_reason(exc)})") from None
 
 
 def _encode_png16(rgb: np.ndarray) -> bytes:
@@ -371,7 +422,8 @@ def to_image(tensor: torch.Tensor) -> Image:
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """The image files directly in ``folder`` (by suffix, case-insensitive), sorted.
 
-    Hidden files (names starting with ".") are skipped.
+    Hidden files (names starting with ".") and anything but regular files (folders,
+    FIFOs, devices, sockets: judged by ``stat``, never opened) are skipped.
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import safetensors.torch
 import torch
 
 from restorekit.api import TrainableModel
-from restorekit.engine.files import atomic_write_text, replace_synced, temp_path
+from restorekit.atomic import atomic_path, atomic_write_text
 from restorekit.engine.optimizers import IMPLEMENTATION_FLAGS
 from restorekit.errors import CheckpointError, OutputError, os_reason
 
@@ -65,21 +64,13 @@ def write_checkpoint(path: Path, tensors: Tensors, meta: dict[str, Any]) -> None
     """
     text = json.dumps(meta, indent=1)
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path)
-        safetensors.torch.save_file(cpu, str(tmp), metadata={METADATA_KEY: text})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file 0600
-        replace_synced(tmp, path)
+        with atomic_path(path) as tmp:
+            safetensors.torch.save_file(cpu, str(tmp), metadata={METADATA_KEY: text})
         atomic_write_text(sidecar(path), text + "\n")
     except Exception as exc:  # OSError, or safetensors' own error for a full disk
         raise OutputError(f"{path}: cannot write checkpoint ({os_reason(exc)})") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def _refusal(path: Path, reason: str) -> CheckpointError:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from restorekit.engine.files import atomic_write_text
+from restorekit.atomic import atomic_write_text
 from restorekit.engine.rundir import RunDir
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")

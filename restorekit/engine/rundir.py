@@ -39,8 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from restorekit.atomic import atomic_copy, atomic_write_text
 from restorekit.engine.checkpoint import SUFFIX, check_resumable, read_checkpoint, sidecar
-from restorekit.engine.files import atomic_copy, atomic_write_text
 from restorekit.errors import CheckpointError, LockError, UsageError
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from restorekit.engine.files import atomic_write_text
+from restorekit.atomic import atomic_path, atomic_write_text
 from restorekit.engine.rundir import RunDir
 from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label
 
@@ -61,9 +60,8 @@ def _save(draw: Callable[[], Any], path: Path) -> str | None:
         figure = first.figure
         figure.set_size_inches(7.5, 4.2)
         figure.tight_layout()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=100, format="png")
         return None
     except Exception as exc:  # noqa: BLE001 - any plotting problem is only a missing picture
         path.unlink(missing_ok=True)

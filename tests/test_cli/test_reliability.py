@@ -7,12 +7,15 @@ options, checkpoints and outputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +254,139 @@ def test_output_inside_input_is_refused(tick, tmp_path: Path,
     assert not (tmp_path / "photos" / "sub").exists()
 
 
+EXISTS = "already exists; refusing to replace it (choose another -o folder, or --overwrite)"
+LINK = "is a symbolic link (to ../in/a.png); refusing to write through or replace it"
+
+
+def test_outputs_never_replace_what_the_user_has(tick, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: `preprocess in/b.jpg -o in` (and `--enhance`) replaced the user's in/b.png, an
+    existing out2/a.png was replaced without a word, and a symbolic link out/b.png was
+    replaced by a file; all with exit 0."""
+    for name in ("a.png", "b.png", "b.jpg", "c.png"):
+        photo(tmp_path / "in" / name)
+    photo(tmp_path / "out2" / "a.png", value=0.9)  # a previous result
+    photo(tmp_path / "out3" / "c.png", value=0.9)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.png").symlink_to(Path("..") / "in" / "a.png")
+    (tmp_path / "hard").mkdir()
+    os.link(tmp_path / "in" / "a.png", tmp_path / "hard" / "a.png")
+    (tmp_path / "out4" / "c.png").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    cases = [
+        (["preprocess", "in/b.jpg", "-o", "in"], f"-o in: {Path('in/b.png')} {EXISTS}"),
+        (["run", "classic", "--enhance", "in/b.jpg", "-o", "in"],
+         f"-o in: {Path('in/b.png')} {EXISTS}"),
+        (["preprocess", "in/a.png", "-o", "out2"], f"-o out2: {Path('out2/a.png')} {EXISTS}"),
+        (["run", "classic", "--enhance", "in/a.png", "-o", "out2"],
+         f"-o out2: {Path('out2/a.png')} {EXISTS}"),
+        # all outputs are checked first: out3/a.png would be new, but nothing is written
+        (["preprocess", "in/a.png", "in/c.png", "-o", "out3"],
+         f"-o out3: {Path('out3/c.png')} {EXISTS}"),
+        (["preprocess", "in/b.png", "-o", "out"], f"-o out: {Path('out/b.png')} {LINK}"),
+        (["preprocess", "in/b.png", "-o", "out", "--overwrite"],
+         f"-o out: {Path('out/b.png')} {LINK}"),
+        (["run", "classic", "--enhance", "in/b.png", "-o", "out", "--overwrite"],
+         f"-o out: {Path('out/b.png')} {LINK}"),
+        (["preprocess", "in/a.png", "-o", "in", "--overwrite"],
+         f"-o in: {Path('in/a.png')} is also an input; refusing to overwrite it"),
+        (["preprocess", "in/a.png", "-o", "hard", "--overwrite"],  # a hard link to the input
+         f"-o hard: {Path('hard/a.png')} is also an input; refusing to overwrite it"),
+        (["run", "classic", "--enhance", "in/c.png", "-o", "out4", "--overwrite"],
+         f"-o out4: {Path('out4/c.png')} exists and is not a regular file; refusing to "
+         f"replace it"),
+    ]
+    for argv, line in cases:
+        if argv[0] == "preprocess":
+            argv = [*argv, "--preprocess", "gamma"]
+        assert main(argv) == 2, argv
+        assert one_error(capsys) == f"restorekit: error: {line}", argv
+    assert snapshot(tmp_path) == before
+    assert (tmp_path / "out" / "b.png").is_symlink() and (tmp_path / "out4" / "c.png").is_dir()
+    assert not (tmp_path / "out3" / "a.png").exists()
+    # --overwrite replaces a previous result, and only that.
+    assert main(["preprocess", "in/a.png", "-o", "out2", "--preprocess", "gamma",
+                 "--overwrite"]) == 0
+    assert main(["run", "classic", "--enhance", "in/c.png", "-o", "out3", "--overwrite"]) == 0
+    after = snapshot(tmp_path)
+    assert sorted(k for k in after if after[k] != before.get(k)) == ["out2/a.png", "out3/c.png"]
+    assert set(before) == set(after) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_two_inputs_for_one_output_name(tick, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("b.png", "b.jpg"):
+        photo(tmp_path / "in" / name)
+    line = "share the stem 'b'; both outputs would be named b.png"
+    assert main(["preprocess", "in/b.png", "in/b.jpg", "-o", "o", "--preprocess", "gamma"]) == 2
+    assert one_error(capsys) == (f"restorekit: error: {Path('in/b.png')} and "
+                                 f"{Path('in/b.jpg')} {line}")
+    assert main(["run", "classic", "--enhance", "in", "-o", "o"]) == 2
+    assert one_error(capsys) == (f"restorekit: error: {Path('in/b.jpg')} and "
+                                 f"{Path('in/b.png')} {line}")
+    assert not (tmp_path / "o").exists()
+
+
+class Hung(BaseException):
+    """Raised by :func:`deadline` (a BaseException: the CLI's last-resort handler, which
+    catches ``Exception``, must not turn it into an error line)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts a blocked ``open()`` of a FIFO."""
+    def expire(signum: int, frame: object) -> None:
+        raise Hung(f"still running after {seconds} s (blocked opening a FIFO?)")
+
+    if not hasattr(signal, "SIGALRM"):  # not POSIX: no FIFOs either
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _special_files(root: Path) -> None:
+    """in/fifo.png (a FIFO), in/socket.png (a bound AF_UNIX socket), in/null.png (a link
+    to /dev/null, a character device), beside a real in/a.png; cwd is ``root``."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("POSIX special files")
+    photo(root / "in" / "a.png")
+    os.mkfifo(root / "in" / "fifo.png")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind("in/socket.png")  # relative: AF_UNIX paths are limited to ~100 bytes
+    (root / "in" / "null.png").symlink_to(os.devnull)
+
+
+SPECIAL = {"fifo.png": "a FIFO (named pipe)", "socket.png": "a socket",
+           "null.png": "a character device"}
+
+
+def test_special_files_are_refused_not_opened(tick, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: `mkfifo in/fifo.png` hung `preprocess` and `--enhance` forever in open()."""
+    _special_files(tmp_path)
+    before = snapshot(tmp_path)
+    with deadline(60):
+        for name, kind in SPECIAL.items():
+            path = Path("in") / name
+            for argv in (["preprocess", str(path), "-o", "out", "--preprocess", "gamma"],
+                         ["run", "classic", "--enhance", str(path), "-o", "out"]):
+                assert main(argv) == 1, argv
+                assert one_error(capsys) == (f"restorekit: error: {path}: cannot read image: "
+                                             f"it is {kind}, not a regular file")
+        assert snapshot(tmp_path) == before and not (tmp_path / "out").exists()
+        # A folder scan skips them without opening them.
+        assert main(["run", "classic", "--enhance", "in", "-o", "out"]) == 0
+        assert main(["preprocess", "in", "-o", "pre", "--preprocess", "gamma"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+    assert [p.name for p in (tmp_path / "pre").iterdir()] == ["a.png"]
+
+
 def test_non_finite_weights_are_never_checkpointed(tick, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Was: inf weights (after the step whose loss was finite) saved as the last good one."""
@@ -440,6 +576,22 @@ def _output_is_a_file(root: Path) -> None:
     (root / "out").write_text("a file, not a folder")
 
 
+def _previous_result(root: Path) -> None:
+    _photos(root)
+    photo(root / "out" / "a.png", value=0.9)
+
+
+def _sibling(root: Path) -> None:
+    _photos(root)
+    photo(root / "in" / "a.jpg")
+
+
+def _linked_output(root: Path) -> None:
+    _photos(root)
+    (root / "out").mkdir()
+    (root / "out" / "a.png").symlink_to(Path("..") / "in" / "a.png")
+
+
 def _trained(root: Path) -> None:
     assert train_tick("r", "--max-steps", "1") == 0
 
@@ -535,8 +687,24 @@ TABLE: list[tuple[str, Callable[[Path], None] | None, list[str]]] = [
      ["run", "tick", "--enhance", "data/low", "-o", "out", "--checkpoint", "runs/r"]),
     ("pickle checkpoint", _pickle, ["run", "tick", "--enhance", "data/low", "-o", "out",
                                     "--checkpoint", "model.safetensors"]),
+    *[(f"{kind} input{', enhance' if enhance else ''}", _special_files,
+       ["run", "classic", "--enhance", f"in/{name}", "-o", "out"] if enhance else
+       ["preprocess", f"in/{name}", "-o", "out", "--preprocess", "gamma"])
+      for name, kind in SPECIAL.items() for enhance in (False, True)],
     # outputs
     ("output is a file", _output_is_a_file, ["run", "classic", "--enhance", "in", "-o", "out"]),
+    ("output exists", _previous_result, ["preprocess", "in/a.png", "-o", "out", "--preprocess",
+                                         "gamma"]),
+    ("output exists, enhance", _previous_result, ["run", "classic", "--enhance", "in", "-o",
+                                                  "out"]),
+    ("output is the input's sibling", _sibling, ["preprocess", "in/a.jpg", "-o", "in",
+                                                 "--preprocess", "gamma"]),
+    ("output is the input's sibling, enhance", _sibling,
+     ["run", "classic", "--enhance", "in/a.jpg", "-o", "in"]),
+    ("output is the input, --overwrite", _photos, ["run", "classic", "--enhance", "in/a.png",
+                                                   "-o", "in", "--overwrite"]),
+    ("output is a link, --overwrite", _linked_output,
+     ["run", "classic", "--enhance", "in/a.png", "-o", "out", "--overwrite"]),
     ("read-only output", _read_only, ["run", "classic", "--enhance", "in", "-o", "out"]),
     ("full disk at a checkpoint", _full_disk, ["run", "tick", "--train", "--resume", "--name",
                                                "r", "--max-steps", "2"]),
@@ -556,7 +724,8 @@ def test_bad_inputs(tick, tmp_path: Path, capsys: pytest.CaptureFixture[str],
             setup(tmp_path)
     before = snapshot(tmp_path, skip=("runs", "out"))
     capsys.readouterr()
-    code = main(argv)
+    with deadline(60):  # a FIFO input hung in open() forever (each row takes about 1 s)
+        code = main(argv)
     err = capsys.readouterr().err
     assert code != 0, err
     assert len(error_lines(err)) == 1 and "Traceback" not in err, err

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +305,175 @@ def test_write_failures_are_one_line_and_leave_nothing(tmp_path: Path,
     with pytest.raises(OutputError, match=r"out.png: cannot write image \(No space left"):
         write_image(tmp_path / "out.png", np.zeros((4, 4, 3), np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# -- CMYK and other TIFF colour spaces (issue 19) -----------------------------------------------
+def _dark_rgb_and_cmyk() -> tuple[np.ndarray, np.ndarray]:
+    """A dark photo-like RGB image (mean about 0.07) and its CMYK with full black
+    generation (K = 1 - max(R, G, B)), both 8-bit, so K carries most of the image."""
+    yy, xx = np.mgrid[0:32, 0:48]
+    rgb = np.stack([0.04 + 0.1 * xx / 48, 0.02 + 0.08 * yy / 32,
+                    0.06 + 0.04 * (xx + yy) / 80], axis=-1)
+    rgb = np.round(rgb * 255) / 255
+    k = 1 - rgb.max(axis=2, keepdims=True)
+    cmy = (1 - rgb - k) / (1 - k)
+    cmyk = np.round(np.concatenate([cmy, k], axis=2) * 255).astype(np.uint8)
+    return rgb.astype(np.float32), cmyk
+
+
+def test_cmyk_tiff_and_jpeg_read_as_rgb(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: a CMYK TIFF read as RGBA (K taken for alpha): mean 0.93 for a 0.07 image and
+    "image has an alpha channel; it is dropped". A CMYK JPEG was right."""
+    import tifffile
+
+    monkeypatch.setattr(io, "_alpha_warned", False)
+    rgb, cmyk = _dark_rgb_and_cmyk()
+    assert rgb.mean() == pytest.approx(0.07, abs=0.01)
+    PILImage.fromarray(cmyk, "CMYK").save(tmp_path / "pillow.tif")
+    tifffile.imwrite(tmp_path / "tifffile.tif", cmyk, photometric="separated")
+    tifffile.imwrite(tmp_path / "deep.tif", cmyk.astype(np.uint16) * 257,
+                     photometric="separated")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(cmyk, -1, 0),
+                     photometric="separated", planarconfig="separate")
+    PILImage.fromarray(cmyk, "CMYK").save(tmp_path / "photo.jpg", quality=95)
+    with caplog.at_level(logging.WARNING, logger="restorekit"):
+        for name in ("pillow.tif", "tifffile.tif", "deep.tif", "planar.tif"):
+            back = read_image(tmp_path / name)
+            assert back.shape == rgb.shape
+            assert np.abs(back - rgb).max() < 2.5 / 255, name
+            assert back.mean() == pytest.approx(rgb.mean(), abs=1e-3), name
+        jpeg = read_image(tmp_path / "photo.jpg")
+        assert np.abs(jpeg - rgb).mean() < 0.01 and jpeg.mean() == pytest.approx(rgb.mean(),
+                                                                                 abs=0.01)
+    assert not [r for r in caplog.records if "alpha" in r.getMessage()]
+
+
+def test_cmyk_tiff_with_alpha_warns_and_keeps_colours(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import tifffile
+
+    monkeypatch.setattr(io, "_alpha_warned", False)
+    rgb, cmyk = _dark_rgb_and_cmyk()
+    alpha = np.full((*cmyk.shape[:2], 1), 128, np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", np.concatenate([cmyk, alpha], axis=2),
+                     photometric="separated", extrasamples=["unassalpha"])
+    with caplog.at_level(logging.WARNING, logger="restorekit"):
+        back = read_image(tmp_path / "a.tif")
+    assert np.abs(back - rgb).max() < 2.5 / 255
+    assert len([r for r in caplog.records if "alpha" in r.getMessage()]) == 1
+
+
+def test_tiff_colour_spaces(tmp_path: Path) -> None:
+    """Was: min-is-white grey read inverted, a palette image read as its grey indices, and
+    any other colour space (CIELab, inks other than CMYK) read as if it were RGB."""
+    import tifffile
+
+    grey = np.array([[0, 64, 255]], np.uint8)
+    tifffile.imwrite(tmp_path / "white.tif", grey, photometric="miniswhite")
+    assert np.allclose(read_image(tmp_path / "white.tif")[0, :, 0], 1 - grey[0] / 255)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, 1] = (65535, 0, 32768)
+    colormap[:, 2] = (0, 65535, 0)
+    tifffile.imwrite(tmp_path / "palette.tif", np.array([[1, 2, 0]], np.uint8),
+                     photometric="palette", colormap=colormap)
+    assert np.allclose(read_image(tmp_path / "palette.tif")[0],
+                       [[1, 0, 32768 / 65535], [0, 1, 0], [0, 0, 0]], atol=1e-6)
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((4, 4, 3), np.uint8), photometric="cielab")
+    _assert_read_error(tmp_path / "lab.tif", "unsupported TIFF colour space (CIELAB; RGB, "
+                                             "grey, palette, CMYK and JPEG YCbCr are read)")
+    tifffile.imwrite(tmp_path / "inks.tif", np.zeros((4, 4, 4), np.uint8),
+                     photometric="separated", extratags=[(332, 3, 1, 2, True)])  # InkSet 2
+    _assert_read_error(tmp_path / "inks.tif", "unsupported TIFF colour space (inks other "
+                                              "than CMYK")
+
+
+# -- only regular files are opened (issue 19) ---------------------------------------------------
+class Hung(BaseException):
+    """Raised by :func:`deadline` (a BaseException, so no ``except Exception`` hides it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts a blocked ``open()`` of a FIFO."""
+    def expire(signum: int, frame: object) -> None:
+        raise Hung(f"still running after {seconds} s (blocked opening a FIFO?)")
+
+    if not hasattr(signal, "SIGALRM"):  # not POSIX: no FIFOs either
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def special_files(folder: Path) -> dict[str, str]:
+    """A FIFO, a socket and a link to /dev/null named like images in ``folder``: the name
+    -> the kind the error line names."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("POSIX special files")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "fifo.png")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    cwd = Path.cwd()
+    try:  # a relative path: AF_UNIX paths are limited to about 100 bytes
+        os.chdir(folder)
+        sock.bind("socket.png")
+    finally:
+        os.chdir(cwd)
+        sock.close()
+    (folder / "null.png").symlink_to(os.devnull)
+    return {"fifo.png": "a FIFO (named pipe)", "socket.png": "a socket",
+            "null.png": "a character device"}
+
+
+def test_special_files_are_refused_without_opening(tmp_path: Path) -> None:
+    """Was: read_image (and image_size) on a FIFO named like an image blocked forever in
+    open(); a socket was "corrupt", /dev/null "not an image"."""
+    kinds = special_files(tmp_path)
+    write_image(tmp_path / "real.png", _random_image(4, 4))
+    with deadline(20):
+        for name, kind in kinds.items():
+            for read in (read_image, io.image_size):
+                with pytest.raises(ImageReadError) as info:
+                    read(tmp_path / name)
+                assert str(info.value) == (f"{tmp_path / name}: cannot read image: it is "
+                                           f"{kind}, not a regular file")
+        with pytest.raises(ImageReadError, match="it is a character device"):
+            read_image(os.devnull)
+        assert [p.name for p in list_images(tmp_path)] == ["real.png"]
+
+
+# -- atomic writes (issue 20) -------------------------------------------------------------------
+def test_write_image_is_synced_and_atomic(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: write_image renamed without fsync (a crash could leave an empty file)."""
+    from restorekit.atomic import atomic_path
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}") if os.path.isdir("/proc")
+                      else fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "a.png"
+    write_image(path, _random_image(4, 4))
+    assert len(synced) == 2  # the file (before its rename), then the folder
+    if os.path.isdir("/proc"):
+        assert Path(synced[0]).name.startswith(".a.png.") and synced[1] == str(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half an image")
+        raise RuntimeError("crash while writing")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
