@@ -22,6 +22,7 @@ MAX_PLANE_NUMEL = 2**31 - 1 - 65536
 MAX_PLANES = 2**31 - 1
 # Smaller allocations are not checked against the available memory (as in csrc/cpu/ops_cpu.cpp).
 CHECK_MEMORY_ABOVE = 1 << 30
+_REDUCED = (torch.float16, torch.bfloat16)
 
 
 class ExtensionSizeError(ExtensionError, RuntimeError):
@@ -30,13 +31,13 @@ class ExtensionSizeError(ExtensionError, RuntimeError):
 
 def check_sizes(op: str, x: torch.Tensor, pad: int = 0) -> None:
     """Refuse planes (padded by ``pad``) or a plane count beyond the kernels' limits."""
-    h, w = x.shape[2] + 2 * pad, x.shape[3] + 2 * pad
-    if h * w > MAX_PLANE_NUMEL:
+    n, c, h, w = x.shape
+    if (h + 2 * pad) * (w + 2 * pad) > MAX_PLANE_NUMEL:
         raise ExtensionSizeError(
-            f"restorekit::{op}: a plane of {x.shape[2]}x{x.shape[3]} padded by {pad} "
-            f"({h}x{w}) is too large: at most {MAX_PLANE_NUMEL} elements per padded plane"
+            f"restorekit::{op}: a plane of {h}x{w} padded by {pad} ({h + 2 * pad}x"
+            f"{w + 2 * pad}) is too large: at most {MAX_PLANE_NUMEL} elements per padded plane"
         )
-    planes = x.shape[0] * x.shape[1]
+    planes = n * c
     if planes > MAX_PLANES:
         raise ExtensionSizeError(
             f"restorekit::{op}: {planes} planes (N*C) are too many: at most {MAX_PLANES}"
@@ -78,8 +79,10 @@ def check_memory(
     """
     planes = x.shape[0] * x.shape[1]
     nbytes = planes * (out * x.element_size() + 16)
-    nbytes += sum(t.numel() * t.element_size() for t in inputs if not t.is_contiguous())
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+    for t in inputs:
+        if not t.is_contiguous():
+            nbytes += t.numel() * t.element_size()
+    if x.dtype in _REDUCED and x.device.type == "cpu":
         nbytes += min(planes, torch.get_num_threads()) * floats * 4
     if nbytes < CHECK_MEMORY_ABOVE:
         return
@@ -95,21 +98,23 @@ def check_memory(
 def check_instance_norm_act(x: torch.Tensor, pad: int) -> None:
     """instance_norm_act's size and memory checks, before any C++ runs."""
     check_sizes("instance_norm_act", x, pad)
-    padded = (x.shape[2] + 2 * pad) * (x.shape[3] + 2 * pad)
-    check_memory("instance_norm_act", x, padded, x.shape[2] * x.shape[3] + padded, (x,))
+    _, _, h, w = x.shape
+    padded = (h + 2 * pad) * (w + 2 * pad)
+    check_memory("instance_norm_act", x, padded, h * w + padded, (x,))
 
 
 def check_instance_norm_add(x: torch.Tensor, residual: torch.Tensor) -> None:
     """instance_norm_add's size and memory checks, before any C++ runs."""
     check_sizes("instance_norm_add", x)
-    plane = x.shape[2] * x.shape[3]
-    check_memory("instance_norm_add", x, plane, 3 * plane, (x, residual))
+    _, _, h, w = x.shape
+    check_memory("instance_norm_add", x, h * w, 3 * h * w, (x, residual))
 
 
 def check_reflection_pad(x: torch.Tensor) -> None:
     """reflection_pad's size and memory checks, before any C++ runs."""
     check_sizes("reflection_pad", x, 1)
-    check_memory("reflection_pad", x, (x.shape[2] + 2) * (x.shape[3] + 2), 0, (x,))
+    _, _, h, w = x.shape
+    check_memory("reflection_pad", x, (h + 2) * (w + 2), 0, (x,))
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
