@@ -218,6 +218,201 @@ def test_empty_batch_gives_empty_output(ops):
         2, 0, 4, 4)
 
 
+# ------------------------------------------------------------------------ size limits
+# A float16 plane of 2^31 + 8 elements (4 x 2^29 + 2) once got the process killed (SIGKILL,
+# out of memory: 20 GiB of output and float scratch). Every op refuses such sizes up front.
+# The tensors are expanded views (no memory); the checks run in a child process whose
+# address space is capped, so that an op that does not refuse fails at its first large
+# allocation instead of filling the machine's memory.
+BIG_H, BIG_W = 4, 2**29 + 2  # 2^31 + 8 elements, over the limit of 2^31 - 65537
+PLANE_LIMIT = "at most 2147418111 elements per padded plane"
+
+
+def _expanded(shape, dtype=torch.float16, requires_grad=False):
+    """A tensor of ``shape`` that holds one element."""
+    one = torch.zeros((1,) * len(shape), dtype=dtype, requires_grad=requires_grad)
+    return one.expand(shape)
+
+
+def _cap_address_space() -> None:
+    """Let this (child) process map at most 1 GiB more than it has mapped now."""
+    import resource
+
+    with open("/proc/self/status") as status:
+        vm = next(int(ln.split()[1]) * 1024 for ln in status if ln.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def _big_calls(ops, x, pads=True):
+    """Each op called on planes the shape of x's (the gradients and other inputs to match)."""
+    n, c, h, w = x.shape
+    stats = torch.zeros(1, 1).expand(n, c)
+    grad1 = _expanded((n, c, h + 2, w + 2), x.dtype)
+    calls = {
+        "instance_norm_act": (lambda: ops.instance_norm_act(x, 1e-5, 0.2, 1), 1),
+        "instance_norm_act_with_stats": (
+            lambda: ops.instance_norm_act_with_stats(x, 1e-5, 0.0, 0), 0),
+        "instance_norm_act_backward": (
+            lambda: ops.instance_norm_act_backward(x, x, stats, stats, 0.0, 0), 0),
+        "instance_norm_add": (lambda: ops.instance_norm_add(x, x, 1e-5), 0),
+        "instance_norm_add_with_stats": (
+            lambda: ops.instance_norm_add_with_stats(x, x, 1e-5), 0),
+        "instance_norm_add_backward": (
+            lambda: ops.instance_norm_add_backward(x, x, stats, stats), 0),
+        "reflection_pad": (lambda: ops.reflection_pad(x), 1),
+        "reflection_pad_backward": (lambda: ops.reflection_pad_backward(grad1), 0),
+        "reflection_pad_backward_add": (
+            lambda: ops.reflection_pad_backward_add(grad1, x), 0),
+    }
+    if not pads:  # planes of 1x1: no reflection padding
+        calls = {k: v for k, v in calls.items() if "pad" not in k}
+        calls["instance_norm_act"] = (lambda: ops.instance_norm_act(x, 1e-5, 0.2, 0), 0)
+    return calls
+
+
+def _check_plane_limit(ops) -> None:
+    _cap_address_space()
+    for requires_grad in (False, True):
+        x = _expanded((1, 1, BIG_H, BIG_W), requires_grad=requires_grad)
+        for name, (call, pad) in _big_calls(ops, x).items():
+            # The backward ops see their gradient's plane: the padded one of reflection_pad's.
+            h, w = (BIG_H + 2, BIG_W + 2) if name.startswith("reflection_pad_") else (BIG_H, BIG_W)
+            want = (f"restorekit::{name.removesuffix('_with_stats')}: a plane of {h}x{w} "
+                    f"padded by {pad} ({h + 2 * pad}x{w + 2 * pad}) is too large: {PLANE_LIMIT}")
+            with pytest.raises(RuntimeError) as info:
+                call()
+            assert str(info.value) == want, (name, requires_grad)
+    # The Python entry points refuse it before any C++ runs (with the same line).
+    x = _expanded((1, 1, BIG_H, BIG_W))
+    conv = nn.Conv2d(1, 1, 3)
+    calls = ((lambda: ext.instance_norm_act(x, 1e-5, 0.0, 1), "instance_norm_act", 1),
+             (lambda: ext.instance_norm_add(x, x), "instance_norm_add", 0),
+             (lambda: ext.reflection_pad(x), "reflection_pad", 1),
+             (lambda: ext.resnet_block(x, conv, conv), "resnet_block", 1))
+    for call, name, pad in calls:
+        with pytest.raises(ext.ExtensionSizeError, match=f"^restorekit::{name}: a plane of "
+                           f"4x{BIG_W} padded by {pad} .* is too large: {PLANE_LIMIT}$"):
+            call()
+
+
+def _check_plane_count_limit(ops) -> None:
+    _cap_address_space()
+    x = _expanded((2**31, 1, 1, 1), torch.float32)
+    for name, (call, _) in _big_calls(ops, x, pads=False).items():
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert str(info.value) == (f"restorekit::{name.removesuffix('_with_stats')}: "
+                                   "2147483648 planes (N*C) are too many: at most 2147483647")
+
+
+def _check_memory_limit(ops) -> None:
+    # Sizes the kernels index but no machine holds (16 TiB of float16): refused with what
+    # the op needs (its output, a copy of the expanded input, float scratch per thread).
+    _cap_address_space()
+    torch.set_num_threads(2)
+    x = _expanded((2**12, 1, 2**15, 2**15))
+    for name, (call, _) in _big_calls(ops, x).items():
+        with pytest.raises(RuntimeError, match=(
+                rf"^restorekit::{name.removesuffix('_with_stats')}: needs \d+\.\d GiB of memory "
+                r"\(outputs, copies and scratch\), only \d+\.\d GiB available$")):
+            call()
+    # instance_norm_add_with_stats: copies of x and residual (8 TiB each), the output (8 TiB),
+    # statistics, and 2 threads x 3 planes of 2^30 floats of scratch (24 GiB).
+    need = 3 * 2**42 * 2 + 2**12 * 16 + 2 * 3 * 2**30 * 4
+    with pytest.raises(RuntimeError, match=f"needs {need / 2**30:.1f} GiB of memory"):
+        ops.instance_norm_add_with_stats(x, x, 1e-5)
+    # The Python entry points count the same bytes, and refuse before any C++ runs.
+    for python, cpp in ((lambda: ext.instance_norm_act(x, 1e-5, 0.0, 1),
+                         lambda: ops.instance_norm_act(x, 1e-5, 0.0, 1)),
+                        (lambda: ext.instance_norm_add(x, x), lambda: ops.instance_norm_add(x, x)),
+                        (lambda: ext.reflection_pad(x), lambda: ops.reflection_pad(x))):
+        with pytest.raises(ext.ExtensionSizeError) as from_python:
+            python()
+        with pytest.raises(RuntimeError) as from_cpp:
+            cpp()
+        assert type(from_cpp.value) is RuntimeError
+        needs = [str(e.value).split(", only")[0] for e in (from_python, from_cpp)]
+        assert needs[0] == needs[1]
+
+
+def _check_sizes_within_the_limits_run(ops) -> None:
+    # A plane at the limit (padded or not) passes the size checks: the op goes on to the
+    # memory check (the tensors stand for 2^12 planes of it, more than any machine holds).
+    _cap_address_space()
+    edge = _expanded((2**12, 1, 1, 2**31 - 65537), torch.float32)
+    padded = _expanded((2**12, 1, 3, (2**31 - 65537) // 5 - 2), torch.float32)
+    for call in (lambda: ops.instance_norm_act(edge, 1e-5, 0.0, 0),
+                 lambda: ops.instance_norm_add_with_stats(edge, edge, 1e-5),
+                 lambda: ops.instance_norm_act_with_stats(padded, 1e-5, 0.0, 1)):
+        with pytest.raises(RuntimeError, match="needs .* GiB of memory"):
+            call()
+
+
+needs_linux = pytest.mark.skipif(not Path("/proc/meminfo").exists(),
+                                 reason="the memory check reads /proc/meminfo (Linux)")
+
+
+@needs_linux
+def test_planes_beyond_the_kernels_limit_are_refused(ops):
+    _in_child("_check_plane_limit")
+
+
+@needs_linux
+def test_too_many_planes_are_refused(ops):
+    _in_child("_check_plane_count_limit")
+
+
+@needs_linux
+def test_sizes_beyond_the_available_memory_are_refused(ops):
+    _in_child("_check_memory_limit")
+
+
+@needs_linux
+def test_sizes_at_the_limit_pass_the_size_checks(ops):
+    _in_child("_check_sizes_within_the_limits_run")
+
+
+def test_meta_tensors_are_checked_against_the_same_limits(ops):
+    # The fake kernels (torch.compile, meta tensors) and the composite ops refuse the same
+    # sizes; a plane at the limit gives its output's shape.
+    limit = 2**31 - 65537
+    at_limit = torch.empty(1, 1, 1, limit, device="meta")
+    assert ops.instance_norm_act(at_limit, 1e-5, 0.0, 0).shape == at_limit.shape
+    assert ops.instance_norm_add_with_stats(at_limit, at_limit, 1e-5)[0].shape == at_limit.shape
+    padded = torch.empty(1, 1, 3, limit // 5 - 2, device="meta")
+    assert ops.instance_norm_act_with_stats(padded, 1e-5, 0.0, 1)[0].shape == (
+        1, 1, 5, limit // 5)
+    over = torch.empty(1, 1, 1, limit + 1, device="meta")
+    for call in (lambda: ops.instance_norm_act(over, 1e-5, 0.0, 0),
+                 lambda: ops.instance_norm_act_with_stats(over, 1e-5, 0.0, 0),
+                 lambda: ops.instance_norm_add(over, over, 1e-5),
+                 lambda: ops.instance_norm_add_with_stats(over, over, 1e-5),
+                 lambda: ops.instance_norm_act_with_stats(
+                     torch.empty(1, 1, 3, limit // 5 - 1, device="meta"), 1e-5, 0.0, 1)):
+        with pytest.raises(RuntimeError, match=f"is too large: {PLANE_LIMIT}"):
+            call()
+
+
+def test_python_memory_check_asks_the_device(monkeypatch):
+    # CUDA: the device's free memory plus what torch's caching allocator holds unused.
+    from restorekit.ext import _ops
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 4 * 2**30)
+    assert _ops.available_memory(torch.device("cuda", 0)) == 4 * 2**30
+    # The check asks only for large requests, and refuses what the memory cannot hold.
+    monkeypatch.setattr(_ops, "available_memory", lambda device: 2**30)
+    x = torch.zeros(1, 2, 8, 8)
+    _ops.check_instance_norm_act(x, 1)
+    monkeypatch.setattr(_ops, "CHECK_MEMORY_ABOVE", 0)
+    _ops.check_memory("instance_norm_act", x, 100, 0, (x,))
+    with pytest.raises(ext.ExtensionSizeError, match=(
+            r"^restorekit::instance_norm_act: needs 2\.0 GiB of memory \(outputs, copies and "
+            r"scratch\), only 1\.0 GiB available$")):
+        _ops.check_memory("instance_norm_act", x, 2**28 + 1, 0, (x,))
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda_only)])
 def test_constant_plane_with_zero_eps_is_zero_like_pytorch(ops, device):
     # Also for constants whose sum is not exact (0.1) and planes long enough for the CUDA

@@ -20,6 +20,10 @@ compiler's output on first use) or ``off`` (plain PyTorch). Importing never rais
 Every op takes float32, float64, float16 and bfloat16 on CPU and CUDA (reduced precision is
 stored as such and accumulated in float32). Under ``torch.autocast`` the fused block runs its
 convolutions and fused ops in the autocast dtype, so no instance norm pays extra casts.
+
+Sizes beyond the kernels' limits (more than ``2**31 - 65537`` elements per padded plane, or
+more than ``2**31 - 1`` planes) and ops whose outputs and scratch the available memory cannot
+hold raise :class:`ExtensionSizeError` (a ``RuntimeError``; one line) before any work.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from restorekit.ext import _build, _reference
+from restorekit.ext import _build, _ops, _reference
 from restorekit.ext._build import (
     ExtensionBuildError,
     ExtensionError,
@@ -38,11 +42,13 @@ from restorekit.ext._build import (
     mode,
     source_dir,
 )
+from restorekit.ext._ops import ExtensionSizeError
 from restorekit.ext.modules import InstanceNormAct, fuse_instance_norms
 
 __all__ = [
     "ExtensionBuildError",
     "ExtensionError",
+    "ExtensionSizeError",
     "ExtensionWarning",
     "InstanceNormAct",
     "describe",
@@ -109,6 +115,7 @@ def _use_ext(x: torch.Tensor, pad: int = 1) -> bool:
 def reflection_pad(x: torch.Tensor) -> torch.Tensor:
     """Reflection padding by 1 on H and W (extension op, or plain PyTorch as a fallback)."""
     if _use_ext(x):
+        _ops.check_reflection_pad(x)
         return torch.ops.restorekit.reflection_pad(x)
     return _reference.reflection_pad(x)
 
@@ -122,6 +129,7 @@ def instance_norm_act(
     1 is no activation, anything else LeakyReLU.
     """
     if _use_ext(x, pad):
+        _ops.check_instance_norm_act(x, pad)
         return torch.ops.restorekit.instance_norm_act(x, eps, negative_slope, pad)
     return _reference.instance_norm_act(x, eps, negative_slope, pad)
 
@@ -134,6 +142,7 @@ def instance_norm_relu_pad(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 def instance_norm_add(x: torch.Tensor, residual: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """InstanceNorm2d(affine=False)(x) + residual, fused when available."""
     if _use_ext(x) and residual.shape == x.shape and residual.dtype == x.dtype:
+        _ops.check_instance_norm_add(x, residual)
         return torch.ops.restorekit.instance_norm_add(x, residual, eps)
     return _reference.instance_norm_add(x, residual, eps)
 
@@ -149,6 +158,7 @@ def resnet_block(
     """
     if not _use_ext(x):
         return _reference.resnet_block(x, conv1, conv2, eps)
+    _ops.check_sizes("resnet_block", x, 1)  # the planes of every fused op in the block
     params = (conv1.weight, conv1.bias, conv2.weight, conv2.bias)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 
 namespace restorekit {
@@ -61,6 +62,27 @@ inline void check_input(const at::Tensor& x, const char* op) {
   RK_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
            "restorekit::", op, ": unsupported dtype ", st,
            " (float32, float64, float16 or bfloat16)");
+}
+
+// Size limits, the same on every device (both are documented in csrc/README.md, and mirrored
+// by restorekit/ext/_ops.py for the Python entry points): the CUDA kernels index within a
+// (padded) plane with int, and a thread's index may pass the plane's end by up to one tile
+// (4096 elements); they run one block per plane on grid.x. The CPU kernels index with int64_t
+// but keep the same limits, so that an input accepted on one device is accepted on the other.
+constexpr int64_t kMaxPlaneNumel = int64_t(INT32_MAX) - 65536;  // 2147418111
+constexpr int64_t kMaxPlanes = INT32_MAX;
+
+// x's planes, reflection-padded by `pad` (pad = 0: as they are), and their count N * C must
+// be within the limits above. Shapes only: checked before anything is allocated.
+inline void check_sizes(const at::Tensor& x, int64_t pad, const char* op) {
+  const int64_t hp = x.size(2) + 2 * pad, wp = x.size(3) + 2 * pad;
+  // hp * wp, compared without overflow (an expanded tensor can have any H and W).
+  RK_CHECK(hp <= 0 || wp <= kMaxPlaneNumel / hp, "restorekit::", op, ": a plane of ",
+           x.size(2), "x", x.size(3), " padded by ", pad, " (", hp, "x", wp,
+           ") is too large: at most ", kMaxPlaneNumel, " elements per padded plane");
+  const int64_t planes = x.size(0) * x.size(1);
+  RK_CHECK(planes <= kMaxPlanes, "restorekit::", op, ": ", planes,
+           " planes (N*C) are too many: at most ", kMaxPlanes);
 }
 
 // Reflection padding by `pad` needs 0 <= pad < H and pad < W (as torch's ReflectionPad2d).

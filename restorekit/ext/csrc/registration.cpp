@@ -34,6 +34,7 @@ void check_act_args(const at::Tensor& x, double eps, double slope, int64_t pad) 
   check_eps(eps, "instance_norm_act");
   check_slope(slope, "instance_norm_act");
   check_pad(x, pad, "instance_norm_act");
+  check_sizes(x, pad, "instance_norm_act");
 }
 
 // Below autograd (and for the fake/meta path): the with_stats op, its first output.
@@ -148,6 +149,7 @@ at::Tensor instance_norm_add(const at::Tensor& x, const at::Tensor& residual, do
   check_input(x, "instance_norm_add");
   check_same(x, residual, "instance_norm_add", "residual");
   check_eps(eps, "instance_norm_add");
+  check_sizes(x, 0, "instance_norm_add");
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("restorekit::instance_norm_add_with_stats", "")
                        .typed<Stats3(const at::Tensor&, const at::Tensor&, double)>();

@@ -13,7 +13,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <initializer_list>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -282,6 +286,54 @@ inline void check_dtype(const at::Tensor& t, const char* op) {
               " (float32, float64, float16 or bfloat16)");
 }
 
+// ------------------------------------------------------------------ memory ---------------
+// Linux lets an allocation larger than the free memory succeed and kills the process (SIGKILL)
+// once its pages are touched: a float16 plane of 2^31 elements (4 GiB) needs 20 GiB more, its
+// output (4) and two planes of float scratch (16). So each op adds up what it is about to
+// allocate and refuses, before allocating, what the available memory cannot hold.
+
+// Smaller requests are not checked (the check reads /proc/meminfo).
+constexpr double kCheckMemoryAbove = double(int64_t(1) << 30);
+
+// MemAvailable of /proc/meminfo, in bytes; -1 where it is unknown (then nothing is refused).
+double available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, rest;
+  double kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024;
+    std::getline(meminfo, rest);
+  }
+  return -1;
+}
+
+std::string gib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f GiB", bytes / double(int64_t(1) << 30));
+  return text;
+}
+
+// The op's allocations for t's N * C planes: outputs of `out` elements of t's dtype and two
+// statistics per plane, a contiguous copy of each non-contiguous input, and for float16 and
+// bfloat16 `floats` floats of scratch for every thread that runs a plane.
+void check_memory(const char* op, const at::Tensor& t, int64_t out, int64_t floats,
+                  std::initializer_list<const at::Tensor*> inputs) {
+  const double planes = static_cast<double>(t.size(0)) * static_cast<double>(t.size(1));
+  double bytes = planes * (static_cast<double>(out) * t.element_size() + 2 * sizeof(double));
+  for (const at::Tensor* in : inputs) {
+    if (!in->is_contiguous()) bytes += static_cast<double>(in->numel()) * in->element_size();
+  }
+  if (is_reduced(t)) {
+    bytes += std::min<double>(planes, at::get_num_threads()) * static_cast<double>(floats) *
+             sizeof(float);
+  }
+  if (bytes < kCheckMemoryAbove) return;
+  const double available = available_memory();
+  RK_CHECK(available < 0 || bytes <= available, "restorekit::", op, ": needs ", gib(bytes),
+           " of memory (outputs, copies and scratch), only ", gib(available),
+           " available");
+}
+
 // ------------------------------------------------------------------ one plane each --------
 
 template <typename T>
@@ -378,6 +430,8 @@ void ina_plane(const T* __restrict xp, const T* __restrict rp, T* __restrict op,
 at::Tensor reflection_pad(const at::Tensor& x_) {
   check_planes(x_, "reflection_pad");
   check_dtype(x_, "reflection_pad");
+  check_sizes(x_, 1, "reflection_pad");
+  check_memory("reflection_pad", x_, (x_.size(2) + 2) * (x_.size(3) + 2), 0, {&x_});
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty(padded_shape(x), x.options());
   const int64_t H = x.size(2), W = x.size(3), P = x.size(0) * x.size(1);
@@ -397,6 +451,9 @@ at::Tensor reflection_pad(const at::Tensor& x_) {
 at::Tensor reflection_pad_backward(const at::Tensor& g_) {
   check_padded(g_, "reflection_pad_backward");
   check_dtype(g_, "reflection_pad_backward");
+  check_sizes(g_, 0, "reflection_pad_backward");
+  const int64_t n_in = (g_.size(2) - 2) * (g_.size(3) - 2);
+  check_memory("reflection_pad_backward", g_, n_in, g_.size(2) * g_.size(3) + n_in, {&g_});
   const at::Tensor g = g_.contiguous();
   at::Tensor dx = at::empty(unpadded_shape(g), g.options());
   const int64_t H = dx.size(2), W = dx.size(3), P = g.size(0) * g.size(1);
@@ -433,6 +490,9 @@ at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& o
               "restorekit::reflection_pad_backward_add: dtype mismatch");
   RK_CHECK(other_.device() == g_.device(),
               "restorekit::reflection_pad_backward_add: other is on another device");
+  check_sizes(g_, 0, "reflection_pad_backward_add");
+  check_memory("reflection_pad_backward_add", g_, other_.size(2) * other_.size(3),
+               g_.size(2) * g_.size(3) + 2 * other_.size(2) * other_.size(3), {&g_, &other_});
   const at::Tensor g = g_.contiguous(), other = other_.contiguous();
   at::Tensor dx = at::empty(unpadded_shape(g), g.options());
   const int64_t H = dx.size(2), W = dx.size(3), P = g.size(0) * g.size(1);
@@ -472,6 +532,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_with_stats(
   check_eps(eps, op);
   check_slope(slope, op);
   check_pad(x_, pad, op);
+  check_sizes(x_, pad, op);
+  const int64_t padded = (x_.size(2) + 2 * pad) * (x_.size(3) + 2 * pad);
+  check_memory(op, x_, padded, x_.size(2) * x_.size(3) + padded, {&x_});
   const at::Tensor x = x_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t n = H * W, pn = (H + 2 * pad) * (W + 2 * pad);
@@ -557,6 +620,9 @@ at::Tensor instance_norm_act_backward(const at::Tensor& g, const at::Tensor& x,
   check_pad(x, pad, op);
   check_grad_padded(g, x, pad, op);
   check_stats(x, mean, rstd, op);
+  check_sizes(x, pad, op);
+  const int64_t n = x.size(2) * x.size(3);
+  check_memory(op, x, n, g.size(2) * g.size(3) + 2 * n, {&g, &x, &mean, &rstd});
   return norm_act_backward(g, x, mean, rstd, slope, pad);
 }
 
@@ -565,6 +631,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_add_with_stats(
   check_input(x_, "instance_norm_add");
   check_same(x_, res_, "instance_norm_add", "residual");
   check_eps(eps, "instance_norm_add");
+  check_sizes(x_, 0, "instance_norm_add");
+  const int64_t plane = x_.size(2) * x_.size(3);
+  check_memory("instance_norm_add", x_, plane, 3 * plane, {&x_, &res_});
   const at::Tensor x = x_.contiguous(), res = res_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -608,6 +677,9 @@ at::Tensor instance_norm_add_backward(const at::Tensor& g, const at::Tensor& x,
   check_input(x, "instance_norm_add_backward");
   check_same(x, g, "instance_norm_add_backward", "grad_out");
   check_stats(x, mean, rstd, "instance_norm_add_backward");
+  check_sizes(x, 0, "instance_norm_add_backward");
+  const int64_t n = x.size(2) * x.size(3);
+  check_memory("instance_norm_add_backward", x, n, 3 * n, {&g, &x, &mean, &rstd});
   return norm_act_backward(g, x, mean, rstd, 1.0, 0);
 }
 

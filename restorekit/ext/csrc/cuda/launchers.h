@@ -10,7 +10,8 @@
 // contiguous, mean/rstd are (planes,) in AccT (float for float/half/bfloat16, double for
 // double). The caller guarantees (H + 2 pad) * (W + 2 pad) <= INT_MAX - 65536 (in-plane
 // indices are int, and may pass a plane's end by a tile of at most 4096 elements) and, for
-// the instance-norm launchers, planes <= INT_MAX (one block per plane on grid.x).
+// the instance-norm launchers, planes <= INT_MAX (one block per plane on grid.x): the limits
+// of check_sizes in ../common.h.
 //
 // DRAM bytes each launcher moves at the least, with s = sizeof(T), n = H * W,
 // np = (H + 2 pad) * (W + 2 pad), a = sizeof(AccT) (the table at the top of kernels.cu):

@@ -7,7 +7,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <climits>
 #include <tuple>
 
 #include "../common.h"
@@ -40,21 +39,6 @@ void check_launch(cudaError_t err, const char* op) {
            cudaGetErrorString(err));
 }
 
-// Kernels index within a (padded) plane with int; a thread's indices may pass the plane's
-// end by up to one tile (4096 elements), which must not overflow.
-void check_plane_size(int64_t H, int64_t W, int64_t pad, const char* op) {
-  RK_CHECK((H + 2 * pad) * (W + 2 * pad) <= INT_MAX - 65536, "restorekit::", op,
-           ": plane too large (", H, "x", W, ")");
-}
-
-// The normalising kernels also run one block per (n, c) plane on grid.x.
-void check_plane_grid(const at::Tensor& x, int64_t pad, const char* op) {
-  check_plane_size(x.size(2), x.size(3), pad, op);
-  const int64_t planes = x.size(0) * x.size(1);
-  RK_CHECK(planes <= INT_MAX, "restorekit::", op, ": too many planes (N*C = ", planes,
-           ", at most ", INT_MAX, ")");
-}
-
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 at::Tensor empty_stats(const at::Tensor& x) {
@@ -80,7 +64,7 @@ at::Tensor reflection_pad(const at::Tensor& x_) {
   const char* op = "reflection_pad";
   check_input(x_, op);
   check_planes(x_, op);
-  check_plane_size(x_.size(2), x_.size(3), 1, op);
+  check_sizes(x_, 1, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty(padded_shape(x), x.options());
@@ -95,7 +79,7 @@ at::Tensor reflection_pad(const at::Tensor& x_) {
 at::Tensor reflection_pad_backward(const at::Tensor& g_) {
   const char* op = "reflection_pad_backward";
   check_padded(g_, op);
-  check_plane_size(g_.size(2) - 2, g_.size(3) - 2, 1, op);
+  check_sizes(g_, 0, op);  // the padded plane as it is
   const DType dtype = dtype_of(g_, op);
   const c10::cuda::CUDAGuard guard(g_.device());
   const at::Tensor g = g_.contiguous();
@@ -111,7 +95,7 @@ at::Tensor reflection_pad_backward(const at::Tensor& g_) {
 at::Tensor reflection_pad_backward_add(const at::Tensor& g_, const at::Tensor& other_) {
   const char* op = "reflection_pad_backward_add";
   check_padded(g_, op);
-  check_plane_size(g_.size(2) - 2, g_.size(3) - 2, 1, op);
+  check_sizes(g_, 0, op);  // the padded plane as it is
   const DType dtype = dtype_of(g_, op);
   RK_CHECK(other_.sizes() == at::IntArrayRef(unpadded_shape(g_)), "restorekit::", op,
            ": other has shape ", other_.sizes(), ", expected ",
@@ -137,7 +121,7 @@ Stats3 instance_norm_act_with_stats(const at::Tensor& x_, double eps, double neg
   check_eps(eps, op);
   check_slope(negative_slope, op);
   check_pad(x_, pad, op);
-  check_plane_grid(x_, pad, op);
+  check_sizes(x_, pad, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous();
   at::Tensor out = at::empty(padded_shape(x, pad), x.options());
@@ -183,7 +167,7 @@ at::Tensor instance_norm_act_backward(const at::Tensor& g, const at::Tensor& x,
   check_pad(x, pad, op);
   check_grad_padded(g, x, pad, op);
   check_stats(x, mean, rstd, op);
-  check_plane_grid(x, pad, op);
+  check_sizes(x, pad, op);
   return norm_act_backward(g, x, mean, rstd, negative_slope, pad, op);
 }
 
@@ -192,7 +176,7 @@ Stats3 instance_norm_add_with_stats(const at::Tensor& x_, const at::Tensor& res_
   check_input(x_, op);
   check_same(x_, res_, op, "residual");
   check_eps(eps, op);
-  check_plane_grid(x_, 0, op);
+  check_sizes(x_, 0, op);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), res = res_.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -216,7 +200,7 @@ at::Tensor instance_norm_add_backward(const at::Tensor& g, const at::Tensor& x,
   check_input(x, op);
   check_same(x, g, op, "grad_out");
   check_stats(x, mean, rstd, op);
-  check_plane_grid(x, 0, op);
+  check_sizes(x, 0, op);
   return norm_act_backward(g, x, mean, rstd, 1.0, 0, op);
 }
 
