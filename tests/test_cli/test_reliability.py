@@ -608,6 +608,10 @@ TABLE: list[tuple] = [
     ("tile 1e9", _trained, ["run", "tick", "--enhance", "data/low", "-o", "out", "--checkpoint",
                             "runs/r", "--tile", "1e9"],
      "--tile: expected an integer in [0, 16384], got '1e9'", 2),
+    ("tune trials 1e20", None, ["tune", "pix2pixhd", "--trials", "1e20"],
+     "--trials: expected an integer in [0, 1000000], got '1e20'", 2),
+    ("tune seed past 32 bits", None, ["tune", "pix2pixhd", "--trials", "1", "--seed", str(2**32)],
+     "--seed: 4294967296 is out of range [0, 4294967295]", 2),
     # devices (case 9)
     ("device cpu:3", None, [*TRAIN, "--device", "cpu:3"],
      "--device cpu:3: the CPU has no index 3 (use cpu)", 2),

@@ -40,9 +40,9 @@ def test_every_numeric_train_option_declares_a_numeric_range() -> None:
 def shipped_options() -> dict[str, type]:
     """The options class of every model restorekit ships (built-ins and the plugins in
     plugins/), plus ``TrainConfig`` itself and the options of ``restorekit new-plugin``."""
-    import restorekit_pix2pixhd
     import zerodce_plugin
 
+    import restorekit_pix2pixhd
     from restorekit.cli.new_plugin import _files
 
     module = types.ModuleType("scaffold_model")
