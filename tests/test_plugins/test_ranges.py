@@ -168,3 +168,34 @@ def test_a_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler: 'no-such-compiler-xyz'") as info:
         _build._check_compiler()
     assert _build._summary(str(info.value)).startswith("no C++ compiler")
+
+
+def test_memory_running_out_in_build_names_the_sizes() -> None:
+    """Where ranges cannot help (a CUDA card smaller than the network): one line naming the
+    sizes above their defaults, not the allocator's multi-line report; any other error of
+    ``build`` passes unchanged. (The CPU allocator's real failure is a row of the table in
+    tests/test_cli/test_reliability.py.)"""
+    import torch
+
+    from restorekit.engine import build_model
+    from restorekit.errors import RestorekitError
+    from restorekit_pix2pixhd.model import Pix2PixHD
+
+    report = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+              "79.19 GiB of which 1.2 GiB is free.\nIf reserved but unallocated memory is "
+              "large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+
+    class Big(Pix2PixHD):
+        def build(self, device: torch.device) -> None:
+            raise self.error
+
+    model = Big(Pix2PixHD.make_options("lol", ngf=1024, n_blocks_global=12), Pipeline())
+    model.error = torch.OutOfMemoryError(report)
+    with pytest.raises(RestorekitError) as info:
+        build_model(model, torch.device("cuda"))
+    assert str(info.value) == ("building pix2pixhd with ngf=1024, n_blocks_global=12 needs "
+                               "more memory than this machine has (cuda could not allocate "
+                               "20.00 GiB); choose smaller sizes")
+    model.error = RuntimeError("Expected 4D input")
+    with pytest.raises(RuntimeError, match="^Expected 4D input$"):
+        build_model(model, torch.device("cpu"))
