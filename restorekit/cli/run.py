@@ -355,11 +355,12 @@ def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
         return UsageError(f"--config: {path}: field {key!r}: {problem}")
 
     fields = {f.name: f for f in dataclasses.fields(model_cls.Options)}
+    unknown = sorted(set(config["options"]) - set(fields))
+    if unknown:
+        raise UsageError(f"--config: {path}: model {model_cls.name!r} has no option "
+                         f"{unknown[0]!r}")
     options = {}
     for key, value in config["options"].items():
-        if key not in fields:
-            raise UsageError(f"--config: {path}: model {model_cls.name!r} has no option "
-                             f"{key!r}")
         if isinstance(value, list) and isinstance(_field_default(fields[key]), tuple):
             value = tuple(value)
         problem = field_problem(fields[key], value)
@@ -369,7 +370,7 @@ def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
     for key in ("preprocess", "data"):
         if not isinstance(config.get(key, ""), (str, type(None))):
             raise bad(key, f"expected a string, got {brief(config[key])}")
-    extra = config.get("extra") or {}
+    extra = {} if config.get("extra") is None else config["extra"]
     if not isinstance(extra, dict):
         raise bad("extra", f"expected a table, got {brief(extra)}")
     data_path = extra.get("data_path")
