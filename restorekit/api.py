@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from restorekit._env import trace_plugins
-from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
+from restorekit.errors import PluginError, RestorekitError, UsageError, brief, one_line
 from restorekit.types import API_VERSION, Image
 
 if TYPE_CHECKING:
@@ -32,35 +32,74 @@ BOUNDS = ("[]", "[)", "(]", "()")
 """How a range's ends count: ``[`` / ``]`` closed (the end is allowed), ``(`` / ``)`` open."""
 
 
+INT64 = (-(2**63), 2**63 - 1)
+"""The integers every numeric option must fit (torch and numpy index with int64)."""
+
+MAX_PROCESSES = 256
+"""The most processes a run starts on one machine (``--num-workers``, ``--nproc-per-node``)."""
+
+
+def range_text(spec: Any) -> str:
+    """``spec`` as the user reads it: ``[1, 64]``, ``(0.0, inf]``..."""
+    lo, hi, bounds = (*spec, "[]") if len(spec) == 2 else spec
+    return (f"{bounds[0]}{'-inf' if lo is None else lo}, "
+            f"{'inf' if hi is None else hi}{bounds[1]}")
+
+
 def check_range(value: Any, spec: Any) -> str | None:
     """Why ``value`` is outside the declared range ``spec``, or None when it is inside.
 
     ``spec`` is ``(lo, hi)`` or ``(lo, hi, bounds)``: numbers, ``None`` for no limit on that
     side, ``bounds`` one of :data:`BOUNDS` (default ``"[]"``, both ends allowed). A NaN
-    or infinite value is always outside.
+    or infinite value is always outside, and so is an integer beyond 64 bits (:data:`INT64`),
+    whatever the range says.
     """
     lo, hi, bounds = (*spec, "[]") if len(spec) == 2 else spec
     if bounds not in BOUNDS:
         raise ValueError(f"range {spec!r}: bounds must be one of {', '.join(BOUNDS)}")
-    shown = (f"{bounds[0]}{'-inf' if lo is None else lo}, "
-             f"{'inf' if hi is None else hi}{bounds[1]}")
+    shown = range_text(spec)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"expects a number in {shown}, got {value!r}"
+        return f"expects a number in {shown}, got {brief(value)}"
     if not math.isfinite(value):
         return f"{value} is not a finite number (allowed: {shown})"
     below = lo is not None and (value < lo or (value == lo and bounds[0] == "("))
     above = hi is not None and (value > hi or (value == hi and bounds[1] == ")"))
-    return f"{value} is out of range {shown}" if below or above else None
+    if below or above:
+        return f"{value} is out of range {shown}"
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        return f"{value} does not fit a 64-bit integer (allowed: {shown})"
+    return None
+
+
+_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+_WANTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def type_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` is not of field ``f``'s declared type (bool, int, float or str; an int
+    is a float, a bool is not an int, ``8.0`` is not an int); None for other types."""
+    kind = _TYPES.get(f.type, f.type) if isinstance(f.type, str) else f.type
+    if kind not in _WANTED:
+        return None
+    if kind is bool:
+        fits = isinstance(value, bool)
+    elif kind is str:
+        fits = isinstance(value, str)
+    else:
+        fits = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float
+                                                           else int)
+    return None if fits else f"expected {_WANTED[kind]}, got {brief(value)}"
 
 
 def field_problem(f: dataclasses.Field, value: Any) -> str | None:
-    """Why ``value`` does not fit the ``"range"`` / ``"choices"`` metadata of field ``f``."""
+    """Why ``value`` does not fit field ``f``: its type, ``"choices"`` or ``"range"``."""
     if "choices" in f.metadata and value not in f.metadata["choices"]:
         allowed = ", ".join(str(c) for c in f.metadata["choices"])
-        return f"expected one of {allowed}, got {value!r}"
-    if "range" in f.metadata:
-        return check_range(value, f.metadata["range"])
-    return None
+        return f"expected one of {allowed}, got {brief(value)}"
+    problem = type_problem(f, value)
+    if problem is None and "range" in f.metadata:
+        problem = check_range(value, f.metadata["range"])
+    return problem
 
 
 def validate_options(options: Any, only: Any = None) -> None:

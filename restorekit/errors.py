@@ -63,6 +63,12 @@ def one_line(exc: BaseException, with_type: bool = True) -> str:
     return f"{type(exc).__name__}: {text}" if with_type else text
 
 
+def brief(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a value quoted in an error line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def os_reason(exc: BaseException) -> str:
     """An ``OSError`` as ``strerror`` (plus the file it names), else :func:`one_line`."""
     if isinstance(exc, OSError) and exc.strerror:

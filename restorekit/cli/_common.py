@@ -23,6 +23,33 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def number(kind: type, flag: str, spec: Any = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` reading ``flag``'s value as ``kind`` (int or float) inside the
+    range ``spec`` (see :func:`restorekit.api.check_range`; None: any 64-bit number).
+
+    ``1e20`` for an integer, a word, an integer beyond 64 bits or a value out of range is a
+    one-line ``UsageError`` naming ``flag`` and the range, before anything is allocated.
+    """
+    from restorekit.api import check_range, range_text
+
+    spec = spec or (None, None)
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise UsageError(f"{flag}: expected {what} in {range_text(spec)}, "
+                             f"got {text!r}") from None
+        problem = check_range(value, spec)
+        if problem:
+            raise UsageError(f"{flag}: {problem}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its own messages
+    return convert
+
+
 def print_error(exc: RestorekitError) -> int:
     """Print ``restorekit: error: <message>`` on stderr; the exit status to use."""
     print(f"{PROG}: error: {exc}", file=sys.stderr)

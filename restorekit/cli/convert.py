@@ -62,7 +62,7 @@ def read_state_dict(path: Path) -> dict[str, typing.Any]:
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
-    from restorekit.engine import import_weights
+    from restorekit.engine import build_model, import_weights
 
     model_cls = lookup(registry.model, args.model, "convert")
     if not model_cls.trainable:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         _pipeline(model_cls, registry)))
     import torch
 
-    model.build(torch.device("cpu"))
+    build_model(model, torch.device("cpu"))
     state_dicts = {}
     for name in model.networks():
         path = args.source / f"{opts.which}_net_{name}.pth"

@@ -153,8 +153,10 @@ from torch import nn
 class {cls}Options(TrainConfig):
     """Options of {name!r}; every field is a --option of 'restorekit run {name}'."""
 
-    width: int = field(default=16, metadata={{"help": "channels of the hidden layers"}})
-    lr: float = field(default=1e-3, metadata={{"help": "Adam learning rate"}})
+    width: int = field(default=16, metadata={{"help": "channels of the hidden layers",
+                                             "range": (1, 1024)}})
+    lr: float = field(default=1e-3, metadata={{"help": "Adam learning rate",
+                                              "range": (0.0, 1.0, "(]")}})
 
 
 class {cls}(TrainableModel):

@@ -20,12 +20,22 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from restorekit.api import Command, Model, TrainableModel
-from restorekit.cli._common import PROG, Parser, expand_inputs, json_ready, lookup, output_files
-from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError
+from restorekit.api import MAX_PROCESSES, Command, Model, TrainableModel
+from restorekit.cli._common import (
+    PROG,
+    Parser,
+    expand_inputs,
+    json_ready,
+    lookup,
+    number,
+    output_files,
+)
+from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError, brief
 from restorekit.plugins import Registry
 
 RUNS_DIR = Path("runs")
+MAX_TILE = 16384
+"""The largest ``--tile`` side (TrainConfig's largest crop)."""
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -147,9 +157,12 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
         t.add_argument("--checkpoint", type=Path, default=None, metavar="RUN_OR_FILE",
                        help="--eval/--enhance: a run folder or a .safetensors checkpoint "
                             "(default: the newest run of this model)")
-        t.add_argument("--tile", type=int, default=0,
-                       help="--enhance: process images in overlapping tiles of this size")
-        t.add_argument("--nproc-per-node", type=int, default=0, metavar="N",
+        t.add_argument("--tile", type=number(int, "--tile", (0, MAX_TILE)), default=0,
+                       help="--enhance: process images in overlapping tiles of this size "
+                            f"(64 to {MAX_TILE}; 0 = whole images)")
+        t.add_argument("--nproc-per-node", type=number(int, "--nproc-per-node",
+                                                       (0, MAX_PROCESSES)),
+                       default=0, metavar="N",
                        help="--train: data-parallel over N processes on this machine (one "
                             "per GPU, else CPU processes), launched as torchrun would; "
                             "ignored inside torchrun")
@@ -189,8 +202,10 @@ def add_model_options(parser: argparse.ArgumentParser, model_cls: type[Model]) -
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=shown)
         else:
-            conv = kind if kind in (int, float, str) else type(default)
-            if conv not in (int, float, str):
+            conv: Any = kind if kind in (int, float, str) else type(default)
+            if conv in (int, float):
+                conv = number(conv, flag, f.metadata.get("range"))
+            elif conv is not str:
                 conv = str
             group.add_argument(flag, dest=f.name, type=conv, default=argparse.SUPPRESS,
                                help=shown)
@@ -278,13 +293,10 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
             stored = read_config_file(args.config, model_cls)
             overrides = {**stored["options"], **overrides}
             if args.preprocess is None:
-                args.preprocess = stored.get("preprocess", "")
-            extra = stored.get("extra") or {}
+                args.preprocess = stored["preprocess"]
             if args.data is None:
-                data = extra.get("data_path")
-            from restorekit.data import Holdout
-
-            holdout = Holdout.from_dict(extra.get("holdout"))
+                data = stored["data_path"]
+            holdout = stored["holdout"]
         elif preset is None and args.data is None:
             preset = model_cls.embedded_preset
         options = model_cls.make_options(preset, **overrides)
@@ -321,12 +333,20 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
 
 
 def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
-    """A run's ``config.json`` (or ``tune --export-best`` output) for ``model_cls``."""
+    """What a run's ``config.json`` (or ``tune --export-best`` output) sets for ``model_cls``:
+    ``options``, ``preprocess``, ``data_path`` and ``holdout``, each checked against its type
+    (and an option against its declared range); anything else is one line naming ``path``."""
+    from restorekit.api import field_problem
+    from restorekit.data import Holdout
+
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--config: {path}: no such file") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise UsageError(f"--config: {path}: not UTF-8 text (expected a JSON config such as "
+                         f"a run's config.json)") from None
+    except (OSError, ValueError) as exc:
         raise UsageError(f"--config: {path}: not a JSON config ({exc})") from None
     if not isinstance(config, dict) or not isinstance(config.get("options"), dict):
         raise UsageError(f"--config: {path}: no 'options' table (expected a run's "
@@ -334,6 +354,10 @@ def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
     if config.get("model") != model_cls.name:
         raise UsageError(f"--config: {path} configures model {config.get('model')!r}, not "
                          f"{model_cls.name!r}")
+
+    def bad(key: str, problem: str) -> UsageError:
+        return UsageError(f"--config: {path}: field {key!r}: {problem}")
+
     fields = {f.name: f for f in dataclasses.fields(model_cls.Options)}
     unknown = sorted(set(config["options"]) - set(fields))
     if unknown:
@@ -343,8 +367,25 @@ def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
     for key, value in config["options"].items():
         if isinstance(value, list) and isinstance(_field_default(fields[key]), tuple):
             value = tuple(value)
+        problem = field_problem(fields[key], value)
+        if problem:
+            raise bad(f"options.{key}", problem)
         options[key] = value
-    return {**config, "options": options}
+    for key in ("preprocess", "data"):
+        if not isinstance(config.get(key, ""), (str, type(None))):
+            raise bad(key, f"expected a string, got {brief(config[key])}")
+    extra = {} if config.get("extra") is None else config["extra"]
+    if not isinstance(extra, dict):
+        raise bad("extra", f"expected a table, got {brief(extra)}")
+    data_path = extra.get("data_path")
+    if not isinstance(data_path, (str, type(None))):
+        raise bad("extra.data_path", f"expected a folder name or null, got {brief(data_path)}")
+    try:
+        holdout = Holdout.from_dict(extra.get("holdout"))
+    except ValueError as exc:
+        raise bad("extra.holdout", str(exc)) from None
+    return {"options": options, "preprocess": config.get("preprocess") or "",
+            "data_path": data_path, "holdout": holdout}
 
 
 def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,

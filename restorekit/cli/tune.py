@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from restorekit.api import Command
-from restorekit.cli._common import PROG
+from restorekit.cli._common import PROG, number
 from restorekit.errors import UsageError
 from restorekit.plugins import Registry
 
@@ -23,10 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The flags of ``restorekit tune``."""
     parser.add_argument("model", nargs="?", help="trainable model to tune")
     s = parser.add_argument_group("the study")
-    s.add_argument("--trials", type=int, default=0, metavar="N",
+    s.add_argument("--trials", type=number(int, "--trials", (0, 1_000_000)), default=0,
+                   metavar="N",
                    help="the study ends when N trials are done (complete, pruned or failed); "
                         "the same command continues an interrupted study")
-    s.add_argument("--timeout", type=float, default=0.0, metavar="MIN",
+    s.add_argument("--timeout", type=number(float, "--timeout", (0.0, 10_000_000.0)),
+                   default=0.0, metavar="MIN",
                    help="stop starting trials after MIN minutes (this process)")
     s.add_argument("--study", default=None, metavar="NAME",
                    help="study name (default: MODEL, or MODEL-preprocess with "
@@ -42,7 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "direction is used)")
     s.add_argument("--pruner", default="median",
                    help="median (default), hyperband, none or threshold:VALUE")
-    s.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    s.add_argument("--seed", type=number(int, "--seed", (0, 2**32 - 1)), default=None,
+                   help="sampler seed (default: random)")
     w = parser.add_argument_group("what is searched")
     w.add_argument("--preset", default=None,
                    help="the model preset trials start from (default: as 'restorekit run')")
@@ -55,13 +58,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--data", type=Path, default=None,
                    help="paired data folder (default: the embedded low-light set)")
     d.add_argument("--skip-bad", action="store_true", help="skip unusable pairs")
-    d.add_argument("--val-fraction", type=float, default=0.2,
+    d.add_argument("--val-fraction", type=number(float, "--val-fraction", (0.0, 1.0, "()")),
+                   default=0.2,
                    help="share of the training pairs held out for validation (default 0.2)")
-    d.add_argument("--val-seed", type=int, default=0,
+    d.add_argument("--val-seed", type=number(int, "--val-seed", (0, 2**32 - 1)), default=0,
                    help="seed choosing the validation pairs (default 0)")
     t = parser.add_argument_group("limits of every trial")
-    t.add_argument("--max-steps", type=int, default=None, metavar="N")
-    t.add_argument("--max-minutes", type=float, default=None, metavar="MIN")
+    t.add_argument("--max-steps", type=number(int, "--max-steps", (0, None)), default=None,
+                   metavar="N")
+    t.add_argument("--max-minutes", type=number(float, "--max-minutes", (0.0, None)), default=None,
+                   metavar="MIN")
     t.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     r = parser.add_argument_group("reading a study")
     r.add_argument("--report", default=None, metavar="STUDY",

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from restorekit.data.io import image_size, list_images, read_image, to_tensor
 from restorekit.data.lowlight import DEFAULT_MODEL, LowLightModel
-from restorekit.errors import DataError, UsageError
+from restorekit.errors import DataError, UsageError, brief
 from restorekit.types import Image
 
 __all__ = [
@@ -389,10 +389,20 @@ class Holdout:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> Holdout | None:
-        """The holdout stored by :meth:`to_dict`; None for None or {}."""
+        """The holdout stored by :meth:`to_dict`; None for None or {}. A ``ValueError`` for
+        anything else than ``{"fraction": number in (0, 1), "seed": integer in [0, 2^32)}``."""
         if not values:
             return None
-        return cls(float(values.get("fraction", 0.2)), int(values.get("seed", 0)))
+        if not isinstance(values, Mapping):
+            raise ValueError(f"expected a table {{fraction, seed}}, got {brief(values)}")
+        fraction, seed = values.get("fraction", 0.2), values.get("seed", 0)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 < fraction < 1:
+            raise ValueError(f"'fraction' must be a number between 0 and 1, got "
+                             f"{brief(fraction)}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"'seed' must be an integer in [0, {2**32 - 1}], got {brief(seed)}")
+        return cls(float(fraction), seed)
 
 
 class SubsetPairs(PairSet):

@@ -12,7 +12,13 @@ from restorekit.data.tiling import enhance_tiled
 from restorekit.engine.allocator import keep_freed_memory
 from restorekit.engine.checkpoint import read_checkpoint
 from restorekit.engine.config import TrainConfig, resolve_device
-from restorekit.engine.loading import RESUME_OVERRIDABLE, import_weights, load_trained, resume
+from restorekit.engine.loading import (
+    RESUME_OVERRIDABLE,
+    build_model,
+    import_weights,
+    load_trained,
+    resume,
+)
 from restorekit.engine.report import write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.trainer import StepContextImpl, Trainer, TrainResult, train
@@ -26,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "build_model",
     "enhance_tiled",
     "find_checkpoint",
     "import_weights",

@@ -3,8 +3,10 @@
 A trainable model's ``Options`` dataclass subclasses :class:`TrainConfig`; the CLI turns
 every field into a ``--field-name`` option and shows ``metadata["help"]`` as its help;
 ``metadata["range"]`` (``(lo, hi)``, ``None`` = no limit, both ends allowed unless a third
-item says otherwise, see :func:`restorekit.api.check_range`) and ``metadata["choices"]``
-are checked wherever options are made (``Model.make_options``, loading a checkpoint).
+item says otherwise, see :func:`restorekit.api.check_range`), ``metadata["choices"]`` and
+the field's type are checked wherever options are made (the command line, ``--config``
+files, ``Model.make_options``, loading a checkpoint). Every number here has a finite upper
+bound: nothing is allocated or started (workers, crops, steps) for a size nobody means.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from restorekit.api import MAX_PROCESSES
 from restorekit.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -23,21 +26,23 @@ class TrainConfig:
     """Options of the training loop (epochs, batches, evaluation, checkpoints, limits)."""
 
     epochs: int = field(default=10, metadata={
-        "help": "number of training epochs", "range": (1, None)})
+        "help": "number of training epochs", "range": (1, 100_000)})
     batch_size: int = field(default=1, metadata={
-        "help": "training pairs per batch", "range": (1, None)})
+        "help": "training pairs per batch", "range": (1, 4096)})
     crop_size: int = field(default=256, metadata={
-        "help": "side of the random training crops", "range": (8, None)})
+        "help": "side of the random training crops", "range": (8, 16384)})
     samples_per_epoch: int = field(default=0, metadata={
-        "help": "training crops per epoch (0 = one per training pair)", "range": (0, None)})
+        "help": "training crops per epoch (0 = one per training pair)",
+        "range": (0, 10_000_000)})
     eval_every: int = field(default=1, metadata={
-        "help": "evaluate every N epochs (0 = only at the end)", "range": (0, None)})
+        "help": "evaluate every N epochs (0 = only at the end)", "range": (0, 100_000)})
     checkpoint_every: int = field(default=0, metadata={
-        "help": "also checkpoint every N steps (0 = at epoch ends only)", "range": (0, None)})
+        "help": "also checkpoint every N steps (0 = at epoch ends only)",
+        "range": (0, 10**12)})
     log_every: int = field(default=10, metadata={
-        "help": "log the losses every N steps (0 = never)", "range": (0, None)})
+        "help": "log the losses every N steps (0 = never)", "range": (0, 10**12)})
     num_samples: int = field(default=3, metadata={
-        "help": "test images shown in the sample grids", "range": (0, None)})
+        "help": "test images shown in the sample grids", "range": (0, 64)})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     precision: str = field(
         default="auto",
@@ -56,13 +61,13 @@ class TrainConfig:
         "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
     max_steps: int = field(default=0, metadata={
         "help": "stop with a checkpoint after N steps in total (0 = no limit)",
-        "range": (0, None)})
+        "range": (0, 10**12)})
     max_minutes: float = field(default=0.0, metadata={
         "help": "stop with a checkpoint after N minutes of wall time (0 = no limit)",
-        "range": (0.0, None)})
+        "range": (0.0, 10_000_000.0)})
     num_workers: int = field(default=0, metadata={
         "help": "data loading worker processes (0 = in the main process)",
-        "range": (0, None)})
+        "range": (0, MAX_PROCESSES)})
     tensorboard: bool = field(
         default=False, metadata={"help": "also log losses, metrics and sample grids for "
                                          "TensorBoard (RUN/tensorboard; pip install "
@@ -105,15 +110,18 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; a clear ``UsageError`` otherwise."""
-    name = (name or "auto").strip().lower()
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cpu`` (``cpu:0``), ``cuda`` or
+    ``cuda:N`` of a present device; anything else (empty, ``cpu:3``) a one-line ``UsageError``."""
+    usage = "use auto, cpu, cuda or cuda:N"
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"--device: empty device name ({usage})")
+    name = name.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device: unknown device {name!r} "
-                         f"(use auto, cpu, cuda or cuda:N)") from None
+        raise UsageError(f"--device: unknown device {name!r} ({usage})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name}: CUDA is not available on this machine")
@@ -121,5 +129,7 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
                              f"device(s) present")
     elif device.type != "cpu":
-        raise UsageError(f"--device: unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+        raise UsageError(f"--device: unsupported device {name!r} ({usage})")
+    elif device.index not in (None, 0):
+        raise UsageError(f"--device {name}: the CPU has no index {device.index} (use cpu)")
     return device

@@ -127,7 +127,7 @@ class Distributed:
         """``resolve(name)``; under torchrun ``auto``/``cuda`` mean ``cuda:LOCAL_RANK``."""
         if not self.active:
             return resolve(name)
-        wanted = (name or "auto").strip().lower()
+        wanted = (name or "").strip().lower()  # empty: resolve refuses it
         if wanted == "auto":
             wanted = "cuda" if torch.cuda.is_available() else "cpu"
         if wanted == "cuda":

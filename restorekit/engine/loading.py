@@ -7,6 +7,7 @@ checkpoint's metadata, for both :func:`load_trained` and :func:`resume`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ import torch
 from restorekit.api import TrainableModel, field_problem
 from restorekit.engine import distributed
 from restorekit.engine.checkpoint import read_checkpoint, read_metadata, restore_networks
-from restorekit.engine.config import resolve_device
+from restorekit.engine.config import TrainConfig, resolve_device
 from restorekit.engine.rundir import RunDir
-from restorekit.errors import CheckpointError, RestorekitError, UsageError
+from restorekit.errors import CheckpointError, RestorekitError, UsageError, one_line
 from restorekit.pipeline import Pipeline
 from restorekit.plugins import Registry
 
@@ -84,6 +85,42 @@ def model_from_metadata(path: Path, meta: dict[str, Any], registry: Registry,
     return cls(options, pipeline)
 
 
+_ALLOCATION = re.compile(r"can't allocate|out of memory|failed to allocate", re.I)
+_TRIED = re.compile(r"tried to allocate (\d+ bytes|[\d.]+ ?[KMGT]i?B)", re.I)
+
+
+def build_model(model: TrainableModel, device: torch.device) -> None:
+    """``model.build(device)``, where every model is built; memory that runs out while
+    building is one line naming the model's sizes (not the allocator's report)."""
+    try:
+        model.build(device)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not (isinstance(exc, torch.OutOfMemoryError)
+                                                  or _ALLOCATION.search(str(exc))):
+            raise
+        tried = _TRIED.search(str(exc))
+        reason = f"{device.type} could not allocate {tried.group(1)}" if tried else \
+            one_line(exc)[:160]
+        sizes = _sizes(model.options)
+        raise RestorekitError(f"building {type(model).name}"
+                              + (f" with {sizes}" if sizes else "")
+                              + f" needs more memory than this machine has ({reason}); "
+                              f"choose smaller sizes") from None
+
+
+def _sizes(options: Any) -> str:
+    """``name=value`` of the model's own integer options above their defaults (else all of
+    them): the sizes that make a network big."""
+    if not dataclasses.is_dataclass(options):
+        return ""
+    shared = {f.name for f in dataclasses.fields(TrainConfig)}
+    own = [(f.name, getattr(options, f.name), f.default) for f in dataclasses.fields(options)
+           if f.name not in shared and type(getattr(options, f.name)) is int]
+    grown = [(name, value) for name, value, default in own
+             if isinstance(default, int) and value > default]
+    return ", ".join(f"{name}={value}" for name, value, *_ in grown or own)
+
+
 def load_trained(checkpoint: str | Path, registry: Registry,
                  device: str | torch.device = "auto") -> TrainableModel:
     """Rebuild a trained model from a checkpoint file or a run folder, ready to enhance.
@@ -97,7 +134,7 @@ def load_trained(checkpoint: str | Path, registry: Registry,
     path = RunDir.find_checkpoint(checkpoint)
     tensors, meta = read_checkpoint(path)
     model = model_from_metadata(path, meta, registry)
-    model.build(device if isinstance(device, torch.device) else resolve_device(device))
+    build_model(model, device if isinstance(device, torch.device) else resolve_device(device))
     restore_networks(path, tensors, model)
     for net in model.networks().values():
         net.eval()
@@ -134,7 +171,10 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
     path, meta, data = Path(found["path"]), found["meta"], found["data"]
     limits = {"max_steps": 0, "max_minutes": 0.0}
     model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
-    holdout = Holdout.from_dict(found["holdout"])  # a run trained without the validation pairs
+    try:  # a run trained without the validation pairs
+        holdout = Holdout.from_dict(found["holdout"])
+    except ValueError as exc:
+        raise UsageError(f"{run.config_path}: field 'extra.holdout': {exc}") from None
     seed = int(getattr(model.options, "seed", 0))
     extra_config: dict[str, Any] = {"data_path": data}
     if holdout is not None:

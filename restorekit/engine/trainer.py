@@ -28,6 +28,7 @@ from restorekit.api import Metric, TrainableModel
 from restorekit.engine import checkpoint as ckpt
 from restorekit.engine import distributed, graphed, optimizers
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
+from restorekit.engine.loading import build_model
 from restorekit.engine.report import write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import DataError, TrainingError, UsageError
@@ -557,7 +558,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
-        model.build(device)
+        build_model(model, device)
         self._dist.after_build(model.networks(), cfg.seed)
         # Before a checkpoint is loaded: it moves the optimisers' step counters where their
         # fused and capturable kernels want them.

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -69,10 +70,29 @@ class Tick(TrainableModel):
         return self.net(low).clamp(0, 1)
 
 
+@dataclass
+class HogOptions(TrainConfig):
+    cells: int = field(default=1, metadata={
+        "help": "floats of an extra buffer (a plugin's size without an upper bound)",
+        "range": (1, None)})
+
+
+class Hog(Tick):
+    """Tick with a buffer of ``--cells`` floats: a size no range stops."""
+
+    name = "hog"
+    Options = HogOptions
+
+    def build(self, device: torch.device) -> None:
+        super().build(device)
+        self.net.register_buffer("cells", torch.empty(self.options.cells, device=device))
+
+
 class TickPlugin:
     @hookimpl
     def register_models(self, register):
         register(Tick)
+        register(Hog)
 
 
 FAST = ["--data", "data", "--epochs", "1", "--batch-size", "1", "--crop-size", "16",
@@ -626,6 +646,54 @@ def _meta(**fields: object) -> Callable[[Path], None]:
     return setup
 
 
+def _p2p_options(trained: bool = False, **options: object) -> Callable[[Path], None]:
+    """A pix2pixhd run ``runs/p`` whose checkpoint's stored options say ``options``
+    (``trained``: after a real step, so that it can be resumed)."""
+    def setup(root: Path) -> None:
+        if trained:
+            tiny = ["--ngf", "4", "--ndf", "4", "--n-blocks-global", "1", "--crop-size", "16",
+                    "--samples-per-epoch", "2", "--num-samples", "1", "--eval-every", "0"]
+            assert main(["run", "pix2pixhd", "--train", "--name", "p", "--data", "data",
+                         "--preset", "quick", "--device", "cpu", *tiny,
+                         "--max-steps", "1"]) == 0
+        else:
+            pix2pixhd_run(root / "runs" / "p")
+        path = root / "runs" / "p" / "checkpoints" / "last.safetensors"
+        tensors, meta = read_checkpoint(path)
+        meta["options"] = {**meta["options"], **options}
+        safetensors.torch.save_file(tensors, str(path),
+                                    metadata={"restorekit": json.dumps(meta)})
+    return setup
+
+
+def _run_holdout(value: object) -> Callable[[Path], None]:
+    """A tick run ``runs/r`` whose config.json says ``extra.holdout = value``."""
+    def setup(root: Path) -> None:
+        _trained(root)
+        path = root / "runs" / "r" / "config.json"
+        config = json.loads(path.read_text())
+        config["extra"] = {**config["extra"], "holdout": value}
+        path.write_text(json.dumps(config))
+    return setup
+
+
+def _config(**top: object) -> Callable[[Path], None]:
+    """``cfg.json``: a valid pix2pixhd --config file with ``top`` (and ``options``) over it."""
+    def setup(root: Path) -> None:
+        config: dict = {"model": "pix2pixhd", "options": {"ngf": 4, "n_blocks_global": 1},
+                        "preprocess": "", "extra": {"data_path": "data"}}
+        for key, value in top.items():
+            config[key] = {**config[key], **value} if key == "options" else value
+        (root / "cfg.json").write_text(json.dumps(config))
+    return setup
+
+
+def _config_bytes(data: bytes) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / "cfg.json").write_bytes(data)
+    return setup
+
+
 def _pickle(root: Path) -> None:
     torch.save({"w": torch.zeros(2)}, root / "model.safetensors")
 
@@ -648,8 +716,21 @@ def _read_only(root: Path, mp: pytest.MonkeyPatch) -> None:
     mp.setattr(os, "replace", replace)
 
 
+class Row(NamedTuple):
+    """One bad input: the command, the words its one error line must hold ("" = any) and
+    its exit status (None = any non-zero)."""
+
+    name: str
+    setup: Callable[..., None] | None
+    argv: list[str]
+    words: str = ""
+    code: int | None = None
+
+
 TRAIN = ["run", "pix2pixhd", "--train", "--data", "data", "--max-steps", "1"]
-TABLE: list[tuple[str, Callable[[Path], None] | None, list[str]]] = [
+CONFIG = ["run", "pix2pixhd", "--train", "--config", "cfg.json", "--max-steps", "1"]
+P2P = ["--checkpoint", "runs/p", "--device", "cpu"]
+TABLE: list[tuple] = [
     # images
     ("corrupt image", _corrupt_image, ["run", "classic", "--enhance", "in", "-o", "out"]),
     ("tiff over the pixel limit", _big_tiff, ["run", "classic", "--enhance", "in", "-o", "out"]),
@@ -708,15 +789,95 @@ TABLE: list[tuple[str, Callable[[Path], None] | None, list[str]]] = [
     ("read-only output", _read_only, ["run", "classic", "--enhance", "in", "-o", "out"]),
     ("full disk at a checkpoint", _full_disk, ["run", "tick", "--train", "--resume", "--name",
                                                "r", "--max-steps", "2"]),
+    # issue 19, every number has a range: options (cases 7 and 9)
+    ("num workers 1e20", None, [*TRAIN, "--num-workers", "99999999999999999999"],
+     "--num-workers: 99999999999999999999 is out of range [0, 256]", 2),
+    ("n blocks global 1e20", None, [*TRAIN, "--n-blocks-global", "99999999999999999999"],
+     "--n-blocks-global: 99999999999999999999 is out of range [0, 64]", 2),
+    ("samples per epoch 1e20", None, [*TRAIN, "--samples-per-epoch", "1e20"],
+     "--samples-per-epoch: expected an integer in [0, 10000000], got '1e20'", 2),
+    ("ngf 1e20", None, [*TRAIN, "--ngf", "1e20"],
+     "--ngf: expected an integer in [1, 1024], got '1e20'", 2),
+    ("ndf 1e20", None, [*TRAIN, "--ndf", "100000000000000000000"],
+     "--ndf: 100000000000000000000 is out of range [1, 1024]", 2),
+    ("batch size 1e20", None, [*TRAIN, "--batch-size", "1e20"],
+     "--batch-size: expected an integer in [1, 4096], got '1e20'", 2),
+    ("unbounded plugin option past int64", None,
+     ["run", "tick", "--train", *FAST, "--blowup-at", "99999999999999999999"],
+     "--blowup-at: 99999999999999999999 does not fit a 64-bit integer (allowed: [0, inf])", 2),
+    ("nproc per node 1e20", None, [*TRAIN, "--nproc-per-node", "99999999999999999999"],
+     "--nproc-per-node: 99999999999999999999 is out of range [0, 256]", 2),
+    ("tile 1e9", _trained, ["run", "tick", "--enhance", "data/low", "-o", "out", "--checkpoint",
+                            "runs/r", "--tile", "1e9"],
+     "--tile: expected an integer in [0, 16384], got '1e9'", 2),
+    ("tune trials 1e20", None, ["tune", "pix2pixhd", "--trials", "1e20"],
+     "--trials: expected an integer in [0, 1000000], got '1e20'", 2),
+    ("tune seed past 32 bits", None, ["tune", "pix2pixhd", "--trials", "1", "--seed", str(2**32)],
+     "--seed: 4294967296 is out of range [0, 4294967295]", 2),
+    # devices (case 9)
+    ("device cpu:3", None, [*TRAIN, "--device", "cpu:3"],
+     "--device cpu:3: the CPU has no index 3 (use cpu)", 2),
+    ("device empty", None, [*TRAIN, "--device", ""], "--device: empty device name", 2),
+    ("device cpu:3 enhance", _trained, ["run", "tick", "--enhance", "data/low", "-o", "out",
+                                        "--checkpoint", "runs/r", "--device", "cpu:3"],
+     "--device cpu:3: the CPU has no index 3", 2),
+    # checkpoints whose stored options are out of range (case 10)
+    ("checkpoint ngf 100000 enhance", _p2p_options(ngf=100000),
+     ["run", "pix2pixhd", "--enhance", "data/low", "-o", "out", *P2P],
+     "last.safetensors: checkpoint metadata field 'options.ngf': 100000 is out of range "
+     "[1, 1024]", 1),
+    ("checkpoint ngf 100000 eval", _p2p_options(ngf=100000),
+     ["run", "pix2pixhd", "--eval", "--data", "data", *P2P],
+     "checkpoint metadata field 'options.ngf': 100000 is out of range [1, 1024]", 1),
+    ("checkpoint ngf 100000 resume", _p2p_options(trained=True, ngf=100000),
+     ["run", "pix2pixhd", "--train", "--resume", "--name", "p"],
+     "checkpoint metadata field 'options.ngf': 100000 is out of range [1, 1024]", 1),
+    ("checkpoint ngf 8.7", _p2p_options(ngf=8.7),
+     ["run", "pix2pixhd", "--enhance", "data/low", "-o", "out", *P2P],
+     "checkpoint metadata field 'options.ngf': expected an integer, got 8.7", 1),
+    ("checkpoint num workers 1e20", _meta(options={"num_workers": 10**20}),
+     ["run", "tick", "--train", "--resume", "--name", "r"],
+     "checkpoint metadata field 'options.num_workers': 100000000000000000000 is out of range",
+     1),
+    ("run config holdout list", _run_holdout([0.2, 0]),
+     ["run", "tick", "--train", "--resume", "--name", "r"],
+     "config.json: field 'extra.holdout': expected a table {fraction, seed}, got [0.2, 0]", 2),
+    ("allocation fails while building", None,
+     ["run", "hog", "--train", *FAST, "--cells", str(10**13)],
+     "building hog with cells=10000000000000 needs more memory than this machine has "
+     "(cpu could not allocate 40000000000000 bytes)", 1),
+    # --config files with wrong value types (case 11)
+    ("config ngf 8.7", _config(options={"ngf": 8.7}), CONFIG,
+     "--config: cfg.json: field 'options.ngf': expected an integer, got 8.7", 2),
+    ("config ngf 100000", _config(options={"ngf": 100000}), CONFIG,
+     "--config: cfg.json: field 'options.ngf': 100000 is out of range [1, 1024]", 2),
+    ("config fused 1", _config(options={"fused": 1}), CONFIG,
+     "--config: cfg.json: field 'options.fused': expected true or false, got 1", 2),
+    ("config extra x", _config(extra="x"), CONFIG,
+     "--config: cfg.json: field 'extra': expected a table, got 'x'", 2),
+    ("config holdout list", _config(extra={"holdout": [0.2, 0]}), CONFIG,
+     "--config: cfg.json: field 'extra.holdout': expected a table {fraction, seed}", 2),
+    ("config holdout fraction a", _config(extra={"holdout": {"fraction": "a"}}), CONFIG,
+     "field 'extra.holdout': 'fraction' must be a number between 0 and 1, got 'a'", 2),
+    ("config data path 5", _config(extra={"data_path": 5}), CONFIG,
+     "--config: cfg.json: field 'extra.data_path': expected a folder name or null, got 5", 2),
+    ("config preprocess 5", _config(preprocess=5), CONFIG,
+     "--config: cfg.json: field 'preprocess': expected a string, got 5", 2),
+    ("config utf-16", _config_bytes(json.dumps({"model": "pix2pixhd", "options": {}})
+                                    .encode("utf-16")), CONFIG,
+     "--config: cfg.json: not UTF-8 text", 2),
+    ("config binary", _config_bytes(bytes(range(256))), CONFIG,
+     "--config: cfg.json: not UTF-8 text", 2),
 ]
 
 
-@pytest.mark.parametrize(("setup", "argv"), [(s, a) for _, s, a in TABLE],
-                         ids=[name for name, _, _ in TABLE])
+@pytest.mark.parametrize("row", [Row(*row) for row in TABLE], ids=[row[0] for row in TABLE])
 def test_bad_inputs(tick, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                    monkeypatch: pytest.MonkeyPatch, setup, argv: list[str]) -> None:
-    """Non-zero exit, exactly one line on stderr, no traceback, nothing written outside
-    the run or output folder (and no temporary file left in them)."""
+                    monkeypatch: pytest.MonkeyPatch, row: Row) -> None:
+    """Non-zero exit (the row's), exactly one line on stderr holding the row's words, no
+    traceback, nothing written outside the run or output folder (and no temporary file
+    left in them)."""
+    setup, argv = row.setup, row.argv
     if setup is not None:
         if "mp" in setup.__code__.co_varnames[:setup.__code__.co_argcount]:
             setup(tmp_path, monkeypatch)
@@ -730,5 +891,6 @@ def test_bad_inputs(tick, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert code != 0, err
     assert len(error_lines(err)) == 1 and "Traceback" not in err, err
     assert err.startswith("restorekit: error: "), err
+    assert row.words in err and code == (row.code or code), (err, code)
     assert snapshot(tmp_path, skip=("runs", "out")) == before
     assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"

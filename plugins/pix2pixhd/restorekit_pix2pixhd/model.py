@@ -40,39 +40,39 @@ class Pix2PixHDOptions(TrainConfig):
         "choices": ("global", "local")})
     ngf: int = field(default=64, metadata={
         "help": "filters of the first generator layer (of the local enhancer for netG=local)",
-        "range": (1, None)})
+        "range": (1, 1024)})
     n_downsample_global: int = field(default=4, metadata={
         "help": "downsamplings in G1", "range": (0, 8)})
     n_blocks_global: int = field(default=9, metadata={
-        "help": "residual blocks in G1", "range": (0, None)})
+        "help": "residual blocks in G1", "range": (0, 64)})
     n_local_enhancers: int = field(default=1, metadata={
         "help": "local enhancers (netG=local)", "range": (1, 4)})
     n_blocks_local: int = field(default=3, metadata={
-        "help": "residual blocks per enhancer", "range": (0, None)})
+        "help": "residual blocks per enhancer", "range": (0, 64)})
     upsample: str = field(default="transpose", metadata={
         "help": "generator upsampling: transpose (NVIDIA's transposed convolution), resize "
                 "(nearest + 3x3 conv) or bilinear (bilinear + 3x3 conv)",
         "choices": UPSAMPLE_MODES})
     ndf: int = field(default=64, metadata={
-        "help": "filters of the first discriminator layer", "range": (1, None)})
+        "help": "filters of the first discriminator layer", "range": (1, 1024)})
     n_layers_D: int = field(default=3, metadata={
         "help": "layers of each discriminator", "range": (1, 8)})
     num_D: int = field(default=2, metadata={"help": "discriminator scales", "range": (1, 8)})
     lambda_feat: float = field(default=10.0, metadata={
-        "help": "weight of feature matching and VGG losses", "range": (0.0, None)})
+        "help": "weight of feature matching and VGG losses", "range": (0.0, 1e6)})
     feat_loss: bool = field(default=True, metadata={"help": "discriminator feature matching"})
     vgg_weights: str = field(default="", metadata={"help": "local VGG19 weights file "
                                                           "(.safetensors/.pth); empty = off"})
     lambda_l1: float = field(default=0.0, metadata={
-        "help": "weight of an L1 reconstruction term (0 in the paper)", "range": (0.0, None)})
+        "help": "weight of an L1 reconstruction term (0 in the paper)", "range": (0.0, 1e6)})
     lr: float = field(default=2e-4, metadata={
-        "help": "Adam learning rate", "range": (0.0, None, "()")})
+        "help": "Adam learning rate", "range": (0.0, 1.0, "(]")})
     beta1: float = field(default=0.5, metadata={
         "help": "Adam beta1", "range": (0.0, 1.0, "[)")})
     niter: int = field(default=100, metadata={
-        "help": "epochs at the initial learning rate", "range": (0, None)})
+        "help": "epochs at the initial learning rate", "range": (0, 50_000)})
     niter_decay: int = field(default=100, metadata={
-        "help": "epochs of linear decay to 0", "range": (0, None)})
+        "help": "epochs of linear decay to 0", "range": (0, 50_000)})
     fused: bool = field(default=True, metadata={
         "help": "fused C++/CUDA residual blocks and instance norms in G and D "
                 "(restorekit.ext; RESTOREKIT_EXT)"})

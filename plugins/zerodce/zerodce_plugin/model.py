@@ -73,28 +73,35 @@ class DCENet(nn.Module):
 class ZeroDCEOptions(TrainConfig):
     """Zero-DCE options (the paper's defaults) on top of the engine's ``TrainConfig``."""
 
-    width: int = field(default=32, metadata={"help": "channels of DCE-Net's layers"})
-    n_iter: int = field(default=8, metadata={"help": "curve iterations"})
+    width: int = field(default=32, metadata={"help": "channels of DCE-Net's layers",
+                                             "range": (1, 1024)})
+    n_iter: int = field(default=8, metadata={"help": "curve iterations", "range": (1, 64)})
     scale: int = field(default=1, metadata={"help": "estimate the curves on an input "
                                                     "downsampled by this factor, then "
-                                                    "upsample them (Zero-DCE++; 1 = off)"})
-    exposure: float = field(default=0.6, metadata={"help": "well-exposedness level E"})
-    patch: int = field(default=16, metadata={"help": "exposure-control patch size"})
-    w_spa: float = field(default=1.0, metadata={"help": "weight of spatial consistency"})
-    w_exp: float = field(default=10.0, metadata={"help": "weight of exposure control"})
-    w_col: float = field(default=5.0, metadata={"help": "weight of colour constancy"})
-    w_tv: float = field(default=200.0, metadata={"help": "weight of illumination smoothness"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
+                                                    "upsample them (Zero-DCE++; 1 = off)",
+                                            "range": (1, 64)})
+    exposure: float = field(default=0.6, metadata={"help": "well-exposedness level E",
+                                                   "range": (0.0, 1.0, "()")})
+    patch: int = field(default=16, metadata={"help": "exposure-control patch size",
+                                             "range": (1, 1024)})
+    w_spa: float = field(default=1.0, metadata={"help": "weight of spatial consistency",
+                                                "range": (0.0, 1e6)})
+    w_exp: float = field(default=10.0, metadata={"help": "weight of exposure control",
+                                                 "range": (0.0, 1e6)})
+    w_col: float = field(default=5.0, metadata={"help": "weight of colour constancy",
+                                                "range": (0.0, 1e6)})
+    w_tv: float = field(default=200.0, metadata={"help": "weight of illumination smoothness",
+                                                 "range": (0.0, 1e6)})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate",
+                                              "range": (0.0, 1.0, "(]")})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay",
+                                                        "range": (0.0, 1.0)})
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.n_iter < 1 or self.scale < 1:
-            raise UsageError("--width, --n-iter and --scale must be positive")
-        if self.patch < 1 or self.crop_size < self.patch:
+        super().__post_init__()
+        if self.crop_size < self.patch:
             raise UsageError(f"--crop-size ({self.crop_size}) must be at least --patch "
                              f"({self.patch})")
-        if not 0 < self.exposure < 1:
-            raise UsageError(f"--exposure must be in (0, 1), got {self.exposure}")
 
 
 class ZeroDCE(TrainableModel):
