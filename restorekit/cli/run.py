@@ -226,11 +226,11 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
 
     if args.nproc_per_node and not distributed.launched():
         return distributed.launch(args.nproc_per_node, ["-m", "restorekit", *args.argv])
-    dist = distributed.setup()  # under torchrun: join the process group
     try:
+        dist = distributed.setup()  # under torchrun: join the process group
         return _train_here(model_cls, args, overrides, registry, dist)
-    except RestorekitError:
-        distributed.reported()
+    except RestorekitError as exc:
+        distributed.reported(f"{PROG}: error: {exc}")
         raise
     finally:
         distributed.shutdown()
@@ -247,6 +247,7 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
         if args.preset or args.preprocess is not None:
             raise UsageError("--resume continues a run with its stored options; drop "
                              "--preset/--preprocess (or start a new run)")
+        dist.agree(_given(model_cls, args))  # the stored options come from the main process
         if args.name:
             run = RunDir.named(runs_dir, args.name)
         else:
@@ -260,13 +261,6 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
             run = RunDir(dist.from_main(newest))  # rank 0 alone reads the runs folder
         result = resume(run.path, registry, skip_bad=args.skip_bad, **overrides)
     else:
-        if args.name:
-            run = RunDir.named(runs_dir, args.name)
-        elif args.overwrite:
-            run = RunDir(runs_dir / model_cls.name)
-        else:
-            run = RunDir(dist.from_main(lambda: str(RunDir.next_free(runs_dir,
-                                                                     model_cls.name).path)))
         preset = args.preset
         holdout = None
         data = str(args.data) if args.data is not None else None
@@ -285,6 +279,20 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
             preset = model_cls.embedded_preset
         options = model_cls.make_options(preset, **overrides)
         preprocess = _pipeline(model_cls, args.preprocess, registry)
+        # Before the first collective: ranks started with other options (a node launched by
+        # hand with another --data, another config file) stop here, all with the same line.
+        dist.agree({**_given(model_cls, args), "--data": data, "--preset": preset,
+                    "--preprocess": str(preprocess),
+                    "the holdout of --config": holdout and holdout.to_dict(),
+                    **{"--" + f.name.replace("_", "-"): getattr(options, f.name)
+                       for f in dataclasses.fields(options)}})
+        if args.name:
+            run = RunDir.named(runs_dir, args.name)
+        elif args.overwrite:
+            run = RunDir(runs_dir / model_cls.name)
+        else:
+            run = RunDir(dist.from_main(lambda: str(RunDir.next_free(runs_dir,
+                                                                     model_cls.name).path)))
         where = "the embedded synthetic low-light set" if data is None else data
         shown = preset or model_cls.default_preset
         print(f"training {model_cls.name} on {where}"
@@ -314,6 +322,12 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
               "(checkpoints/best.safetensors; --checkpoint RUN uses the last checkpoint)")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
+
+
+def _given(model_cls: type[Model], args: argparse.Namespace) -> dict[str, Any]:
+    """The model and each flag of ``run MODEL`` as parsed, by flag name (for ``agree``)."""
+    flags = {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k != "argv"}
+    return {"MODEL": model_cls.name, **flags}
 
 
 def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ Ranks > 0 print nothing (``RESTOREKIT_DIST_VERBOSE=1`` keeps their output).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -116,11 +117,15 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     active: bool = False
+    main: int = 0
+    """The global rank of the main process: local rank 0 of the node started as node 0."""
+    nodes: tuple[int, ...] = ()
+    """Each global rank's node (``--node-rank``), as :func:`setup` gathered them."""
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the one process that writes the run folder and prints."""
-        return self.rank == 0
+        """The one process that writes the run folder and prints (see :attr:`main`)."""
+        return self.rank == self.main
 
     # -- devices -----------------------------------------------------------------------------
     def resolve_device(self, name: str, resolve: Callable[[str], torch.device]) -> torch.device:
@@ -172,18 +177,53 @@ class Distributed:
             raise cls(payload["error"])
         return payload["value"]
 
-    def broadcast_json(self, value: Any) -> Any:
-        """Rank 0's JSON-able ``value`` on every rank (bytes over the wire, no pickle)."""
+    def broadcast_json(self, value: Any, src: int | None = None) -> Any:
+        """Rank ``src``'s (default: the main's) JSON-able ``value`` on every rank, no pickle."""
         if not self.active:
             return value
-        data = json.dumps(value).encode() if self.is_main else b""
+        src = self.main if src is None else src
+        data = json.dumps(value).encode() if self.rank == src else b""
         size = torch.tensor([len(data)], dtype=torch.int64)
-        self._collective(dist.broadcast, size, src=0)
+        self._collective(dist.broadcast, size, src=src)
         buffer = torch.zeros(int(size.item()), dtype=torch.uint8)
-        if self.is_main:
+        if self.rank == src:
             buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        self._collective(dist.broadcast, buffer, src=0)
+        self._collective(dist.broadcast, buffer, src=src)
         return json.loads(bytes(buffer.numpy()).decode())
+
+    def agree(self, options: dict[str, Any]) -> None:
+        """Stop every rank with one line naming the options the ranks were started with apart.
+
+        ``options`` maps each option's name (as the user writes it) to its resolved,
+        JSON-able value. The ranks compare a hash of it first; when one differs, the main
+        process's options and those of the first rank that differs travel to every rank,
+        which all raise the same ``UsageError``. Call it before any collective whose shape
+        depends on the options.
+        """
+        if not self.active:
+            return
+        text = json.dumps(options, sort_keys=True, default=str)
+        digest = torch.frombuffer(bytearray(hashlib.sha256(text.encode()).digest()),
+                                  dtype=torch.uint8)
+        every = [torch.empty_like(digest) for _ in range(self.world_size)]
+        self._collective(dist.all_gather, every, digest)
+        other = next((r for r, d in enumerate(every) if not torch.equal(d, every[self.main])),
+                     None)
+        if other is None:
+            return
+        ours = self.broadcast_json(json.loads(text))
+        theirs = self.broadcast_json(json.loads(text), src=other)
+        differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+        shown = "; ".join(f"{k} is {_shown(theirs.get(k))} there but {_shown(ours.get(k))} on "
+                          f"{self._where(self.main)}" for k in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise UsageError(f"{self._where(other)} was started with other options than the main "
+                         f"process: {shown}{more}; start every node with the same options")
+
+    def _where(self, rank: int) -> str:
+        """'rank R (node N)': torchrun's rank and the node it runs on."""
+        node = f" (node {self.nodes[rank]})" if rank < len(self.nodes) else ""
+        return f"rank {rank}{node}"
 
     def read_checkpoint(self, read: Callable[[], tuple[dict[str, torch.Tensor], dict]]
                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -203,7 +243,7 @@ class Distributed:
         for key, dtype, shape in manifest["tensors"]:
             value = held[key].contiguous() if self.is_main else \
                 torch.empty(shape, dtype=getattr(torch, dtype))
-            self._collective(dist.broadcast, value, src=0)
+            self._collective(dist.broadcast, value, src=self.main)
             received[key] = value
         return received, manifest["meta"]
 
@@ -366,7 +406,7 @@ class Distributed:
     def _broadcast(self, tensors: list[torch.Tensor]) -> None:
         for bucket in _buckets(tensors):
             flat = torch.cat([t.detach().reshape(-1) for t in bucket])
-            self._collective(dist.broadcast, flat, src=0)
+            self._collective(dist.broadcast, flat, src=self.main)
             if not self.is_main:
                 with torch.no_grad():
                     for t, part in zip(bucket, flat.split([t.numel() for t in bucket]),
@@ -413,6 +453,12 @@ def _check(store: Any, key: str) -> bool:
         return bool(store.check([_STORE_PREFIX + key]))
     except Exception:
         return False
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: JSON, cut at 60 characters."""
+    text = "not given" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _alive(pid: int) -> bool:
@@ -466,15 +512,64 @@ def setup() -> Distributed:
         except (RuntimeError, ValueError, dist.DistError) as exc:
             raise TrainingError(f"rank {rank}: cannot join the process group "
                                 f"({one_line(exc, with_type=False)[:300]})") from None
-    _CURRENT = Distributed(rank=rank, world_size=world, local_rank=local, active=True)
-    _CURRENT._store_set(f"proc/{rank}", f"{socket.gethostname()} {os.getpid()}")
+    here = Distributed(rank=rank, world_size=world, local_rank=local, active=True)
+    here._store_set(f"proc/{rank}", f"{socket.gethostname()} {os.getpid()}")
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGTERM, _on_sigterm)
-    if rank != 0 and os.environ.get(ENV_VERBOSE, "") not in ("1", "true", "yes"):
-        devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process lifetime)
-        sys.stdout = sys.stderr = devnull
+    places = torch.tensor([_node_rank(), local], dtype=torch.int64)
+    every = [torch.empty_like(places) for _ in range(world)]
+    here._collective(dist.all_gather, every, places)
+    here.nodes = tuple(int(t[0]) for t in every)
+    where = [(int(t[0]), int(t[1])) for t in every]
+    quiet = os.environ.get(ENV_VERBOSE, "") not in ("1", "true", "yes")
+    if quiet and local != 0:
+        _silence()  # a wrong --node-rank is said once per node, by its local rank 0
+    for r, place in enumerate(where):
+        if place in where[:r]:
+            raise UsageError(f"--node-rank {place[0]} was given to two nodes (ranks "
+                             f"{where.index(place)} and {r} both run as its local rank "
+                             f"{place[1]}); give each node its own, from 0")
+    if (0, 0) not in where:
+        raise UsageError(f"no node was started with --node-rank 0 (nodes "
+                         f"{', '.join(map(str, sorted(set(here.nodes))))}); the node started "
+                         f"with --node-rank 0 owns the run folder")
+    here.main = where.index((0, 0))
+    _CURRENT = here
+    if quiet and local == 0 and not here.is_main:
+        _silence()
     return _CURRENT
+
+
+def _silence() -> None:
+    """Send this process's output to /dev/null (ranks other than the main print nothing)."""
+    devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process lifetime)
+    sys.stdout = sys.stderr = devnull
+
+
+def _node_rank() -> int:
+    """This node's rank as the user gave it to torchrun (``--node-rank``, ``PET_NODE_RANK``).
+
+    torchrun's c10d rendezvous numbers the nodes its own way (by host name and process id)
+    and passes the given ``--node-rank`` to no one, so it is read from the launcher's
+    command line with torchrun's own parser; elsewhere (a static rendezvous, restorekit's
+    own launcher, another launcher) it is ``GROUP_RANK``.
+    """
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except (OSError, UnicodeDecodeError):
+        argv = []
+    for i, word in enumerate(argv[:-1]):
+        if Path(word).name == "torchrun" or (word == "torch.distributed.run"
+                                              and argv[i - 1] == "-m"):
+            from torch.distributed.run import parse_args
+
+            with open(os.devnull, "w", encoding="utf-8") as devnull, \
+                    contextlib.redirect_stderr(devnull), \
+                    contextlib.suppress(SystemExit, ValueError):  # a launcher we do not know
+                return int(parse_args(argv[i + 1:]).node_rank)
+            break
+    return int(os.environ.get("GROUP_RANK", "0"))
 
 
 def shutdown() -> None:
@@ -491,11 +586,23 @@ def shutdown() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def reported() -> None:
-    """Rank 0 printed the job's error line: tell :func:`launch` not to print another."""
+def reported(line: str) -> None:
+    """This process stops with the error ``line`` (which the CLI prints): tell the launcher.
+
+    Under :func:`launch` the main process marks that it printed the job's line, so that
+    the launcher prints no other. Under torchrun the line goes into the error file torchrun
+    gives each process (``TORCHELASTIC_ERROR_FILE``): torchrun's failure report then
+    quotes it instead of pointing at its documentation.
+    """
     path = os.environ.get(ENV_REPORTED)
     if path and current().is_main:
         Path(path).touch()
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and launched():
+        record = {"message": line, "extraInfo": {"py_callstack": line,
+                                                  "timestamp": str(int(time.time()))}}
+        with contextlib.suppress(OSError):  # the report then says less, nothing worse
+            Path(error_file).write_text(json.dumps({"message": record}), encoding="utf-8")
 
 
 # -- launching -------------------------------------------------------------------------------

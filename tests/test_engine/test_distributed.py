@@ -357,3 +357,84 @@ def test_single_process_is_untouched() -> None:
     assert d.failure(error, 0, 0, None) is error
     assert d.position_in_epoch({"step_in_epoch": 3}) == 3
     assert d.position_in_epoch({"step_in_epoch": 3, "world_size": 2}) == 6
+
+
+# -- several nodes (issue 19): two torchrun launchers on localhost, node 1 started first ------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(work: Path, args: dict[int, list[str]], timeout: float = 240
+               ) -> dict[int, subprocess.CompletedProcess]:
+    """``torchrun --nnodes 2 --node-rank N ... -m restorekit ARGS[N]`` for node 1, then node 0.
+
+    Each node runs in its own folder (its "machine"). torchrun's c10d rendezvous numbers the
+    nodes by (host, launcher pid): the node started first becomes its group rank 0.
+    """
+    import uuid
+
+    endpoint, run_id = f"127.0.0.1:{_free_port()}", uuid.uuid4().hex
+    procs = {}
+    for node in (1, 0):
+        (work / f"node{node}").mkdir(exist_ok=True)
+        procs[node] = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+             str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+             endpoint, "--rdzv-id", run_id, "--local-addr", "127.0.0.1", "-m", "restorekit",
+             *args[node]], cwd=work / f"node{node}", text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
+        time.sleep(1.0 if node == 1 else 0)
+    assert procs[1].pid < procs[0].pid  # so torchrun numbers node 1 first
+    done = {}
+    try:
+        for node, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            done[node] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return done
+
+
+def test_on_two_nodes_the_node_started_as_node_0_owns_the_run_folder(work: Path) -> None:
+    for node in (0, 1):
+        (work / f"node{node}").mkdir(exist_ok=True)
+        (work / f"node{node}" / "data").symlink_to(work / "data")
+    train = ["run", "pix2pixhd", "--train", "--name", "n", "--data", "data", *TINY,
+             "--batch-size", "2", "--niter", "1", "--niter-decay", "0", "--max-steps", "1",
+             "--metrics", "psnr"]
+    done = _two_nodes(work, {0: train, 1: train})
+    assert done[0].returncode == done[1].returncode == 0, done[0].stderr[-3000:] + \
+        done[1].stderr[-3000:]
+    assert "distributed over 2 process(es) (gloo)" in done[0].stdout
+    assert done[1].stdout == ""  # node 1's process prints nothing: it is not the main one
+    run = work / "node0" / "runs" / "n"
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert not (work / "node1" / "runs").exists()
+
+
+def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
+        work: Path) -> None:
+    for node in (0, 1):
+        (work / f"node{node}").mkdir(exist_ok=True)
+        if not (work / f"node{node}" / "data").exists():
+            (work / f"node{node}" / "data").symlink_to(work / "data")
+    (work / "node1" / "other").symlink_to(work / "data")
+    train = ["run", "pix2pixhd", "--train", "--name", "m", *TINY, "--batch-size", "2",
+             "--max-steps", "1"]
+    done = _two_nodes(work, {0: [*train, "--data", "data"], 1: [*train, "--data", "other"]})
+    assert done[0].returncode != 0 and done[1].returncode != 0
+    lines = error_lines(done[0].stderr)
+    assert lines[0] == ('restorekit: error: rank 0 (node 1) was started with other options '
+                        'than the main process: --data is "other" there but "data" on rank 1 '
+                        '(node 0); start every node with the same options'), done[0].stderr
+    assert "SIGABRT" not in done[0].stderr + done[1].stderr
+    # torchrun's own report on node 1 quotes the line (restorekit writes torchrun's error file).
+    assert f"traceback : {lines[0]}" in done[1].stderr, done[1].stderr[-3000:]
+    assert not (work / "node0" / "runs" / "m").exists()
