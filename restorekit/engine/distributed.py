@@ -15,6 +15,14 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   assumptions. Averaging exactly what the optimiser is about to step needs neither, and
   a parameter without a gradient on every rank stays without one (Adam skips it, as in
   one process). The price: communication does not overlap the backward pass.
+* **The main process** is local rank 0 of the node started with ``--node-rank 0`` (rank 0
+  on one machine). torchrun's c10d rendezvous numbers nodes by host name and launcher pid,
+  not by ``--node-rank``, so :func:`setup` gathers every rank's node and local rank and
+  picks it explicitly: the run folder lands on the machine the user named node 0. "Rank 0"
+  below means this process.
+* **Options**: before the first collective that depends on them, the ranks compare a hash
+  of their resolved options (:meth:`Distributed.agree`); ranks started with other options
+  (a node launched by hand with another ``--data``) all stop with one line naming them.
 * **Buffers** (BatchNorm statistics) are broadcast from rank 0 before every step, as DDP
   does with ``broadcast_buffers=True``; weights are broadcast once after building.
 * **Data**: each epoch's permutation is cut into global batches of ``batch_size x world``
@@ -33,10 +41,13 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   decisions (``max_steps``, ``max_minutes``, Ctrl-C) are all-reduced every step.
 * **Failures**: a rank that raises records a one-line error in the job's store; a rank
   that dies is found by its pid. Rank 0 turns a failed collective (or torchrun's SIGTERM)
-  into one line naming the rank and the error. Collectives time out after
+  into one line naming the rank and the error; under torchrun it also goes into
+  torchrun's error file, so that torchrun's own failure report (which follows, and which
+  no process it launched can suppress) quotes it. Collectives time out after
   ``RESTOREKIT_DIST_TIMEOUT`` seconds (default 1800), so a hung peer cannot hang a job.
 
-Ranks > 0 print nothing (``RESTOREKIT_DIST_VERBOSE=1`` keeps their output).
+Processes other than the main one print nothing (``RESTOREKIT_DIST_VERBOSE=1`` keeps their
+output), except that a wrong ``--node-rank`` is said by each node's local rank 0.
 """
 
 from __future__ import annotations
@@ -357,6 +368,7 @@ class Distributed:
         """
         if not self.active:
             return exc
+        _ignore_sigterm()  # torchrun's SIGTERM, sent once it sees a dead rank, cuts nothing short
         where = (f"at epoch {epoch + 1}, step {step + 1}; "
                  + (f"the last good checkpoint is {checkpoint}; continue with --resume"
                     if checkpoint else "no checkpoint was saved yet"))
@@ -529,7 +541,8 @@ def setup() -> Distributed:
         if place in where[:r]:
             raise UsageError(f"--node-rank {place[0]} was given to two nodes (ranks "
                              f"{where.index(place)} and {r} both run as its local rank "
-                             f"{place[1]}); give each node its own, from 0")
+                             f"{place[1]}); start each node with its own torchrun "
+                             f"--node-rank, 0 on the machine that keeps the run folder")
     if (0, 0) not in where:
         raise UsageError(f"no node was started with --node-rank 0 (nodes "
                          f"{', '.join(map(str, sorted(set(here.nodes))))}); the node started "
@@ -581,6 +594,11 @@ def shutdown() -> None:
     _CURRENT = Distributed()
     # The run has ended and reported any error: torchrun's SIGTERM to the ranks left over
     # must not raise Stopped into the interpreter's teardown (a traceback after the one line).
+    _ignore_sigterm()
+
+
+def _ignore_sigterm() -> None:
+    """The job is ending: from now on SIGTERM no longer raises :class:`Stopped`."""
     if signal.getsignal(signal.SIGTERM) is _on_sigterm:
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
