@@ -58,6 +58,10 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         raise UsageError(f"run {name}: model {name!r} does not train; use --eval or --enhance")
     if getattr(margs, "nproc_per_node", 0) and not margs.train:
         raise UsageError(f"run {name}: --nproc-per-node goes with --train")
+    if margs.train and not margs.nproc_per_node and (
+            margs.nnodes != 1 or margs.node_rank or margs.rdzv_endpoint):
+        raise UsageError(f"run {name}: --nnodes, --node-rank and --rdzv-endpoint go with "
+                         f"--nproc-per-node (under torchrun, give them to torchrun)")
     margs.argv = ["run", args.model, *args.rest]
     from restorekit.engine.allocator import keep_freed_memory
 
@@ -149,6 +153,15 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                        help="--train: data-parallel over N processes on this machine (one "
                             "per GPU, else CPU processes), launched as torchrun would; "
                             "ignored inside torchrun")
+        t.add_argument("--nnodes", type=int, default=1, metavar="N",
+                       help="--nproc-per-node on N machines: the same command on each, "
+                            "with its own --node-rank and one --rdzv-endpoint")
+        t.add_argument("--node-rank", type=int, default=0, metavar="K",
+                       help="--nnodes: this machine's rank, 0 to N-1; node 0 keeps the run "
+                            "folder")
+        t.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                       help="--nnodes: where the nodes meet (node 0's address and a free "
+                            "port)")
 
 
 def _preset_defaults(model_cls: type[Model]) -> list[tuple[str, dict[str, Any]]]:
@@ -225,12 +238,13 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
     from restorekit.engine import distributed
 
     if args.nproc_per_node and not distributed.launched():
-        return distributed.launch(args.nproc_per_node, ["-m", "restorekit", *args.argv])
+        return distributed.launch(args.nproc_per_node, ["-m", "restorekit", *args.argv],
+                                  args.nnodes, args.node_rank, args.rdzv_endpoint)
     try:
         dist = distributed.setup()  # under torchrun: join the process group
         return _train_here(model_cls, args, overrides, registry, dist)
     except RestorekitError as exc:
-        distributed.reported(f"{PROG}: error: {exc}")
+        distributed.reported(exc, f"{PROG}: error: {exc}")
         raise
     finally:
         distributed.shutdown()
@@ -325,8 +339,12 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
 
 
 def _given(model_cls: type[Model], args: argparse.Namespace) -> dict[str, Any]:
-    """The model and each flag of ``run MODEL`` as parsed, by flag name (for ``agree``)."""
-    flags = {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k != "argv"}
+    """The model and each flag of ``run MODEL`` as parsed, by flag name (for ``agree``).
+
+    The launcher's flags are left out: each node has its own ``--node-rank``.
+    """
+    launcher = ("argv", "nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint")
+    flags = {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k not in launcher}
     return {"MODEL": model_cls.name, **flags}
 
 

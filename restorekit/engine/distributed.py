@@ -78,6 +78,9 @@ ENV_TIMEOUT = "RESTOREKIT_DIST_TIMEOUT"
 ENV_VERBOSE = "RESTOREKIT_DIST_VERBOSE"
 ENV_REPORTED = "RESTOREKIT_DIST_REPORTED"
 """Set by :func:`launch`: a file rank 0 creates once it has printed the job's error line."""
+ENV_NODE_RANK = "RESTOREKIT_NODE_RANK"
+"""Set by :func:`launch` for its processes: the ``--node-rank`` it was given."""
+MAX_NODES = 4096
 
 BUCKET_BYTES = 25 * 1024 * 1024
 """Gradients are all-reduced in flat buckets of at most this size (DDP's default)."""
@@ -568,6 +571,8 @@ def _node_rank() -> int:
     command line with torchrun's own parser; elsewhere (a static rendezvous, restorekit's
     own launcher, another launcher) it is ``GROUP_RANK``.
     """
+    if ENV_NODE_RANK in os.environ:  # restorekit's own launcher
+        return int(os.environ[ENV_NODE_RANK])
     try:
         argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
     except (OSError, UnicodeDecodeError):
@@ -604,33 +609,37 @@ def _ignore_sigterm() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def reported(line: str) -> None:
-    """This process stops with the error ``line`` (which the CLI prints): tell the launcher.
+def reported(exc: BaseException, line: str) -> None:
+    """This process stops with ``exc``, printed as ``line``: tell the launcher.
 
     Under :func:`launch` the main process marks that it printed the job's line, so that
-    the launcher prints no other. Under torchrun the line goes into the error file torchrun
-    gives each process (``TORCHELASTIC_ERROR_FILE``): torchrun's failure report then
-    quotes it instead of pointing at its documentation.
+    the launcher prints no other. Every process also writes the error into the error file
+    the launcher gives it (``TORCHELASTIC_ERROR_FILE``): torchrun's failure report then
+    quotes the line instead of pointing at its documentation, and :func:`launch` on a node
+    whose processes print nothing says it.
     """
     path = os.environ.get(ENV_REPORTED)
     if path and current().is_main:
         Path(path).touch()
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file and launched():
-        record = {"message": line, "extraInfo": {"py_callstack": line,
-                                                  "timestamp": str(int(time.time()))}}
+        record = {"message": str(exc), "extraInfo": {"py_callstack": line,
+                                                      "timestamp": str(int(time.time()))}}
         with contextlib.suppress(OSError):  # the report then says less, nothing worse
             Path(error_file).write_text(json.dumps({"message": record}), encoding="utf-8")
 
 
 # -- launching -------------------------------------------------------------------------------
-def launch(nproc: int, argv: Sequence[str]) -> int:
+def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
+           endpoint: str | None = None) -> int:
     """Run ``python ARGV`` in ``nproc`` processes on this machine, as torchrun would.
 
-    Uses ``torch.distributed``'s elastic launcher in this process (a c10d rendezvous on
-    localhost, no restarts). ``OMP_NUM_THREADS`` defaults to the CPU count / ``nproc``.
-    Returns 0, or 1 when rank 0 reported the failure; otherwise a failed rank is a
-    one-line ``TrainingError``.
+    Uses ``torch.distributed``'s elastic launcher in this process (a c10d rendezvous, no
+    restarts): on localhost, or with ``nnodes`` > 1 at ``endpoint`` (``HOST:PORT``, the
+    same on every node), where the node given ``node_rank`` 0 keeps the run folder.
+    ``OMP_NUM_THREADS`` defaults to the CPU count / ``nproc``. Returns 0, or 1 when the
+    main process reported the failure; otherwise a failed rank is a one-line
+    ``TrainingError`` (its own error when it recorded one).
     """
     import logging
     import tempfile
@@ -642,20 +651,29 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
     if nproc < 1:
         raise UsageError(f"--nproc-per-node: expected at least 1, got {nproc}")
+    if not 1 <= nnodes <= MAX_NODES:
+        raise UsageError(f"--nnodes: expected 1 to {MAX_NODES}, got {nnodes}")
+    if not 0 <= node_rank < nnodes:
+        raise UsageError(f"--node-rank: expected 0 to {nnodes - 1} (--nnodes {nnodes}), "
+                         f"got {node_rank}")
+    if nnodes > 1 and not endpoint:
+        raise UsageError("--nnodes: several nodes meet at --rdzv-endpoint HOST:PORT (node "
+                         "0's address and a free port, the same on every node)")
     for name in list(logging.root.manager.loggerDict):  # rank 0 says what went wrong
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # The workers run in sessions of their own: the agent relays Ctrl-C (once) and SIGTERM
     # to them, then waits up to shutdown_timeout for them to finish the step and save.
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
-                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-                          shutdown_timeout=120)
+    config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc,
+                          run_id="restorekit" if nnodes > 1 else str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint=endpoint or "localhost:0",
+                          max_restarts=0, monitor_interval=0.1, shutdown_timeout=120)
     with tempfile.TemporaryDirectory(prefix="restorekit-launch-") as tmp:
         marker = Path(tmp) / "reported"
-        old = os.environ.get(ENV_REPORTED)
+        old = {name: os.environ.get(name) for name in (ENV_REPORTED, ENV_NODE_RANK)}
         os.environ[ENV_REPORTED] = str(marker)
+        os.environ[ENV_NODE_RANK] = str(node_rank)
         try:
             elastic_launch(config, sys.executable)(*argv)
         except SignalException as exc:  # relayed to the workers; rank 0 said what happened
@@ -670,6 +688,10 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
                 return 1
             if all(f.exitcode == 130 for f in exc.failures.values()):
                 return 130  # interrupted; rank 0 printed how to continue
+            recorded = [f.message["message"] for f in exc.failures.values()
+                        if isinstance(f.message, dict) and "message" in f.message]
+            if recorded:  # a process that prints nothing (on another node) said why
+                raise TrainingError(recorded[0]) from None
             rank, failure = exc.get_first_failure()
             if failure.exitcode < 0:
                 try:
@@ -681,10 +703,11 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             raise TrainingError(f"rank {rank} (process {failure.pid}) {how}; see its "
                                 f"output above") from None
         finally:
-            if old is None:
-                os.environ.pop(ENV_REPORTED, None)
-            else:
-                os.environ[ENV_REPORTED] = old
+            for name, value in old.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return 0
 
 

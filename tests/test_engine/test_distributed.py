@@ -359,7 +359,7 @@ def test_single_process_is_untouched() -> None:
     assert d.position_in_epoch({"step_in_epoch": 3, "world_size": 2}) == 6
 
 
-# -- several nodes (issue 19): two torchrun launchers on localhost, node 1 started first ------
+# -- several nodes (issue 19): two launchers on localhost, node 1 started first -------------
 def _free_port() -> int:
     import socket
 
@@ -368,27 +368,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_nodes(work: Path, args: dict[int, list[str]], timeout: float = 240
+def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: float = 240
                ) -> dict[int, subprocess.CompletedProcess]:
-    """``torchrun --nnodes 2 --node-rank N ... -m restorekit ARGS[N]`` for node 1, then node 0.
+    """Node 1, then node 0: ``torchrun --nnodes 2 --node-rank N ... -m restorekit ARGS[N]``
+    or ``restorekit ARGS[N] --nproc-per-node 1 --nnodes 2 --node-rank N ...``.
 
-    Each node runs in its own folder (its "machine"). torchrun's c10d rendezvous numbers the
-    nodes by (host, launcher pid): the node started first becomes its group rank 0.
+    Each node runs in its own folder (its "machine"). The c10d rendezvous numbers the nodes
+    by (host, launcher pid): the node started first becomes torchrun's rank 0.
     """
     import uuid
 
-    endpoint, run_id = f"127.0.0.1:{_free_port()}", uuid.uuid4().hex
+    endpoint = f"127.0.0.1:{_free_port()}"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                "--rdzv-id", uuid.uuid4().hex, "--local-addr", "127.0.0.1", "-m", "restorekit"]
     procs = {}
     for node in (1, 0):
-        (work / f"node{node}").mkdir(exist_ok=True)
+        command = ([*torchrun[:3], "--node-rank", str(node), *torchrun[3:], *args[node]]
+                   if launcher == "torchrun" else
+                   [sys.executable, "-m", "restorekit", *args[node], "--nproc-per-node", "1",
+                    "--nnodes", "2", "--node-rank", str(node), "--rdzv-endpoint", endpoint])
         procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
-             str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-             endpoint, "--rdzv-id", run_id, "--local-addr", "127.0.0.1", "-m", "restorekit",
-             *args[node]], cwd=work / f"node{node}", text=True, stdout=subprocess.PIPE,
+            command, cwd=work / f"node{node}", text=True, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
         time.sleep(1.0 if node == 1 else 0)
-    assert procs[1].pid < procs[0].pid  # so torchrun numbers node 1 first
+    assert procs[1].pid < procs[0].pid  # so the rendezvous numbers node 1 first
     done = {}
     try:
         for node, proc in procs.items():
@@ -401,40 +405,62 @@ def _two_nodes(work: Path, args: dict[int, list[str]], timeout: float = 240
     return done
 
 
-def test_on_two_nodes_the_node_started_as_node_0_owns_the_run_folder(work: Path) -> None:
+def _nodes(work: Path, *extra: str) -> None:
+    """Folders node0 and node1 holding the data (a symlink), and node1/EXTRA as well."""
     for node in (0, 1):
-        (work / f"node{node}").mkdir(exist_ok=True)
-        (work / f"node{node}" / "data").symlink_to(work / "data")
-    train = ["run", "pix2pixhd", "--train", "--name", "n", "--data", "data", *TINY,
+        for name in ("data", *(extra if node == 1 else ())):
+            link = work / f"node{node}" / name
+            link.parent.mkdir(exist_ok=True)
+            if not link.exists():
+                link.symlink_to(work / "data")
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "restorekit"])
+def test_on_two_nodes_the_node_started_as_node_0_owns_the_run_folder(
+        work: Path, launcher: str) -> None:
+    _nodes(work)
+    name = f"owner-{launcher}"
+    train = ["run", "pix2pixhd", "--train", "--name", name, "--data", "data", *TINY,
              "--batch-size", "2", "--niter", "1", "--niter-decay", "0", "--max-steps", "1",
              "--metrics", "psnr"]
-    done = _two_nodes(work, {0: train, 1: train})
+    done = _two_nodes(work, launcher, {0: train, 1: train})
     assert done[0].returncode == done[1].returncode == 0, done[0].stderr[-3000:] + \
         done[1].stderr[-3000:]
     assert "distributed over 2 process(es) (gloo)" in done[0].stdout
     assert done[1].stdout == ""  # node 1's process prints nothing: it is not the main one
-    run = work / "node0" / "runs" / "n"
+    run = work / "node0" / "runs" / name
     assert (run / "checkpoints" / "last.safetensors").is_file()
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert not (work / "node1" / "runs").exists()
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "restorekit"])
 def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
-        work: Path) -> None:
-    for node in (0, 1):
-        (work / f"node{node}").mkdir(exist_ok=True)
-        if not (work / f"node{node}" / "data").exists():
-            (work / f"node{node}" / "data").symlink_to(work / "data")
-    (work / "node1" / "other").symlink_to(work / "data")
+        work: Path, launcher: str) -> None:
+    _nodes(work, "other")
     train = ["run", "pix2pixhd", "--train", "--name", "m", *TINY, "--batch-size", "2",
              "--max-steps", "1"]
-    done = _two_nodes(work, {0: [*train, "--data", "data"], 1: [*train, "--data", "other"]})
+    done = _two_nodes(work, launcher, {0: [*train, "--data", "data"],
+                                       1: [*train, "--data", "other"]})
     assert done[0].returncode != 0 and done[1].returncode != 0
-    lines = error_lines(done[0].stderr)
-    assert lines[0] == ('restorekit: error: rank 0 (node 1) was started with other options '
-                        'than the main process: --data is "other" there but "data" on rank 1 '
-                        '(node 0); start every node with the same options'), done[0].stderr
+    line = ('restorekit: error: rank 0 (node 1) was started with other options than the main '
+            'process: --data is "other" there but "data" on rank 1 (node 0); start every '
+            'node with the same options')
+    assert error_lines(done[0].stderr)[0] == line, done[0].stderr[-3000:]
     assert "SIGABRT" not in done[0].stderr + done[1].stderr
-    # torchrun's own report on node 1 quotes the line (restorekit writes torchrun's error file).
-    assert f"traceback : {lines[0]}" in done[1].stderr, done[1].stderr[-3000:]
+    if launcher == "torchrun":  # torchrun's own report follows, quoting the line
+        assert f"traceback : {line}" in done[1].stderr, done[1].stderr[-3000:]
+    else:  # restorekit's launcher: that line and nothing else, on both nodes
+        assert error_lines(done[0].stderr) == error_lines(done[1].stderr) == [line], \
+            done[0].stderr[-3000:] + done[1].stderr[-3000:]
     assert not (work / "node0" / "runs" / "m").exists()
+
+
+def test_several_nodes_need_their_launcher_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2"]) == 2
+    assert "--nnodes: several nodes meet at --rdzv-endpoint HOST:PORT" in capsys.readouterr().err
+    assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2",
+                 "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:1"]) == 2
+    assert "--node-rank: expected 0 to 1 (--nnodes 2), got 2" in capsys.readouterr().err
+    assert main(["run", "pix2pixhd", "--train", "--node-rank", "1"]) == 2
+    assert "go with --nproc-per-node" in capsys.readouterr().err
