@@ -368,13 +368,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: float = 240
-               ) -> dict[int, subprocess.CompletedProcess]:
+def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: float = 240,
+               ranks: tuple[int, int] = (0, 1)) -> dict[int, subprocess.CompletedProcess]:
     """Node 1, then node 0: ``torchrun --nnodes 2 --node-rank N ... -m restorekit ARGS[N]``
     or ``restorekit ARGS[N] --nproc-per-node 1 --nnodes 2 --node-rank N ...``.
 
     Each node runs in its own folder (its "machine"). The c10d rendezvous numbers the nodes
-    by (host, launcher pid): the node started first becomes torchrun's rank 0.
+    by (host, launcher pid): the node started first becomes torchrun's rank 0. ``ranks``:
+    the ``--node-rank`` each is given.
     """
     import uuid
 
@@ -384,10 +385,11 @@ def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: f
                 "--rdzv-id", uuid.uuid4().hex, "--local-addr", "127.0.0.1", "-m", "restorekit"]
     procs = {}
     for node in (1, 0):
-        command = ([*torchrun[:3], "--node-rank", str(node), *torchrun[3:], *args[node]]
+        command = ([*torchrun[:3], "--node-rank", str(ranks[node]), *torchrun[3:], *args[node]]
                    if launcher == "torchrun" else
                    [sys.executable, "-m", "restorekit", *args[node], "--nproc-per-node", "1",
-                    "--nnodes", "2", "--node-rank", str(node), "--rdzv-endpoint", endpoint])
+                    "--nnodes", "2", "--node-rank", str(ranks[node]), "--rdzv-endpoint",
+                    endpoint])
         procs[node] = subprocess.Popen(
             command, cwd=work / f"node{node}", text=True, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
@@ -454,6 +456,19 @@ def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
         assert error_lines(done[0].stderr) == error_lines(done[1].stderr) == [line], \
             done[0].stderr[-3000:] + done[1].stderr[-3000:]
     assert not (work / "node0" / "runs" / "m").exists()
+
+
+def test_two_nodes_given_the_same_node_rank_stop_with_one_line(work: Path) -> None:
+    _nodes(work)
+    train = ["run", "pix2pixhd", "--train", "--name", "d", "--data", "data", *TINY]
+    done = _two_nodes(work, "torchrun", {0: train, 1: train}, ranks=(0, 0))
+    line = ("restorekit: error: --node-rank 0 was given to two nodes (ranks 0 and 1 both run "
+            "as its local rank 0); start each node with its own torchrun --node-rank, 0 on the "
+            "machine that keeps the run folder")
+    for node in (0, 1):  # each node's local rank 0 says it, then torchrun's report
+        assert done[node].returncode != 0
+        assert error_lines(done[node].stderr)[0] == line, done[node].stderr[-3000:]
+    assert not (work / "node0" / "runs" / "d").exists()
 
 
 def test_several_nodes_need_their_launcher_flags(capsys: pytest.CaptureFixture[str]) -> None:
