@@ -479,3 +479,25 @@ def test_several_nodes_need_their_launcher_flags(capsys: pytest.CaptureFixture[s
     assert "--node-rank: expected 0 to 1 (--nnodes 2), got 2" in capsys.readouterr().err
     assert main(["run", "pix2pixhd", "--train", "--node-rank", "1"]) == 2
     assert "go with --nproc-per-node" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_node_rank_is_read_from_the_torchrun_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.engine import distributed
+
+    monkeypatch.delenv(distributed.ENV_NODE_RANK, raising=False)
+    monkeypatch.setenv("GROUP_RANK", "1")  # what the c10d rendezvous said
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                 "/usr/local/bin/torchrun", "--nnodes", "2", "--node-rank", "3",
+                                 "train.py", "--node-rank", "7"])
+    try:
+        monkeypatch.setattr(os, "getppid", lambda: launcher.pid)
+        assert distributed._node_rank() == 3
+        monkeypatch.setattr(os, "getppid", os.getpid)  # pytest is no launcher: GROUP_RANK
+        assert distributed._node_rank() == 1
+        monkeypatch.setenv(distributed.ENV_NODE_RANK, "2")  # restorekit's launcher says
+        assert distributed._node_rank() == 2
+    finally:
+        launcher.kill()
+        launcher.wait()
