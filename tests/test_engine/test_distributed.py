@@ -369,13 +369,14 @@ def _free_port() -> int:
 
 
 def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: float = 240,
-               ranks: tuple[int, int] = (0, 1)) -> dict[int, subprocess.CompletedProcess]:
+               ranks: tuple[int, int] = (0, 1)
+               ) -> tuple[dict[int, subprocess.CompletedProcess], dict[int, int]]:
     """Node 1, then node 0: ``torchrun --nnodes 2 --node-rank N ... -m restorekit ARGS[N]``
     or ``restorekit ARGS[N] --nproc-per-node 1 --nnodes 2 --node-rank N ...``.
 
     Each node runs in its own folder (its "machine"). The c10d rendezvous numbers the nodes
     by (host, launcher pid): the node started first becomes torchrun's rank 0. ``ranks``:
-    the ``--node-rank`` each is given.
+    the ``--node-rank`` each is given. Returns each node's result and torchrun's rank.
     """
     import uuid
 
@@ -394,7 +395,8 @@ def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: f
             command, cwd=work / f"node{node}", text=True, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
         time.sleep(1.0 if node == 1 else 0)
-    assert procs[1].pid < procs[0].pid  # so the rendezvous numbers node 1 first
+    # Node 1 first, unless the pids wrapped around in between.
+    first = 1 if procs[1].pid < procs[0].pid else 0
     done = {}
     try:
         for node, proc in procs.items():
@@ -404,7 +406,7 @@ def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: f
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
-    return done
+    return done, {first: 0, 1 - first: 1}
 
 
 def _nodes(work: Path, *extra: str) -> None:
@@ -425,7 +427,7 @@ def test_on_two_nodes_the_node_started_as_node_0_owns_the_run_folder(
     train = ["run", "pix2pixhd", "--train", "--name", name, "--data", "data", *TINY,
              "--batch-size", "2", "--niter", "1", "--niter-decay", "0", "--max-steps", "1",
              "--metrics", "psnr"]
-    done = _two_nodes(work, launcher, {0: train, 1: train})
+    done, _ = _two_nodes(work, launcher, {0: train, 1: train})
     assert done[0].returncode == done[1].returncode == 0, done[0].stderr[-3000:] + \
         done[1].stderr[-3000:]
     assert "distributed over 2 process(es) (gloo)" in done[0].stdout
@@ -442,12 +444,12 @@ def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
     _nodes(work, "other")
     train = ["run", "pix2pixhd", "--train", "--name", "m", *TINY, "--batch-size", "2",
              "--max-steps", "1"]
-    done = _two_nodes(work, launcher, {0: [*train, "--data", "data"],
-                                       1: [*train, "--data", "other"]})
+    done, rank = _two_nodes(work, launcher, {0: [*train, "--data", "data"],
+                                             1: [*train, "--data", "other"]})
     assert done[0].returncode != 0 and done[1].returncode != 0
-    line = ('restorekit: error: rank 0 (node 1) was started with other options than the main '
-            'process: --data is "other" there but "data" on rank 1 (node 0); start every '
-            'node with the same options')
+    line = (f'restorekit: error: rank {rank[1]} (node 1) was started with other options than '
+            f'the main process: --data is "other" there but "data" on rank {rank[0]} (node 0); '
+            f'start every node with the same options')
     assert error_lines(done[0].stderr)[0] == line, done[0].stderr[-3000:]
     assert "SIGABRT" not in done[0].stderr + done[1].stderr
     if launcher == "torchrun":  # torchrun's own report follows, quoting the line
@@ -461,7 +463,7 @@ def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
 def test_two_nodes_given_the_same_node_rank_stop_with_one_line(work: Path) -> None:
     _nodes(work)
     train = ["run", "pix2pixhd", "--train", "--name", "d", "--data", "data", *TINY]
-    done = _two_nodes(work, "torchrun", {0: train, 1: train}, ranks=(0, 0))
+    done, _ = _two_nodes(work, "torchrun", {0: train, 1: train}, ranks=(0, 0))
     line = ("restorekit: error: --node-rank 0 was given to two nodes (ranks 0 and 1 both run "
             "as its local rank 0); start each node with its own torchrun --node-rank, 0 on the "
             "machine that keeps the run folder")
