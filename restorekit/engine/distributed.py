@@ -659,6 +659,11 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
     if nnodes > 1 and not endpoint:
         raise UsageError("--nnodes: several nodes meet at --rdzv-endpoint HOST:PORT (node "
                          "0's address and a free port, the same on every node)")
+    if endpoint is not None:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--rdzv-endpoint {endpoint}: expected HOST:PORT, a port from 1 "
+                             f"to 65535")
     for name in list(logging.root.manager.loggerDict):  # rank 0 says what went wrong
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -479,6 +479,9 @@ def test_several_nodes_need_their_launcher_flags(capsys: pytest.CaptureFixture[s
     assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2",
                  "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:1"]) == 2
     assert "--node-rank: expected 0 to 1 (--nnodes 2), got 2" in capsys.readouterr().err
+    assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2",
+                 "--rdzv-endpoint", "127.0.0.1"]) == 2
+    assert "--rdzv-endpoint 127.0.0.1: expected HOST:PORT" in capsys.readouterr().err
     assert main(["run", "pix2pixhd", "--train", "--node-rank", "1"]) == 2
     assert "go with --nproc-per-node" in capsys.readouterr().err
 
