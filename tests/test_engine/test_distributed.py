@@ -496,6 +496,10 @@ def test_node_rank_is_read_from_the_torchrun_command_line(
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                  "/usr/local/bin/torchrun", "--nnodes", "2", "--node-rank", "3",
                                  "train.py", "--node-rank", "7"])
+    cmdline = Path(f"/proc/{launcher.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"torchrun" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # right after the fork, /proc shows no command line yet
     try:
         monkeypatch.setattr(os, "getppid", lambda: launcher.pid)
         assert distributed._node_rank() == 3
