@@ -454,9 +454,12 @@ def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
     assert "SIGABRT" not in done[0].stderr + done[1].stderr
     if launcher == "torchrun":  # torchrun's own report follows, quoting the line
         assert f"traceback : {line}" in done[1].stderr, done[1].stderr[-3000:]
-    else:  # restorekit's launcher: that line and nothing else, on both nodes
-        assert error_lines(done[0].stderr) == error_lines(done[1].stderr) == [line], \
-            done[0].stderr[-3000:] + done[1].stderr[-3000:]
+    else:  # restorekit's launcher: that line once on both nodes, no Python traceback
+        # (torch's elastic agent may add a C++ warning, "[c10d] recvVector failed ...
+        # Connection was likely closed", when the other node's launcher closed its store first)
+        for node in (0, 1):
+            err = done[node].stderr
+            assert err.count(line) == 1 and "Traceback" not in err, err[-3000:]
     assert not (work / "node0" / "runs" / "m").exists()
 
 
