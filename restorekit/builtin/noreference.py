@@ -90,48 +90,65 @@ def _gamma(x: np.ndarray) -> np.ndarray:
     return gamma(x)
 
 
-_GGD_RATIO = _gamma(1 / _GAMMAS) * _gamma(3 / _GAMMAS) / _gamma(2 / _GAMMAS) ** 2
 _AGGD_RATIO = _gamma(2 / _GAMMAS) ** 2 / (_gamma(1 / _GAMMAS) * _gamma(3 / _GAMMAS))
 
 
-def _ggd(values: np.ndarray) -> tuple[float, float]:
-    """Shape and variance of a generalised Gaussian fit (moment matching on a grid)."""
-    variance = float(np.mean(values ** 2))
-    rho = variance / max(float(np.mean(np.abs(values))) ** 2, 1e-12)
-    return float(_GAMMAS[np.argmin(np.abs(rho - _GGD_RATIO))]), variance
-
-
-def _aggd(values: np.ndarray) -> list[float]:
-    """Shape, mean, left and right variance of an asymmetric generalised Gaussian fit."""
+def _aggd(values: np.ndarray) -> tuple[float, float, float]:
+    """Shape and left/right scale of an asymmetric generalised Gaussian fit (moment
+    matching on a grid of shapes, as the authors' ``estimateaggdparam``); NaN for values
+    on one side of 0 only (a flat patch), which NIQE leaves out."""
     left = np.sqrt(np.mean(values[values < 0] ** 2)) if np.any(values < 0) else 0.0
     right = np.sqrt(np.mean(values[values > 0] ** 2)) if np.any(values > 0) else 0.0
-    skew = left / right if right > 0 else 1.0
-    r_hat = float(np.mean(np.abs(values))) ** 2 / max(float(np.mean(values ** 2)), 1e-12)
+    if left == 0 or right == 0:
+        return float("nan"), float("nan"), float("nan")
+    skew = left / right
+    r_hat = float(np.mean(np.abs(values))) ** 2 / float(np.mean(values ** 2))
     r_norm = r_hat * (skew ** 3 + 1) * (skew + 1) / (skew ** 2 + 1) ** 2
     alpha = float(_GAMMAS[np.argmin((_AGGD_RATIO - r_norm) ** 2)])
     scale = np.sqrt(_gamma(1 / alpha) / _gamma(3 / alpha))
-    beta_left, beta_right = left * scale, right * scale
-    mean = (beta_right - beta_left) * _gamma(2 / alpha) / _gamma(1 / alpha)
-    return [alpha, float(mean), float(beta_left ** 2), float(beta_right ** 2)]
+    return alpha, float(left * scale), float(right * scale)
 
 
 def _block_features(block: np.ndarray) -> list[float]:
-    if not np.any(block):  # a flat patch has no distribution to fit (NaN, left out)
-        return [float("nan")] * (NIQE_FEATURES // 2)
-    features = list(_ggd(block.ravel()))
-    for shift in ((0, 1), (1, 0), (1, 1), (-1, 1)):
-        pairs = block * np.roll(block, shift, axis=(0, 1))
-        features += _aggd(pairs.ravel())
+    """The 18 features of one patch (the authors' ``computefeature``)."""
+    alpha, left, right = _aggd(block.ravel())
+    features = [alpha, (left + right) / 2]
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        alpha, left, right = _aggd((block * np.roll(block, shift, axis=(0, 1))).ravel())
+        mean = (right - left) * _gamma(2 / alpha) / _gamma(1 / alpha)
+        features += [alpha, float(mean), left, right]
     return features
 
 
+def _cubic(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x <= 1, 1.5 * x ** 3 - 2.5 * x ** 2 + 1,
+                    np.where(x <= 2, -0.5 * x ** 3 + 2.5 * x ** 2 - 4 * x + 2, 0.0))
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """Half size as MATLAB's ``imresize(image, 0.5)``: bicubic, antialiased (the kernel
+    stretched 2x), borders mirrored; one axis after the other."""
+    for axis in (0, 1):
+        length = image.shape[axis]
+        centre = 2 * np.arange(1, (length + 1) // 2 + 1) - 0.5  # 1-based input coordinates
+        taps = np.floor(centre - 4)[:, None] + np.arange(10)[None, :]
+        weights = 0.5 * _cubic(0.5 * (centre[:, None] - taps))
+        weights /= weights.sum(axis=1, keepdims=True)
+        mirror = np.concatenate([np.arange(length), np.arange(length)[::-1]])
+        index = mirror[(taps.astype(int) - 1) % (2 * length)]
+        moved = np.moveaxis(image, axis, 0)
+        image = np.moveaxis(np.einsum("ot,ot...->o...", weights, moved[index]), 0, axis)
+    return image
+
+
 def niqe_features(image: Image) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patch NIQE features ``(patches, 36)`` and patch sharpness, as in the authors'
-    MATLAB ``computequality``: grey (Rec. 601, 0-255) cropped to whole 96-pixel patches,
-    normalised by a 7x7 Gaussian (sigma 7/6) local mean and deviation, a GGD fit and four
-    AGGD fits of neighbour products per patch, at full and half scale."""
+    """Per-patch NIQE features ``(patches, 36)`` and patch sharpness, as the authors'
+    MATLAB ``computequality``: grey (Rec. 601 as ``rgb2gray``, 0-255) cropped to whole
+    96-pixel patches, normalised by a 7x7 Gaussian (sigma 7/6) local mean and deviation; per
+    patch an AGGD fit of the normalised values and of four neighbour products; at full
+    scale and at half scale (``imresize(0.5)``)."""
     from scipy.ndimage import correlate
-    from skimage.transform import rescale
 
     grey = np.asarray(image, dtype=np.float64) @ REC601 * 255.0
     rows, cols = grey.shape[0] // NIQE_BLOCK, grey.shape[1] // NIQE_BLOCK
@@ -157,7 +174,7 @@ def niqe_features(image: Image) -> tuple[np.ndarray, np.ndarray]:
         per_scale.append(np.array(feats))
         if scale == 1:
             sharpness = np.array(sharp)
-            grey = rescale(grey, 0.5, order=3, anti_aliasing=True, mode="edge")
+            grey = _halve(grey)
     return np.hstack(per_scale), sharpness
 
 

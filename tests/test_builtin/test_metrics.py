@@ -373,3 +373,15 @@ def test_the_weights_recipe_writes_a_file_that_loads(tmp_path: Path, monkeypatch
     loaded = lp.load_lpips(out).state_dict()
     assert set(loaded) == set(tensors)
     assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_niqe_half_scale_is_matlab_imresize() -> None:
+    """imresize(x, 0.5): bicubic, antialiased, mirrored borders; it keeps a constant and,
+    away from the borders, maps a linear ramp to the mean of each pixel pair."""
+    ramp = np.tile(np.arange(40.0), (12, 1))
+    half = nr._halve(ramp)
+    assert half.shape == (6, 20)
+    np.testing.assert_allclose(half[:, 3:-3], np.tile(np.arange(40.0).reshape(20, 2)
+                                                      .mean(axis=1)[3:-3], (6, 1)), atol=1e-9)
+    np.testing.assert_allclose(nr._halve(np.full((9, 7), 3.0)), 3.0)
+    assert nr._halve(np.zeros((9, 7))).shape == (5, 4)
