@@ -1,0 +1,23 @@
+"""The study report's score table shows both LOL protocols (plain and GT-mean)."""
+
+from __future__ import annotations
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from restorekit.tune.report import _scores_table  # noqa: E402
+from restorekit.tune.study import ATTR, TEST_ATTR  # noqa: E402
+
+
+def test_scores_table_has_plain_and_gt_mean_columns() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(ATTR, {"mode": "search", "higher_is_better": True})
+    scores = {"psnr": 20.5, "ssim": 0.7, "psnr_gtmean": 24.25, "ssim_gtmean": 0.75,
+              "ciede2000": 9.0}
+    study.add_trial(optuna.trial.create_trial(value=20.5, user_attrs={"val": scores}))
+    study.set_user_attr(TEST_ATTR, {"0": {**scores, "psnr_gtmean": 23.75}})
+    table = _scores_table(study)
+    for column in ("val psnr", "val psnr_gtmean", "val ssim_gtmean", "test psnr_gtmean"):
+        assert f"<th>{column}</th>" in table
+    assert "<td>24.25</td>" in table and "<td>23.75</td>" in table
