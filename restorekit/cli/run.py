@@ -473,7 +473,7 @@ def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
         written += 1
         if metrics:  # the output as written: 8- or 16-bit levels
             output = read_image(targets[path])
-            scores[str(targets[path])] = score(output, None, metrics, what=str(path),
+            scores[targets[path].name] = score(output, None, metrics, what=str(path),
                                                source=image)
     print(f"wrote {written} image(s) to {args.output}"
           + (f" ({len(files) - written} skipped)" if written < len(files) else ""),

@@ -1,4 +1,5 @@
-"""The study report's score table shows both LOL protocols (plain and GT-mean)."""
+"""Metrics in studies: the report's score table shows both LOL protocols (plain and
+GT-mean); a statistic with no better direction is no objective."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from restorekit.errors import UsageError  # noqa: E402
+from restorekit.plugins import get_registry  # noqa: E402
 from restorekit.tune.report import _scores_table  # noqa: E402
-from restorekit.tune.study import ATTR, TEST_ATTR  # noqa: E402
+from restorekit.tune.study import ATTR, TEST_ATTR, _metric  # noqa: E402
 
 
 def test_scores_table_has_plain_and_gt_mean_columns() -> None:
@@ -21,3 +24,9 @@ def test_scores_table_has_plain_and_gt_mean_columns() -> None:
     for column in ("val psnr", "val psnr_gtmean", "val ssim_gtmean", "test psnr_gtmean"):
         assert f"<th>{column}</th>" in table
     assert "<td>24.25</td>" in table and "<td>23.75</td>" in table
+
+
+def test_a_statistic_is_no_objective() -> None:
+    assert _metric(get_registry(), "loe").name == "loe"  # a no-reference metric with a direction
+    with pytest.raises(UsageError, match="--metric: 'brightness' is a statistic with no better"):
+        _metric(get_registry(), "brightness")
