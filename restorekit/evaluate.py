@@ -27,6 +27,8 @@ DEFAULT_METRICS = ("psnr", "ssim", "psnr_gtmean", "ssim_gtmean", "ciede2000")
 GT_MEAN_NOTE = ("psnr, ssim: plain protocol; psnr_gtmean, ssim_gtmean: GT-mean protocol "
                 "(output scaled to the ground truth's mean grey level first, as KinD, LLFlow "
                 "and HVI-CIDNet's --use_GT_mean)")
+FILE_METRICS = {"lpips": "--lpips-weights", "niqe": "--niqe-params"}
+"""Metrics built from a local file given with an option, not registered."""
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CLASSIC_CANDIDATES = (
@@ -71,23 +73,20 @@ def choose_metrics(registry: Registry, names: str | None, *, ground_truth: bool,
     from those local files. A full-reference metric without ground truth, one that needs the
     input without it, or ``lpips``/``niqe`` named without its file is a ``UsageError``.
     """
-    from restorekit.builtin.lpips import lpips_metric
     from restorekit.builtin.noreference import niqe_metric
 
-    files = {"lpips": ("--lpips-weights", lpips_weights, lpips_metric),
-             "niqe": ("--niqe-params", niqe_params, niqe_metric)}
     built: dict[str, AnyMetric] = {}
-    for name, (option, path, make) in files.items():
-        if path is not None:
-            try:
-                built[name] = make(path)
-            except DataError as exc:
-                raise UsageError(f"{option}: {exc}") from None
+    if lpips_weights is not None:
+        from restorekit.builtin.lpips import lpips_metric  # torch: only when asked
+
+        built["lpips"] = _from_file("lpips", lpips_metric, lpips_weights)
+    if niqe_params is not None:
+        built["niqe"] = _from_file("niqe", niqe_metric, niqe_params)
     wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
     for name in wanted:
-        if name in files and name not in built:
-            raise UsageError(f"--metrics: {name!r} needs {files[name][0]} FILE (nothing is "
-                             f"downloaded; see docs/metrics.md)")
+        if name in FILE_METRICS and name not in built:
+            raise UsageError(f"--metrics: {name!r} needs {FILE_METRICS[name]} FILE (nothing "
+                             f"is downloaded; see docs/metrics.md)")
     try:
         if wanted:
             chosen = [built.get(n) or registry.metric(n) for n in wanted]
@@ -107,6 +106,14 @@ def choose_metrics(registry: Registry, names: str | None, *, ground_truth: bool,
             raise UsageError(f"--metrics: {m.name!r} compares each output with its input; "
                              f"give the inputs (--source DIR)")
     return chosen
+
+
+def _from_file(name: str, make: Callable[[Path], AnyMetric], path: Path) -> AnyMetric:
+    """``make(path)``; a bad file is a ``UsageError`` naming the option and the file."""
+    try:
+        return make(path)
+    except DataError as exc:
+        raise UsageError(f"{FILE_METRICS[name]}: {exc}") from None
 
 
 def score(prediction: Image, target: Image | None, metrics: Sequence[AnyMetric],

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from restorekit.api import Command
+from restorekit.api import Command, NoReferenceMetric
 from restorekit.cli._common import json_ready, warn
 from restorekit.errors import DataError, UsageError
 from restorekit.plugins import Registry
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         raise UsageError("--source goes without GT_DIR (it gives the no-reference metrics "
                          "the inputs)")
     metrics = choose_metrics(registry, args.metrics, ground_truth=reference,
-                             with_source=args.source is not None,
+                             with_source=reference or args.source is not None,
                              lpips_weights=args.lpips_weights, niqe_params=args.niqe_params)
     if reference:
         named = [m.name for m in metrics if not is_full_reference(m)]
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     if other is None:
         common = sorted(preds)
         others: dict[str, Path] = {}
-        skipped = [m.name for m in registry.metrics()
-                   if getattr(m, "needs_source", False) and args.metrics is None]
+        skipped = [m.name for m in registry.metrics() if args.metrics is None
+                   and isinstance(m, NoReferenceMetric) and m.needs_source]
         if skipped:
             notes.append(f"not scored: {', '.join(skipped)} (compares each output with its "
                          f"input: give the inputs with --source DIR)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
             per_image[stem] = score(pred, read_image(others[stem]), metrics,
                                     what=f"{preds[stem]} against {others[stem]}")
         else:
-            source = read_image(others[stem]) if stem in others else None
+            source = read_image(others[stem]) if others else None
             per_image[stem] = score(pred, None, metrics, what=str(preds[stem]), source=source)
     result = Evaluation(per_image, metrics)
     if args.json:

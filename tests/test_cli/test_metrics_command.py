@@ -115,6 +115,8 @@ def test_metrics_without_ground_truth_scores_the_no_reference_metrics(
     (["out", "high", "--metrics", "psnr,brightness"],
      ["--metrics: 'brightness' is a no-reference metric; score the predictions without ground "
       "truth: restorekit metrics"]),
+    (["out", "high", "--metrics", "loe"],
+     ["--metrics: 'loe' is a no-reference metric; score the predictions without ground truth"]),
     (["out", "--metrics", "psnr"],
      ["--metrics: 'psnr' is a full-reference metric; it needs ground truth, which these "
       "images do not have"]),
