@@ -75,6 +75,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     from restorekit.evaluate import choose_metrics
 
     metrics = choose_metrics(registry, margs.metrics, ground_truth=False,
+                             lpips_weights=margs.lpips_weights,
                              niqe_params=margs.niqe_params) if margs.score else []
     return _enhance(_load_for_inference(model_cls, margs, overrides, registry), margs, metrics)
 

@@ -249,6 +249,8 @@ def test_enhance_score_prints_the_no_reference_metrics(
     (["--eval", "--score"], "--score goes with --enhance"),
     (["--enhance", "low", "-o", "x", "--score", "--metrics", "psnr"],
      "--metrics: 'psnr' is a full-reference metric"),
+    (["--enhance", "low", "-o", "x", "--score", "--lpips-weights", "w.safetensors"],
+     "--lpips-weights: w.safetensors: no such LPIPS weights file"),
     (["--eval", "--niqe-params", "nowhere.npz"],
      "--niqe-params: nowhere.npz: no such NIQE parameter file"),
 ])
