@@ -24,9 +24,9 @@ from restorekit.types import API_VERSION, Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["API_VERSION", "Choice", "Command", "FloatRange", "Image", "IntRange", "Metric", "Model",
-           "NoOptions", "Preprocessor", "SearchRange", "StepContext", "TrainableModel",
-           "call_plugin", "check_range", "validate_options"]
+__all__ = ["API_VERSION", "AnyMetric", "Choice", "Command", "FloatRange", "Image", "IntRange",
+           "Metric", "Model", "NoOptions", "NoReferenceMetric", "Preprocessor", "SearchRange",
+           "StepContext", "TrainableModel", "call_plugin", "check_range", "validate_options"]
 
 BOUNDS = ("[]", "[)", "(]", "()")
 """How a range's ends count: ``[`` / ``]`` closed (the end is allowed), ``(`` / ``)`` open."""
@@ -215,7 +215,8 @@ class Preprocessor:
 
 @dataclass(frozen=True)
 class Metric:
-    """A full-reference metric ``fn(prediction, target) -> float`` on two images."""
+    """A full-reference metric ``fn(prediction, target) -> float`` on two images (the
+    prediction and its ground truth); see :class:`NoReferenceMetric` for one image."""
 
     name: str
     fn: Callable[[Image, Image], float]
@@ -230,6 +231,41 @@ class Metric:
         """``float(fn(prediction, target))``; a crash becomes one line naming the plugin."""
         return float(call_plugin(f"metric {self.name!r}", self.plugin, self.fn, prediction,
                                  target))
+
+
+@dataclass(frozen=True)
+class NoReferenceMetric:
+    """A no-reference metric ``fn(prediction, source=None) -> float`` on one image.
+
+    It scores an image that has no ground truth (a real low-light photo, an enhanced
+    output). ``source`` is the input the prediction was made from, when there is one (the
+    low-light image): a metric that compares the output with its input, such as the
+    lightness-order error, sets ``needs_source=True`` and is scored only where the input
+    is known. Registered through ``register_metrics`` like :class:`Metric`.
+    """
+
+    name: str
+    fn: Callable[..., float]
+    higher_is_better: bool | None
+    """None for a statistic with no better direction (mean brightness)."""
+    description: str = ""
+    plugin: str = field(default="", compare=False)
+    """The plugin that registered it (set by the registry)."""
+    min_size: int = 1
+    """The smallest image side the metric is defined for."""
+    needs_source: bool = False
+    """True when ``fn`` needs ``source`` (the input image) and is undefined without it."""
+
+    def score(self, prediction: Image, source: Image | None = None) -> float:
+        """``float(fn(prediction, source=source))``; a crash becomes one line naming the
+        plugin. A metric that does not need the input is called as ``fn(prediction)``."""
+        args = {"source": source} if self.needs_source else {}
+        return float(call_plugin(f"metric {self.name!r}", self.plugin, self.fn, prediction,
+                                 **args))
+
+
+AnyMetric = Metric | NoReferenceMetric
+"""A full-reference or a no-reference metric (what ``register_metrics`` takes)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ def register_models(register: Callable[..., Any]) -> None:
 
 @hookspec
 def register_metrics(register: Callable[..., Any]) -> None:
-    """Register full-reference metrics: call ``register(Metric(...))``."""
+    """Register metrics: ``register(Metric(...))`` (full-reference) or
+    ``register(NoReferenceMetric(...))`` (no ground truth)."""
 
 
 @hookspec

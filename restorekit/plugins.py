@@ -34,7 +34,16 @@ import pluggy
 from restorekit import hookspecs
 from restorekit._env import strict_plugins, trace_plugins
 from restorekit._version import __version__
-from restorekit.api import Command, Metric, Model, Preprocessor, SearchRange, missing_methods
+from restorekit.api import (
+    AnyMetric,
+    Command,
+    Metric,
+    Model,
+    NoReferenceMetric,
+    Preprocessor,
+    SearchRange,
+    missing_methods,
+)
 from restorekit.errors import PluginError, one_line
 from restorekit.types import API_VERSION
 
@@ -42,13 +51,15 @@ ENTRY_POINT_GROUP = "restorekit"
 BUILTIN_MODULES = (
     "restorekit.builtin.preprocessors",
     "restorekit.builtin.metrics",
+    "restorekit.builtin.noreference",
     "restorekit.builtin.models",
     # Loaded by name: the plugin layer never imports the command layer above it.
     "restorekit.cli.commands",
 )
 KINDS = ("preprocessors", "models", "metrics", "commands")
-_ITEM_TYPES: dict[str, type] = {"preprocessors": Preprocessor, "metrics": Metric,
-                                "commands": Command}
+_ITEM_TYPES: dict[str, tuple[type, ...]] = {"preprocessors": (Preprocessor,),
+                                            "metrics": (Metric, NoReferenceMetric),
+                                            "commands": (Command,)}
 
 _warned: set[str] = set()
 
@@ -99,13 +110,13 @@ class Registry:
     def preprocessor(self, name: str) -> Preprocessor:
         return self.get("preprocessors", name)
 
-    def metric(self, name: str) -> Metric:
+    def metric(self, name: str) -> AnyMetric:
         return self.get("metrics", name)
 
     def model(self, name: str) -> type[Model]:
         return self.get("models", name)
 
-    def metrics(self, names: str | None = None) -> list[Metric]:
+    def metrics(self, names: str | None = None) -> list[AnyMetric]:
         """Metrics by comma-separated ``names`` (default: every usable one, sorted)."""
         if names is None or not names.strip():
             usable = sorted(n for n in self.items["metrics"] if n not in self.conflicts["metrics"])
@@ -361,7 +372,8 @@ def _validate(kind: str, item: Any) -> None:
         return
     expected = _ITEM_TYPES[kind]
     if not isinstance(item, expected):
-        raise PluginError(f"register_{kind} expects {expected.__name__}, got {item!r}")
+        names = " or ".join(t.__name__ for t in expected)
+        raise PluginError(f"register_{kind} expects {names}, got {item!r}")
     if not item.name or not item.name.replace("_", "").replace("-", "").isalnum():
         raise PluginError(f"invalid {kind[:-1]} name {item.name!r}")
     if kind == "preprocessors":

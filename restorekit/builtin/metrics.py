@@ -1,4 +1,5 @@
-"""Built-in full-reference metrics: PSNR, SSIM, CIEDE2000 and MAE.
+"""Built-in full-reference metrics: PSNR, SSIM, CIEDE2000 and MAE, and PSNR and SSIM under
+the GT-mean protocol of the low-light literature.
 
 Each takes (prediction, target) images of the same shape, float in [0, 1].
 """
@@ -59,6 +60,37 @@ def ciede2000(prediction: Image, target: Image) -> float:
     return float(np.mean(deltaE_ciede2000(lab_ref, lab_pred, channel_axis=axis)))
 
 
+REC601 = np.array([0.299, 0.587, 0.114])
+"""Rec. 601 luma weights of R, G, B: OpenCV's ``COLOR_RGB2GRAY``."""
+
+
+def gt_mean(prediction: Image, target: Image) -> np.ndarray:
+    """``prediction`` scaled by mean grey of ``target`` / mean grey of ``prediction``, clipped
+    to [0, 1]: the GT-mean correction of KinD, LLFlow and HVI-CIDNet's ``measure.py
+    --use_GT_mean`` (grey = Rec. 601 luma, OpenCV's RGB2GRAY). A black prediction, which
+    has no brightness to scale, is returned unchanged.
+
+    ``measure.py`` applies it to 8-bit images, where OpenCV rounds each grey value to an
+    integer; here grey stays a float, which moves the ratio by less than 0.5 / mean grey
+    (255 scale).
+    """
+    pred, ref = _pair(prediction, target)
+    grey_pred = float(np.mean(pred @ REC601))
+    if grey_pred <= 0:
+        return pred
+    return np.clip(pred * (float(np.mean(ref @ REC601)) / grey_pred), 0.0, 1.0)
+
+
+def psnr_gtmean(prediction: Image, target: Image) -> float:
+    """PSNR after the GT-mean correction (:func:`gt_mean`)."""
+    return psnr(gt_mean(prediction, target), target)
+
+
+def ssim_gtmean(prediction: Image, target: Image) -> float:
+    """SSIM after the GT-mean correction (:func:`gt_mean`)."""
+    return ssim(gt_mean(prediction, target), target)
+
+
 def mae(prediction: Image, target: Image) -> float:
     """Mean absolute error."""
     pred, ref = _pair(prediction, target)
@@ -73,6 +105,11 @@ def register_metrics(register: Callable[..., Any]) -> None:
     register(Metric("ssim", ssim, higher_is_better=True,
                     description="structural similarity (scikit-image, channels averaged)",
                     min_size=SSIM_WINDOW))
+    register(Metric("psnr_gtmean", psnr_gtmean, higher_is_better=True,
+                    description="PSNR after scaling the prediction to the ground truth's mean "
+                                "grey (the GT-mean protocol of KinD, LLFlow, HVI-CIDNet)"))
+    register(Metric("ssim_gtmean", ssim_gtmean, higher_is_better=True,
+                    description="SSIM after the same GT-mean scaling", min_size=SSIM_WINDOW))
     register(Metric("ciede2000", ciede2000, higher_is_better=False,
                     description="mean CIEDE2000 colour difference"))
     register(Metric("mae", mae, higher_is_better=False, description="mean absolute error"))

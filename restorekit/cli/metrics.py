@@ -1,4 +1,5 @@
-"""``restorekit metrics``: score predictions against ground truth, matched by file stem."""
+"""``restorekit metrics``: score predictions against ground truth, matched by file stem, or
+with no ground truth the no-reference metrics of the images themselves."""
 
 from __future__ import annotations
 
@@ -6,49 +7,104 @@ import argparse
 import json
 from pathlib import Path
 
-from restorekit.api import Command
-from restorekit.cli._common import json_ready, lookup, warn
+from restorekit.api import Command, NoReferenceMetric
+from restorekit.cli._common import json_ready, warn
 from restorekit.errors import DataError, UsageError
 from restorekit.plugins import Registry
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred_dir", type=Path)
-    parser.add_argument("gt_dir", type=Path)
+    parser.add_argument("gt_dir", type=Path, nargs="?", default=None,
+                        help="ground truth (same file stems); without it the no-reference "
+                             "metrics score PRED_DIR alone")
+    parser.add_argument("--source", type=Path, default=None, metavar="DIR",
+                        help="without GT_DIR: the inputs PRED_DIR was made from (same stems), "
+                             "for the metrics that compare an output with its input (loe)")
+    add_metric_options(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable output: mean, interval and per-image values")
+
+
+def add_metric_options(parser: argparse.ArgumentParser) -> None:
+    """``--metrics``, ``--lpips-weights`` and ``--niqe-params``."""
     parser.add_argument("--metrics", default=None, metavar="NAMES",
-                        help="comma-separated metric names (default: every registered metric)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+                        help="comma-separated metric names (default: psnr, ssim, their GT-mean "
+                             "variants, ciede2000 and every plugin metric with ground truth; "
+                             "every no-reference metric without)")
+    parser.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                        help="add LPIPS (AlexNet, v0.1) from this local safetensors file "
+                             "(docs/metrics.md says how to make it)")
+    parser.add_argument("--niqe-params", type=Path, default=None, metavar="FILE",
+                        help="add NIQE with the pristine model of this .npz/.mat file "
+                             "(docs/metrics.md)")
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
     from restorekit.data import list_images, read_image
-    from restorekit.evaluate import average, default_metrics, format_table, score
+    from restorekit.evaluate import (
+        Evaluation,
+        choose_metrics,
+        format_table,
+        is_full_reference,
+        score,
+    )
 
-    metrics = lookup(lambda names: default_metrics(registry, names), args.metrics,
-                     "--metrics")
-    for folder in (args.pred_dir, args.gt_dir):
-        if not folder.is_dir():
+    reference = args.gt_dir is not None
+    if reference and args.source is not None:
+        raise UsageError("--source goes without GT_DIR (it gives the no-reference metrics "
+                         "the inputs)")
+    metrics = choose_metrics(registry, args.metrics, ground_truth=reference,
+                             with_source=reference or args.source is not None,
+                             lpips_weights=args.lpips_weights, niqe_params=args.niqe_params)
+    if reference:
+        named = [m.name for m in metrics if not is_full_reference(m)]
+        if named:
+            raise UsageError(f"--metrics: {named[0]!r} is a no-reference metric; score the "
+                             f"predictions without ground truth: restorekit metrics "
+                             f"{args.pred_dir} --metrics {','.join(named)}")
+    other = args.gt_dir if reference else args.source
+    for folder in (args.pred_dir, other):
+        if folder is not None and not folder.is_dir():
             raise UsageError(f"{folder}: not a folder")
     preds = {p.stem: p for p in list_images(args.pred_dir)}
-    gts = {p.stem: p for p in list_images(args.gt_dir)}
-    common = sorted(preds.keys() & gts.keys())
-    if not common:
-        raise DataError(f"no file stems in common between {args.pred_dir} and {args.gt_dir}")
-    missing = sorted(gts.keys() - preds.keys())
-    if missing:
-        warn(f"{len(missing)} ground-truth image(s) have no prediction, e.g. {gts[missing[0]]}")
-    per_image = {stem: score(read_image(preds[stem]), read_image(gts[stem]), metrics,
-                             what=f"{preds[stem]} against {gts[stem]}")
-                 for stem in common}
-    mean = average(per_image.values(), metrics)
+    if not preds:
+        raise DataError(f"{args.pred_dir}: folder holds no images")
+    notes = []
+    if other is None:
+        common = sorted(preds)
+        others: dict[str, Path] = {}
+        skipped = [m.name for m in registry.metrics() if args.metrics is None
+                   and isinstance(m, NoReferenceMetric) and m.needs_source]
+        if skipped:
+            notes.append(f"not scored: {', '.join(skipped)} (compares each output with its "
+                         f"input: give the inputs with --source DIR)")
+    else:
+        others = {p.stem: p for p in list_images(other)}
+        common = sorted(preds.keys() & others.keys())
+        if not common:
+            raise DataError(f"no file stems in common between {args.pred_dir} and {other}")
+        missing = sorted(others.keys() - preds.keys())
+        if missing:
+            warn(f"{len(missing)} {'ground-truth' if reference else 'input'} image(s) have "
+                 f"no prediction, e.g. {others[missing[0]]}")
+    per_image = {}
+    for stem in common:
+        pred = read_image(preds[stem])
+        if reference:
+            per_image[stem] = score(pred, read_image(others[stem]), metrics,
+                                    what=f"{preds[stem]} against {others[stem]}")
+        else:
+            source = read_image(others[stem]) if others else None
+            per_image[stem] = score(pred, None, metrics, what=str(preds[stem]), source=source)
+    result = Evaluation(per_image, metrics)
     if args.json:
         # An infinite PSNR (identical images) is null: JSON has no Infinity.
-        print(json.dumps(json_ready({"mean": mean, "images": per_image,
-                                     "count": len(per_image)}), indent=2, allow_nan=False))
+        print(json.dumps(json_ready(result.to_json()), indent=2, allow_nan=False))
     else:
-        print(format_table({**per_image, "mean": mean}, metrics))
+        print(format_table({**per_image, "mean": result}, metrics, notes=notes))
     return 0
 
 
-COMMAND = Command("metrics", "score predictions against ground truth by file stem",
-                  configure, run)
+COMMAND = Command("metrics", "score predictions against ground truth by file stem, or "
+                  "without ground truth by no-reference metrics", configure, run)

@@ -1,10 +1,11 @@
 """``restorekit new-plugin NAME``: write a ready-to-install plugin package.
 
 The package holds a ``pyproject.toml`` that declares the entry point in the ``restorekit``
-group, a module with one hook implementation for the chosen kind (preprocessor, metric
-or model), a passing pytest file beside it that uses ``restorekit.testing.isolated`` and a
-README. ``pip install -e DIR`` makes it show in ``restorekit plugins`` at once. This is the
-layout of every plugin in the repository (``plugins/*/``).
+group, a module with one hook implementation for the chosen kind (preprocessor, metric,
+``--no-reference`` metric or model), a passing pytest file beside it that uses
+``restorekit.testing.isolated`` and a README. ``pip install -e DIR`` makes it show in
+``restorekit plugins`` at once. This is the layout of every plugin in the repository
+(``plugins/*/``).
 
 The name may be a plugin name (``sharpen``) or a distribution name
 (``restorekit-sharpen``); the module name is derived from it (``sharpen_plugin``).
@@ -111,6 +112,33 @@ def register_metrics(register: Callable[..., Any]) -> None:
     """Register {name!r}."""
     register(Metric("{name}", {name}, higher_is_better=False,
                     description="difference of mean brightness"))
+'''
+
+_INIT_NR_METRIC = '''\
+"""restorekit plugin {dist}: the no-reference metric {name!r}."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from restorekit import Image, NoReferenceMetric, hookimpl
+
+RESTOREKIT_API = 1
+
+
+def {name}(prediction: Image) -> float:
+    """Share of clipped (over-exposed) pixels: any channel at 254/255 or above."""
+    return float(np.mean(np.max(prediction, axis=-1) >= 254 / 255))
+
+
+@hookimpl
+def register_metrics(register: Callable[..., Any]) -> None:
+    """Register {name!r}: it scores one image, with no ground truth (``needs_source=True``
+    would pass the input image too, as ``fn(prediction, source=...)``)."""
+    register(NoReferenceMetric("{name}", {name}, higher_is_better=False,
+                               description="share of over-exposed pixels"))
 '''
 
 _INIT_MODEL = '''\
@@ -243,6 +271,16 @@ def test_{name}_is_zero_for_equal_images(registry: plugins.Registry) -> None:
     assert metric.fn(image * 0.5, image) == pytest.approx(0.2)
 '''
 
+_TEST_NR_METRIC = '''
+
+def test_{name}_counts_clipped_pixels(registry: plugins.Registry) -> None:
+    metric = registry.metric("{name}")
+    image = np.full((8, 8, 3), 0.4, np.float32)
+    assert metric.score(image) == 0.0
+    image[:4, :, 1] = 1.0
+    assert metric.score(image) == pytest.approx(0.5)
+'''
+
 _TEST_MODEL = '''
 
 def test_{name}_trains_one_step_and_enhances(registry: plugins.Registry) -> None:
@@ -294,6 +332,9 @@ _USAGE = {
     "preprocessor": "Use it in a pipeline: `restorekit preprocess IMAGES -o OUT "
                     "--preprocess {name}:strength=0.7`.",
     "metric": "Use it: `restorekit metrics PRED_DIR GT_DIR --metrics psnr,{name}`.",
+    "no-reference metric": "Use it on images without ground truth: `restorekit metrics "
+                           "PRED_DIR --metrics {name}`, or `restorekit run MODEL --enhance "
+                           "IMAGES -o OUT --score`.",
     "model": "Train and evaluate it on the embedded data: `restorekit run {name} --train` "
              "then `restorekit run {name} --eval`.",
 }
@@ -301,23 +342,28 @@ _USAGE = {
 _GITIGNORE = "__pycache__/\n*.egg-info/\nbuild/\ndist/\nruns/\n"
 
 
-def _files(name: str, kind: str) -> dict[str, str]:
+def _files(name: str, kind: str, no_reference: bool = False) -> dict[str, str]:
     pkg = f"{name}_plugin" if not name.endswith("_plugin") else name
+    flavour = "no-reference metric" if no_reference else kind
     values = {
         "name": name,
-        "kind": kind,
+        "kind": flavour,
         "pkg": pkg,
         "dist": "restorekit-" + name.replace("_", "-"),
         "cls": "".join(part.capitalize() for part in name.split("_") if part) or "Model",
         "items": kind + "s",
     }
     init = {"preprocessor": _INIT_PREPROCESSOR, "metric": _INIT_METRIC,
-            "model": _INIT_MODEL}[kind]
+            "no-reference metric": _INIT_NR_METRIC, "model": _INIT_MODEL}[flavour]
     test = _TEST_HEAD + {"preprocessor": _TEST_PREPROCESSOR, "metric": _TEST_METRIC,
-                         "model": _TEST_MODEL}[kind]
+                         "no-reference metric": _TEST_NR_METRIC,
+                         "model": _TEST_MODEL}[flavour]
+    readme = _README.replace("{usage}", _USAGE[flavour])
+    if no_reference:
+        readme = readme.replace("--kind {kind}", "--kind metric --no-reference")
     files = {
         "pyproject.toml": _PYPROJECT,
-        "README.md": _README.replace("{usage}", _USAGE[kind]),
+        "README.md": readme,
         ".gitignore": _GITIGNORE,
         f"{pkg}/__init__.py": init,
         f"tests/test_{name}.py": test,
@@ -350,8 +396,9 @@ def validate_name(name: str) -> str:
     return derived
 
 
-def create_plugin(name: str, kind: str, output: Path) -> Path:
-    """Write a plugin package for ``name`` of ``kind`` into the folder ``output``.
+def create_plugin(name: str, kind: str, output: Path, no_reference: bool = False) -> Path:
+    """Write a plugin package for ``name`` of ``kind`` into the folder ``output``
+    (``no_reference``: a metric of images without ground truth).
 
     ``output`` must not exist or be empty. Returns ``output``. Raises ``UsageError``
     for a bad name or kind, or a non-empty target folder.
@@ -359,12 +406,15 @@ def create_plugin(name: str, kind: str, output: Path) -> Path:
     name = validate_name(name)
     if kind not in KINDS:
         raise UsageError(f"new-plugin: --kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    if no_reference and kind != "metric":
+        raise UsageError(f"new-plugin: --no-reference goes with --kind metric (got --kind "
+                         f"{kind})")
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"new-plugin: {output} exists and is not a folder")
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"new-plugin: {output} is not empty; choose another folder with -o")
-    for rel, text in _files(name, kind).items():
+    for rel, text in _files(name, kind, no_reference).items():
         path = output / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -376,6 +426,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                      "(module: sharpen_plugin)")
     parser.add_argument("--kind", choices=KINDS, default="preprocessor",
                         help="what the plugin registers (default: preprocessor)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="with --kind metric: a no-reference metric, which scores an "
+                             "image without ground truth")
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                         help="folder to create (default: ./restorekit-NAME); must be empty")
 
@@ -385,8 +438,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     name = validate_name(args.name)
     dist = "restorekit-" + name.replace("_", "-")
     output = args.output if args.output is not None else Path(dist)
-    folder = create_plugin(name, args.kind, output)
-    print(f"created the {args.kind} plugin {name!r} ({dist}) in {folder}\n"
+    folder = create_plugin(name, args.kind, output, args.no_reference)
+    kind = "no-reference metric" if args.no_reference else args.kind
+    print(f"created the {kind} plugin {name!r} ({dist}) in {folder}\n"
           f"next: pip install -e {folder} && restorekit plugins && pytest {folder}")
     return 0
 

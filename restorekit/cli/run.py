@@ -72,16 +72,26 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
             margs.nnodes != 1 or margs.node_rank or margs.rdzv_endpoint):
         raise UsageError(f"run {name}: --nnodes, --node-rank and --rdzv-endpoint go with "
                          f"--nproc-per-node (under torchrun, give them to torchrun)")
+    if margs.tta and margs.train:
+        raise UsageError(f"run {name}: --tta goes with --eval or --enhance")
+    if margs.score and not margs.enhance:
+        raise UsageError(f"run {name}: --score goes with --enhance (--eval always scores)")
     margs.argv = ["run", args.model, *args.rest]
     from restorekit.engine.allocator import keep_freed_memory
 
     keep_freed_memory()  # CPU steps reuse freed activations instead of faulting them in
     if margs.train:
         return _train(model_cls, margs, overrides, registry)
-    model = _load_for_inference(model_cls, margs, overrides, registry)
     if margs.eval:
-        return _eval(model, margs, registry)
-    return _enhance(model, margs)
+        metrics = _metrics(margs, registry)
+        return _eval(_load_for_inference(model_cls, margs, overrides, registry), margs,
+                     metrics)
+    from restorekit.evaluate import choose_metrics
+
+    metrics = choose_metrics(registry, margs.metrics, ground_truth=False,
+                             lpips_weights=margs.lpips_weights,
+                             niqe_params=margs.niqe_params) if margs.score else []
+    return _enhance(_load_for_inference(model_cls, margs, overrides, registry), margs, metrics)
 
 
 COMMAND = Command("run", "train, evaluate or apply a model: run MODEL --help", configure, run,
@@ -129,11 +139,27 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                            if model_cls.default_preprocess else ""))
     g.add_argument("--metrics", default=None, metavar="NAMES",
                    help="comma-separated metrics of the --eval table and the training "
-                        "report (default: psnr, ssim, ciede2000 and every plugin metric)")
+                        "report (default: psnr, ssim, their GT-mean variants, ciede2000 and "
+                        "every plugin metric; a no-reference one scores the output alone), "
+                        "or of --enhance --score (default: every no-reference metric)")
+    g.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                   help="add LPIPS to --eval and the training report, from this local "
+                        "safetensors file (docs/metrics.md)")
+    g.add_argument("--niqe-params", type=Path, default=None, metavar="FILE",
+                   help="add NIQE, with the pristine model of this .npz/.mat file "
+                        "(docs/metrics.md)")
+    g.add_argument("--tta", action="store_true",
+                   help="--eval/--enhance: self-ensemble, the mean over the 8 flips and "
+                        "rotations (8x the time; composes with --tile)")
     o = parser.add_argument_group("output")
     o.add_argument("-o", "--output", type=Path, default=None, help="output folder for --enhance")
     o.add_argument("--bits", type=int, choices=(8, 16), default=8, help="output PNG bit depth")
-    o.add_argument("--json", action="store_true", help="--eval: machine-readable table")
+    o.add_argument("--json", action="store_true",
+                   help="--eval, --enhance --score: machine-readable table with the "
+                        "per-image values")
+    o.add_argument("--score", action="store_true",
+                   help="--enhance: print the no-reference metrics of the outputs (loe "
+                        "against each input)")
     o.add_argument("--overwrite", action="store_true",
                    help="--enhance: replace files already in -o DIR (never an input, never "
                         "through a symbolic link)"
@@ -242,9 +268,11 @@ def _pipeline(model_cls: type[Model], spec: str | None, registry: Registry) -> A
 
 
 def _metrics(args: argparse.Namespace, registry: Registry) -> list[Any]:
-    from restorekit.evaluate import default_metrics
+    """The metrics of --eval and the training report (ground truth at hand)."""
+    from restorekit.evaluate import choose_metrics
 
-    return lookup(lambda names: default_metrics(registry, names), args.metrics, "--metrics")
+    return choose_metrics(registry, args.metrics, ground_truth=True,
+                          lpips_weights=args.lpips_weights, niqe_params=args.niqe_params)
 
 
 def _resume_hint(model_cls: type[Model], run_dir: Path, runs_dir: Path) -> str:
@@ -448,31 +476,46 @@ def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,
     return model
 
 
-def _eval(model: Model, args: argparse.Namespace, registry: Registry) -> int:
+def _with_tta(enhance: Any, tta: bool) -> Any:
+    """``enhance``, or its self-ensemble over the 8 flips and rotations."""
+    if not tta:
+        return enhance
+    from restorekit.data.ensemble import self_ensemble
+
+    return functools.partial(self_ensemble, enhance)
+
+
+def _eval(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
     from restorekit.data import open_pairs
     from restorekit.evaluate import evaluate, format_table
 
-    metrics = _metrics(args, registry)
     pairs = _big_enough(open_pairs(args.data, args.split, skip_bad=args.skip_bad), model,
                         metrics, args.skip_bad)
     label = type(model).name
     if str(model.preprocess):
         label += f" ({model.preprocess})"
+    if args.tta:
+        label += " x8 self-ensemble"
     rows = {"identity": evaluate(pairs, None, metrics, desc="identity"),
-            label: evaluate(pairs, model.enhance, metrics, desc=type(model).name)}
+            label: evaluate(pairs, _with_tta(model.enhance, args.tta), metrics,
+                            desc=type(model).name)}
     if args.json:
-        print(json.dumps(json_ready({"data": pairs.describe(), "split": args.split,
-                                     "rows": rows}), indent=2, allow_nan=False))
+        print(json.dumps(json_ready({
+            "data": pairs.describe(), "split": args.split, "rows": rows,
+            "intervals": {k: r.to_json()["interval"] for k, r in rows.items()},
+            "images": {k: r.images for k, r in rows.items()}}), indent=2, allow_nan=False))
     else:
         print(f"{pairs.describe()} ({args.split} split)")
         print(format_table(rows, metrics))
     return 0
 
 
-def _enhance(model: Model, args: argparse.Namespace) -> int:
+def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
+    """Write one output per input; with ``metrics`` (--score), print their table."""
     from tqdm import tqdm
 
     from restorekit.data import image_size, read_image, write_image
+    from restorekit.evaluate import Evaluation, format_table, score
 
     files = expand_inputs(args.enhance)
     outputs = output_files(args.output, args.enhance, files, overwrite=args.overwrite)
@@ -494,7 +537,8 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
         if tile < 64:
             raise UsageError("--tile: tiles must be at least 64 pixels")
         enhance = functools.partial(model.enhance, tile=tile)
-    written = 0
+    enhance = _with_tta(enhance, args.tta)
+    written, scores = 0, {}
     for path in tqdm(usable, desc=f"enhance ({type(model).name})", unit="img"):
         try:
             image = read_image(path)
@@ -503,10 +547,22 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
                 raise
             tqdm.write(f"{PROG}: warning: skipped {exc}", file=sys.stderr)
             continue
-        write_image(targets[path], enhance(image), bits=args.bits)
+        output = enhance(image)
+        write_image(targets[path], output, bits=args.bits)
         written += 1
+        if metrics:  # the output as written: 8- or 16-bit levels
+            output = read_image(targets[path])
+            scores[targets[path].name] = score(output, None, metrics, what=str(path),
+                                               source=image)
     print(f"wrote {written} image(s) to {args.output}"
-          + (f" ({len(files) - written} skipped)" if written < len(files) else ""))
+          + (f" ({len(files) - written} skipped)" if written < len(files) else ""),
+          file=sys.stderr if metrics and args.json else sys.stdout)  # stdout: the JSON alone
+    if scores:
+        result = Evaluation(scores, metrics)
+        if args.json:
+            print(json.dumps(json_ready(result.to_json()), indent=2, allow_nan=False))
+        else:
+            print(format_table({**scores, "mean": result}, metrics))
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from restorekit.atomic import atomic_path, atomic_write_text
 from restorekit.engine.rundir import RunDir
+from restorekit.evaluate import DEFAULT_METRICS
 from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label
 
 REPORT = RunDir.REPORT  # a study folder's report is named like a run folder's
@@ -190,11 +191,10 @@ def _scores_table(study: Any) -> str:
     for t in reported_trials(study):
         val = t.user_attrs.get("val", {})
         tested = test.get(str(t.number), {})
-        rows.append([row_label(study, t), val.get("psnr"), val.get("ssim"),
-                     val.get("ciede2000"), tested.get("psnr"), tested.get("ssim"),
-                     tested.get("ciede2000")])
-    return _table(["trial", "val psnr", "val ssim", "val ciede2000", "test psnr", "test ssim",
-                   "test ciede2000"], rows)
+        rows.append([row_label(study, t), *(val.get(n) for n in DEFAULT_METRICS),
+                     *(tested.get(n) for n in DEFAULT_METRICS)])
+    return _table(["trial", *(f"val {n}" for n in DEFAULT_METRICS),
+                   *(f"test {n}" for n in DEFAULT_METRICS)], rows)
 
 
 def _trial_row(t: Any, folder: Path) -> list[Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from restorekit.api import Metric, TrainableModel
+from restorekit.api import AnyMetric, TrainableModel
 from restorekit.data import Holdout, PairSet, open_pairs
 from restorekit.engine import TrainResult, load_trained, train, write_report
 from restorekit.engine.rundir import RunDir
@@ -206,8 +206,8 @@ class _Context:
     registry: Registry
     model_cls: type[TrainableModel]
     space: Space
-    metrics: list[Metric]
-    metric: Metric
+    metrics: list[AnyMetric]
+    metric: AnyMetric
     folder: Path
     train_pairs: PairSet
     val_pairs: PairSet
@@ -318,14 +318,14 @@ def _failed(trial: Any, reason: str) -> float:
     return float("nan")
 
 
-def _rebuild_report(run: RunDir, metrics: Sequence[Metric]) -> None:
+def _rebuild_report(run: RunDir, metrics: Sequence[AnyMetric]) -> None:
     # A report of a half-made run is a nicety, never a reason to stop the study.
     with contextlib.suppress(Exception):
         write_report(run, {m.name: m.higher_is_better for m in metrics})
 
 
 # -- running a study --------------------------------------------------------------------------
-def _settings_attr(settings: TuneSettings, metric: Metric, space: Space) -> dict[str, Any]:
+def _settings_attr(settings: TuneSettings, metric: AnyMetric, space: Space) -> dict[str, Any]:
     return {"model": settings.model, "preset": settings.preset, "metric": metric.name,
             "higher_is_better": metric.higher_is_better, "data": settings.data,
             "holdout": settings.holdout.to_dict(),
@@ -334,7 +334,7 @@ def _settings_attr(settings: TuneSettings, metric: Metric, space: Space) -> dict
             "folder": str(settings.folder.resolve())}
 
 
-def open_study(settings: TuneSettings, metric: Metric, space: Space,
+def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
                warmup_epochs: int = 1) -> Any:
     """Create the study, or load it and check it is the same kind of study."""
     optuna = _optuna()
@@ -363,11 +363,15 @@ def open_study(settings: TuneSettings, metric: Metric, space: Space,
     return study
 
 
-def _metric(registry: Registry, name: str) -> Metric:
+def _metric(registry: Registry, name: str) -> AnyMetric:
     try:
-        return registry.metric(name)
+        metric = registry.metric(name)
     except (PluginError, RestorekitError) as exc:
         raise UsageError(f"--metric: {exc}") from None
+    if metric.higher_is_better is None:
+        raise UsageError(f"--metric: {name!r} is a statistic with no better direction; the "
+                         f"objective needs a metric where higher or lower is better")
+    return metric
 
 
 def run_study(settings: TuneSettings, registry: Registry) -> Any:

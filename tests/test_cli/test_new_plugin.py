@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from restorekit import plugins
 from restorekit.cli import main
 from restorekit.cli.new_plugin import KINDS, create_plugin, plugin_name
+from restorekit.data import write_image
 from restorekit.errors import UsageError
 
 NAMES = {"preprocessor": "brighten", "metric": "meanshift", "model": "tinynet"}
@@ -135,3 +137,40 @@ def test_cli_new_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["new-plugin", "Bad-Name"]) == 2
     err = capsys.readouterr().err
     assert "not empty" in err and "invalid name 'Bad-Name'" in err
+
+
+def test_no_reference_metric_plugin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--kind metric --no-reference: a NoReferenceMetric that lints, passes its own test
+    and scores a folder without ground truth."""
+    folder = tmp_path / "restorekit-clipped"
+    assert main(["new-plugin", "clipped", "--kind", "metric", "--no-reference", "-o",
+                 str(folder)]) == 0
+    assert "created the no-reference metric plugin 'clipped'" in capsys.readouterr().out
+    assert "NoReferenceMetric(" in (folder / "clipped_plugin" / "__init__.py").read_text()
+    assert "--kind metric --no-reference" in (folder / "README.md").read_text()
+    env = {**os.environ, "RESTOREKIT_EXT": "off",
+           "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(folder / "tests")], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=folder)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
+    if shutil.which("ruff"):
+        lint = subprocess.run(["ruff", "check", "--no-cache", "."], cwd=folder,
+                              capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout
+    sys.path.insert(0, str(folder))
+    try:
+        import clipped_plugin
+
+        write_image(tmp_path / "imgs" / "a.png", np.full((8, 8, 3), 1.0, np.float32))
+        with plugins.registered(clipped_plugin, "clipped"):
+            assert main(["metrics", str(tmp_path / "imgs"), "--metrics", "clipped",
+                         "--json"]) == 0
+        assert '"clipped": 1.0' in capsys.readouterr().out
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("clipped_plugin", None)
+    assert main(["new-plugin", "x", "--kind", "model", "--no-reference", "-o",
+                 str(tmp_path / "x")]) == 2
+    assert "--no-reference goes with --kind metric (got --kind model)" in \
+        capsys.readouterr().err

@@ -116,7 +116,8 @@ def test_plugin_metrics_are_in_eval_and_the_report(dim, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main(["run", "dim", "--eval", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
-    assert set(rows["dim"]) == {"psnr", "ssim", "ciede2000", "mae", "meanerr"}
+    assert set(rows["dim"]) == {"psnr", "ssim", "psnr_gtmean", "ssim_gtmean", "ciede2000",
+                                "mae", "meanerr"}
     run = RunDir(tmp_path / "runs" / "dim")
     assert "meanerr" in run.read_log("metrics")[-1]
     assert "meanerr" in run.report.read_text()

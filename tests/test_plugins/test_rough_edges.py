@@ -246,7 +246,8 @@ def test_disable_star_and_unknown_names(site: Path, monkeypatch: pytest.MonkeyPa
                                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("RESTOREKIT_DISABLE_PLUGINS", "*")
     registry = plugins.get_registry()
-    assert [i.source for i in registry.plugins.values()] == ["built-in"] * 4
+    assert [i.source for i in registry.plugins.values()] == \
+        ["built-in"] * len(plugins.BUILTIN_MODULES)
     plugins.reset()
     monkeypatch.setenv("RESTOREKIT_DISABLE_PLUGINS", "pix2pixhd,pixtopix")
     registry = plugins.get_registry()
