@@ -36,6 +36,9 @@ class TrainConfig:
         "help": "also checkpoint every N steps (0 = at epoch ends only)", "range": (0, None)})
     log_every: int = field(default=10, metadata={
         "help": "log the losses every N steps (0 = never)", "range": (0, None)})
+    best_metric: str = field(default="", metadata={
+        "help": "the metric whose best evaluation is kept as checkpoints/best, in its own "
+                "direction (default: psnr when evaluated, else the first metric)"})
     num_samples: int = field(default=3, metadata={
         "help": "test images shown in the sample grids", "range": (0, None)})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
