@@ -158,9 +158,9 @@ class Evaluation(Callback):
 
         if not self.active(trainer):
             return
-        metric = best_metric(trainer.cfg.best_metric, self.metrics)
         state = trainer.state
-        if state.best is None or state.best.metric != metric.name:
+        metric = best_metric(trainer.cfg.best_metric, self.metrics) if self.metrics else None
+        if metric is not None and (state.best is None or state.best.metric != metric.name):
             state.best = Best(metric.name, metric.higher_is_better)
         stored = trainer.rundir.read_baselines()
         if stored is not None and all(m.name in row for row in stored.values()
