@@ -14,13 +14,20 @@ from restorekit.data.tiling import enhance_tiled
 from restorekit.engine.allocator import keep_freed_memory
 from restorekit.engine.callbacks import Callback
 from restorekit.engine.config import TrainConfig, resolve_device
-from restorekit.engine.job import RESUME_OVERRIDABLE, TrainJob, resume, run_folder, train
+from restorekit.engine.job import (
+    RESUME_OVERRIDABLE,
+    TrainJob,
+    TrainResult,
+    resume,
+    run_folder,
+    train,
+)
 from restorekit.engine.loading import import_weights, load_trained
 from restorekit.engine.report import write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.state import TrainState, read_checkpoint
 from restorekit.engine.step import StepContextImpl
-from restorekit.engine.trainer import Trainer, TrainResult
+from restorekit.engine.trainer import Trainer
 
 find_checkpoint = RunDir.find_checkpoint
 

@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from restorekit._version import __version__
 from restorekit.api import Metric, TrainableModel
+from restorekit.data import TrainCrops, open_pairs
 from restorekit.engine import distributed
 from restorekit.engine.callbacks import Callback, default_callbacks
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
 from restorekit.engine.rundir import RunDir
-from restorekit.engine.state import Checkpoint, capture_options, load_resumable
-from restorekit.engine.trainer import Trainer, TrainResult
-from restorekit.errors import UsageError
+from restorekit.engine.state import Best, Checkpoint, capture_options, load_resumable
+from restorekit.engine.trainer import Trainer
+from restorekit.errors import DataError, UsageError
 from restorekit.plugins import Registry
 
 RESUME_OVERRIDABLE = frozenset({"max_steps", "max_minutes", "device", "num_workers",
@@ -77,6 +79,48 @@ def read_resumable(run: RunDir, dist: distributed.Distributed) -> Checkpoint:
 
 
 @dataclass
+class TrainResult:
+    """What a training job returns.
+
+    ``stopped`` is ``"completed"``, ``"max_steps"``, ``"max_minutes"`` or
+    ``"interrupted"`` (Ctrl-C; continue with ``resume=True``). ``best`` is the
+    best-by-metric record and ``best_checkpoint`` its file (None before any evaluation).
+    """
+
+    run_dir: Path
+    epoch: int
+    step: int
+    stopped: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    best: Best | None = None
+    checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    report: Path | None = None
+
+
+class RunFolder(Callback):
+    """The run folder's own records at the start: ``config.json`` (``config``), and for a
+    resumed run its logs cut back to the checkpoint's step, and a line saying so."""
+
+    def __init__(self, config: dict[str, Any], resumed: Checkpoint | None) -> None:
+        self.config = config
+        self.resumed = resumed
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        loaded, state = self.resumed, trainer.state
+        if loaded is not None:
+            changed = [k for k, v in self.config["options"].items()
+                       if loaded.meta.get("options", {}).get(k, v) != v]
+            note = f" (changed options: {', '.join(changed)})" if changed else ""
+            tqdm.write(f"restorekit: resuming {trainer.rundir} from {loaded.path.name} at "
+                       f"epoch {state.epoch + 1}, step {state.step}{note}")
+        if trainer.dist.is_main:
+            if loaded is not None:
+                trainer.rundir.truncate_logs(state.step)
+            trainer.rundir.write_config(self.config, resumed=loaded is not None)
+
+
+@dataclass
 class TrainJob:
     """What a training job trains on and how it is watched.
 
@@ -101,8 +145,6 @@ class TrainJob:
     data_desc: str = ""
 
     def _pairs(self, seed: int) -> tuple[Any, Any]:
-        from restorekit.data import open_pairs
-
         train = self.train_pairs if self.train_pairs is not None else open_pairs(
             self.data, "train", seed=seed, skip_bad=self.skip_bad, holdout=self.holdout)
         held = self.eval_pairs if self.eval_pairs is not None else open_pairs(
@@ -180,14 +222,26 @@ class TrainJob:
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
             train, held = self._pairs(cfg.seed)
-            callbacks = default_callbacks(cfg, held, self.metrics, self.registry,
-                                          self.eval_split)
-            trainer = Trainer(model, train_pairs=train, rundir=run, device=device,
-                              precision=precision, callbacks=[*callbacks, *self.callbacks],
-                              config=self._config(model, train, held, device, precision,
-                                                  dist.world_size),
-                              dist=dist, resume_from=loaded)
-            return trainer.run()
+            dataset = TrainCrops(train, cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
+                                 seed=cfg.seed, preprocess=model.preprocess)
+            if len(dataset) == 0:
+                raise DataError("no training pairs to train on")
+            config = self._config(model, train, held, device, precision, dist.world_size)
+            callbacks = [RunFolder(config, loaded),
+                         *default_callbacks(cfg, held, self.metrics, self.registry,
+                                            self.eval_split), *self.callbacks]
+            trainer = Trainer(model, dataset=dataset, rundir=run, device=device,
+                              precision=precision, callbacks=callbacks, dist=dist,
+                              resume_from=loaded)
+            stopped = trainer.run()
+            state, best = trainer.state, trainer.state.best
+            best = best if best is not None and best.value is not None else None
+            best_path = run.checkpoint_path(RunDir.BEST)
+            return TrainResult(run_dir=run.path, epoch=state.epoch, step=state.step,
+                               stopped=stopped, metrics=dict(state.metrics), best=best,
+                               checkpoint=trainer.checkpoint, report=trainer.report,
+                               best_checkpoint=best_path if best and best_path.is_file()
+                               else None)
         except Exception as exc:  # under torchrun: a peer's failure becomes one line naming it
             state = trainer.state if trainer is not None else None
             reported = dist.failure(exc, state.epoch if state else 0, state.step if state else 0,
@@ -231,5 +285,5 @@ def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
     return TrainJob(registry, skip_bad=skip_bad).resume(RunDir(run_dir), **overrides)
 
 
-__all__ = ["RESUME_OVERRIDABLE", "TrainJob", "read_resumable", "resume", "run_folder",
-           "train"]
+__all__ = ["RESUME_OVERRIDABLE", "RunFolder", "TrainJob", "TrainResult", "read_resumable",
+           "resume", "run_folder", "train"]

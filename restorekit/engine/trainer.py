@@ -11,7 +11,6 @@ data, the device, process-wide flags) is :mod:`restorekit.engine.job`'s.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,50 +22,29 @@ from restorekit.engine import distributed
 from restorekit.engine.callbacks import Callback
 from restorekit.engine.config import TrainConfig
 from restorekit.engine.rundir import RunDir
-from restorekit.engine.state import Best, Checkpoint, TrainState, seed_everything
-from restorekit.engine.step import StepContextImpl, make_step_context, step_function
-from restorekit.errors import DataError, TrainingError
-
-
-@dataclass
-class TrainResult:
-    """What a training job returns.
-
-    ``stopped`` is ``"completed"``, ``"max_steps"``, ``"max_minutes"`` or
-    ``"interrupted"`` (Ctrl-C; continue with ``resume=True``). ``best`` is the
-    best-by-metric record and ``best_checkpoint`` its file (None before any evaluation).
-    """
-
-    run_dir: Path
-    epoch: int
-    step: int
-    stopped: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    best: Best | None = None
-    checkpoint: Path | None = None
-    best_checkpoint: Path | None = None
-    report: Path | None = None
+from restorekit.engine.state import Checkpoint, TrainState, seed_everything
+from restorekit.engine.step import make_step_context, step_function
+from restorekit.errors import TrainingError
 
 
 class Trainer:
-    """Trains one model (its ``Options`` a :class:`TrainConfig`) into one prepared (locked)
-    run folder; :meth:`run` does the work.
+    """Trains one model (its ``Options`` a :class:`TrainConfig`) on ``dataset`` (training
+    crops) into one prepared (locked) run folder; :meth:`run` does the work.
 
-    ``config`` is written to ``config.json`` once the model is built (and resumed from
-    ``resume_from``, a checkpoint read by the job); ``callbacks`` are called in order.
+    ``resume_from`` is the checkpoint to continue from (read by the job); ``callbacks``
+    are called in order.
     """
 
-    def __init__(self, model: TrainableModel, *, train_pairs: Any, rundir: RunDir,
+    def __init__(self, model: TrainableModel, *, dataset: Any, rundir: RunDir,
                  device: torch.device, precision: str, callbacks: list[Callback],
-                 config: dict[str, Any], dist: distributed.Distributed | None = None,
+                 dist: distributed.Distributed | None = None,
                  resume_from: Checkpoint | None = None) -> None:
         self.model = model
         self.cfg: TrainConfig = model.options
-        self.train_pairs = train_pairs
+        self.dataset = dataset
         self.rundir = rundir
         self.device, self.precision = device, precision
         self.callbacks = list(callbacks)
-        self.config = config
         self.dist = dist or distributed.current()
         self.resume_from = resume_from
         self.state = TrainState(model, world_size=self.dist.world_size)
@@ -110,8 +88,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.close()
 
-    # -- setup -------------------------------------------------------------------------------
-    def _setup(self) -> Any:
+    def _setup(self) -> None:
         model, cfg, state, dist = self.model, self.cfg, self.state, self.dist
         seed_everything(cfg.seed)
         model.build(self.device)
@@ -126,23 +103,6 @@ class Trainer:
             state.restore(loaded, dist.position_in_epoch,
                           lambda restore: dist.restore_rng(restore, cfg.seed, state.step))
             self.checkpoint, self.resume_from = loaded.path, None  # the tensors can go
-            changed = [k for k, v in self.config["options"].items()
-                       if loaded.meta.get("options", {}).get(k, v) != v]
-            note = f" (changed options: {', '.join(changed)})" if changed else ""
-            tqdm.write(f"restorekit: resuming {self.rundir} from {loaded.path.name} at epoch "
-                       f"{state.epoch + 1}, step {state.step}{note}")
-            if dist.is_main:
-                self.rundir.truncate_logs(state.step)
-        if dist.is_main:
-            self.rundir.write_config(self.config, resumed=loaded is not None)
-        from restorekit.data import TrainCrops
-
-        dataset = TrainCrops(self.train_pairs, cfg.crop_size,
-                             samples_per_epoch=cfg.samples_per_epoch, seed=cfg.seed,
-                             preprocess=model.preprocess)
-        if len(dataset) == 0:
-            raise DataError("no training pairs to train on")
-        return dataset
 
     # -- the loop ----------------------------------------------------------------------------
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -215,10 +175,11 @@ class Trainer:
                 self.emit("on_stop", stopped)
         return stopped or "completed"
 
-    def run(self) -> TrainResult:
-        """Train (or resume) until the epochs are done or a limit/interrupt stops it."""
-        model, cfg, state = self.model, self.cfg, self.state
-        dataset = self._setup()
+    def run(self) -> str:
+        """Train (or resume) until the epochs are done or a limit/interrupt stops it; why it
+        stopped: ``completed``, ``max_steps``, ``max_minutes`` or ``interrupted``."""
+        model, cfg, state, dataset = self.model, self.cfg, self.state, self.dataset
+        self._setup()
         for net in model.networks().values():
             net.train()
         tqdm.write(f"restorekit: training {type(model).name} on {self.device}"
@@ -241,13 +202,7 @@ class Trainer:
         if stopped != "completed":
             tqdm.write(f"restorekit: stopped ({stopped}) at epoch {state.epoch + 1}, step "
                        f"{state.step}; checkpoint {self.checkpoint}; continue with --resume")
-        best = state.best if state.best is not None and state.best.value is not None else None
-        best_path = self.rundir.checkpoint_path(RunDir.BEST)
-        return TrainResult(run_dir=self.rundir.path, epoch=state.epoch, step=state.step,
-                           stopped=stopped, metrics=dict(state.metrics), best=best,
-                           checkpoint=self.checkpoint,
-                           best_checkpoint=best_path if best and best_path.is_file() else None,
-                           report=self.report)
+        return stopped
 
 
-__all__ = ["StepContextImpl", "TrainResult", "Trainer"]
+__all__ = ["Trainer"]
