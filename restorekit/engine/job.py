@@ -12,6 +12,7 @@ folder).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from restorekit._version import __version__
 from restorekit.api import Metric, TrainableModel
-from restorekit.data import TrainCrops, open_pairs
+from restorekit.data import Holdout, TrainCrops, open_pairs
 from restorekit.engine import distributed
 from restorekit.engine.callbacks import Callback, default_callbacks
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
@@ -134,7 +135,7 @@ class TrainJob:
 
     registry: Registry
     data: str | None = None
-    holdout: Any = None
+    holdout: Holdout | None = None
     skip_bad: bool = False
     train_pairs: Any = None
     eval_pairs: Any = None
@@ -182,7 +183,6 @@ class TrainJob:
         """Continue ``run``: the model, its options and preprocessing from the checkpoint,
         the data from ``config.json``; ``overrides`` only of :data:`RESUME_OVERRIDABLE`
         (``max_steps`` and ``max_minutes`` default to no limit)."""
-        from restorekit.data import Holdout
         from restorekit.engine.loading import model_from_metadata
 
         fixed = sorted(set(overrides) - RESUME_OVERRIDABLE)
@@ -190,18 +190,20 @@ class TrainJob:
             named = ", ".join("--" + f.replace("_", "-") for f in fixed)
             raise UsageError(f"--resume continues a run with its stored options; drop "
                              f"{named} (or start a new run)")
+        # Under torchrun rank 0 alone reads the run folder (other nodes need not see it).
+        stored = distributed.setup().from_main(
+            lambda: {"data": run.data_path(),
+                     "holdout": run.read_config().get("extra", {}).get("holdout")})
+        job = dataclasses.replace(self, data=stored["data"],
+                                  holdout=Holdout.from_dict(stored["holdout"]))
 
         def model_of(loaded: Checkpoint | None) -> TrainableModel:
             assert loaded is not None
-            stored = distributed.current().from_main(
-                lambda: {"data": run.data_path(),
-                         "holdout": run.read_config().get("extra", {}).get("holdout")})
-            self.data, self.holdout = stored["data"], Holdout.from_dict(stored["holdout"])
             limits = {"max_steps": 0, "max_minutes": 0.0}
             return model_from_metadata(loaded.path, loaded.meta, self.registry,
                                        **{**limits, **overrides})
 
-        return self._run(run, model_of, resume=True, overwrite=False)
+        return job._run(run, model_of, resume=True, overwrite=False)
 
     def _run(self, run: RunDir, model_of: Callable[[Checkpoint | None], TrainableModel],
              *, resume: bool, overwrite: bool) -> TrainResult:
