@@ -371,10 +371,11 @@ class ProgressBar(Callback):
                          leave=False)
 
     def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+        # Called before LossLog: the window's averages with this step's losses.
         sums, count = trainer.state.window
         self._bar.update(1)
-        if count:
-            self._bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
+        self._bar.set_postfix({k: f"{(sums.get(k, 0.0) + v) / (count + 1):.4g}"
+                               for k, v in losses.items()})
 
     def on_batches_end(self, trainer: Trainer) -> None:
         self.close()
@@ -454,7 +455,7 @@ def default_callbacks(cfg: Any, eval_pairs: Any, metrics: Sequence[Metric] | Non
     from restorekit import evaluate
 
     metrics = list(metrics) if metrics is not None else evaluate.default_metrics(registry)
-    found: list[Callback] = [LossLog(cfg.log_every), ProgressBar(), JsonlLog()]
+    found: list[Callback] = [ProgressBar(), LossLog(cfg.log_every), JsonlLog()]
     if cfg.tensorboard:
         found.append(TensorBoard())
     return found + [Evaluation(eval_pairs, metrics, registry, split),

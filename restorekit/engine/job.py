@@ -126,9 +126,10 @@ class TrainJob:
     """What a training job trains on and how it is watched.
 
     ``data`` (a ``--data`` folder; None: the embedded set), ``holdout`` (train without
-    these validation pairs) and ``skip_bad`` open the pairs, unless ``train_pairs`` and
-    ``eval_pairs`` are given. ``eval_pairs`` (default: the test split) are evaluated and
-    pick the best checkpoint; ``eval_split`` names them in messages. ``metrics`` default to
+    these validation pairs) and ``skip_bad`` open the training pairs and the
+    ``eval_split`` pairs, unless ``train_pairs`` are given (then ``eval_pairs`` too, or
+    None for no evaluation). The evaluated pairs pick the best checkpoint; ``eval_split``
+    names them in messages. ``metrics`` default to
     ``restorekit.evaluate.default_metrics``; ``callbacks`` run after the usual ones;
     ``extra`` is added to ``config.json``'s ``extra``.
     """
@@ -146,12 +147,11 @@ class TrainJob:
     data_desc: str = ""
 
     def _pairs(self, seed: int) -> tuple[Any, Any]:
-        train = self.train_pairs if self.train_pairs is not None else open_pairs(
-            self.data, "train", seed=seed, skip_bad=self.skip_bad, holdout=self.holdout)
-        held = self.eval_pairs if self.eval_pairs is not None else open_pairs(
-            self.data, self.eval_split, seed=seed, skip_bad=self.skip_bad,
-            holdout=self.holdout)
-        return train, held
+        if self.train_pairs is not None:  # the caller's pair sets (no eval_pairs: none)
+            return self.train_pairs, self.eval_pairs
+        opened = [open_pairs(self.data, split, seed=seed, skip_bad=self.skip_bad,
+                             holdout=self.holdout) for split in ("train", self.eval_split)]
+        return opened[0], opened[1]
 
     def _config(self, model: TrainableModel, train: Any, held: Any, device: torch.device,
                 precision: str, world_size: int) -> dict[str, Any]:

@@ -472,8 +472,9 @@ class RunDir:
         """A checkpoint file from a file, a run folder or its ``checkpoints/`` folder.
 
         For a folder, the newest checkpoint: the model as training left it.
-        ``best.safetensors`` was picked by test-split PSNR, so it is used only when named
-        explicitly (choosing on the test split flatters the scores).
+        ``best.safetensors`` was picked on the evaluation split (the test split of a plain
+        run), so it is used only when named explicitly (choosing on the test split flatters
+        the scores).
         """
         path = Path(path)
         if path.is_file():

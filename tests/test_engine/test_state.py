@@ -232,3 +232,13 @@ def test_a_callback_sees_the_events_and_can_stop_training(tmp_path: Path) -> Non
               callbacks=[Stopper()])
     assert [e[:2] for e in events] == [(1, 3), (2, 6)]
     assert st.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")["step"] == 3
+
+
+def test_no_evaluation_pairs_no_evaluation(tmp_path: Path) -> None:
+    result = train(make(epochs=1), train_pairs=TinyPairs(6, 0), test_pairs=None,
+                   run_dir=tmp_path / "r", registry=REGISTRY, metrics=METRICS)
+    assert result.step == 3 and result.metrics == {} and result.best is None
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+    assert not (tmp_path / "r" / "baselines.json").exists()
+    assert (tmp_path / "r" / "checkpoints" / "last.safetensors").is_file()
+    assert not (tmp_path / "r" / "checkpoints" / "best.safetensors").exists()
