@@ -134,24 +134,22 @@ def best_metric(name: str, metrics: Sequence[Metric]) -> Metric:
 
 
 class Evaluation(Callback):
-    """Evaluates ``pairs`` (the split named ``split``) every ``eval_every`` epochs, at the
-    end and when a limit stops training; keeps the best-by-metric record; writes sample
-    grids from the evaluation's own first outputs. Rank 0 only.
+    """Evaluates ``pairs`` with ``metrics`` every ``eval_every`` epochs, at the end and when
+    a limit stops training (nothing without pairs or metrics); keeps the best-by-metric
+    record; writes sample grids from the evaluation's own first outputs. Rank 0 only.
 
     ``baselines`` (the identity and classic rows of ``pairs``) are computed once per run
     folder and printed beside the final metrics.
     """
 
-    def __init__(self, pairs: Any, metrics: Sequence[Metric], registry: Registry,
-                 split: str = "test") -> None:
+    def __init__(self, pairs: Any, metrics: Sequence[Metric], registry: Registry) -> None:
         self.pairs = pairs
         self.metrics = list(metrics)
         self.registry = registry
-        self.split = split
         self.baselines: dict[str, dict[str, float]] = {}
 
     def active(self, trainer: Trainer) -> bool:
-        return trainer.dist.is_main and self.pairs is not None and len(self.pairs) > 0
+        return trainer.dist.is_main and bool(self.pairs) and bool(self.metrics)
 
     def on_train_start(self, trainer: Trainer) -> None:
         from restorekit import evaluate
@@ -159,8 +157,8 @@ class Evaluation(Callback):
         if not self.active(trainer):
             return
         state = trainer.state
-        metric = best_metric(trainer.cfg.best_metric, self.metrics) if self.metrics else None
-        if metric is not None and (state.best is None or state.best.metric != metric.name):
+        metric = best_metric(trainer.cfg.best_metric, self.metrics)
+        if state.best is None or state.best.metric != metric.name:
             state.best = Best(metric.name, metric.higher_is_better)
         stored = trainer.rundir.read_baselines()
         if stored is not None and all(m.name in row for row in stored.values()
@@ -449,16 +447,16 @@ class StopPolicy(Callback):
 
 
 def default_callbacks(cfg: Any, eval_pairs: Any, metrics: Sequence[Metric] | None,
-                      registry: Registry, split: str = "test") -> list[Callback]:
-    """The loop's usual callbacks for ``cfg`` (a ``TrainConfig``): evaluation of
-    ``eval_pairs`` (the split named ``split``), checkpoints, report, loggers, limits."""
+                      registry: Registry) -> list[Callback]:
+    """The loop's usual callbacks for ``cfg`` (a ``TrainConfig``): loggers, evaluation of
+    ``eval_pairs`` (the pairs that pick the best checkpoint), checkpoints, report, limits."""
     from restorekit import evaluate
 
     metrics = list(metrics) if metrics is not None else evaluate.default_metrics(registry)
     found: list[Callback] = [ProgressBar(), LossLog(cfg.log_every), JsonlLog()]
     if cfg.tensorboard:
         found.append(TensorBoard())
-    return found + [Evaluation(eval_pairs, metrics, registry, split),
+    return found + [Evaluation(eval_pairs, metrics, registry),
                     Checkpointing(cfg.checkpoint_every), Report(metrics),
                     StopPolicy(cfg.max_steps, cfg.max_minutes)]
 

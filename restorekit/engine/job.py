@@ -230,8 +230,8 @@ class TrainJob:
                 raise DataError("no training pairs to train on")
             config = self._config(model, train, held, device, precision, dist.world_size)
             callbacks = [RunFolder(config, loaded),
-                         *default_callbacks(cfg, held, self.metrics, self.registry,
-                                            self.eval_split), *self.callbacks]
+                         *default_callbacks(cfg, held, self.metrics, self.registry),
+                         *self.callbacks]
             trainer = Trainer(model, dataset=dataset, rundir=run, device=device,
                               precision=precision, callbacks=callbacks, dist=dist,
                               resume_from=loaded)
