@@ -4,8 +4,9 @@
 metric table on the test split next to the untouched input, ``--enhance`` writes one
 output per input (same stem and size). Every field of the model's ``Options``
 dataclass is a ``--field-name`` option that overrides the chosen preset. Run folders,
-numbering and the resume rules are the engine's (:class:`restorekit.engine.RunDir`,
-:func:`restorekit.engine.resume`); this module only turns flags into calls.
+numbering, the data and the resume rules are the engine's
+(:func:`restorekit.engine.run_folder`, :class:`restorekit.engine.TrainJob`); this module
+only turns flags into calls.
 """
 
 from __future__ import annotations
