@@ -65,8 +65,14 @@ def average(rows: Iterable[Mapping[str, float]], metrics: Sequence[Metric]) -> d
 
 def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
              metrics: Sequence[Metric], *, desc: str = "evaluating",
-             progress: bool = True) -> dict[str, float]:
-    """Mean of every metric over ``pairs``; ``enhance=None`` scores the input itself."""
+             progress: bool = True,
+             on_output: Callable[[int, Image, Image, Image], None] | None = None,
+             ) -> dict[str, float]:
+    """Mean of every metric over ``pairs``; ``enhance=None`` scores the input itself.
+
+    ``on_output(i, low, output, high)`` sees each pair's output (e.g. to keep the first few
+    for sample images without enhancing them twice).
+    """
     rows = []
     for i in tqdm(range(len(pairs)), desc=desc, unit="img", leave=False,
                   disable=not progress):
@@ -77,6 +83,8 @@ def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
         except ValueError as exc:  # e.g. an image too small for the model
             raise DataError(f"{label}: {exc}") from None
         rows.append(score(out, high, metrics, what=str(label)))
+        if on_output is not None:
+            on_output(i, low, out, high)
     return average(rows, metrics)
 
 

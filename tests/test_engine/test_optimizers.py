@@ -17,7 +17,7 @@ from test_training import (
 from torch import nn
 
 from restorekit.engine import graphed, optimizers
-from restorekit.engine.trainer import make_step_context, step_function
+from restorekit.engine.step import make_step_context, step_function
 from restorekit.errors import TrainingError, UsageError
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -21,8 +21,10 @@ from restorekit.engine import (
     read_checkpoint,
     train,
 )
-from restorekit.engine import checkpoint as ckpt
-from restorekit.engine.trainer import StepContextImpl, sample_grid
+from restorekit.engine import checkpoint as container
+from restorekit.engine import state as ckpt
+from restorekit.engine.callbacks import sample_grid
+from restorekit.engine.step import StepContextImpl
 from restorekit.errors import CheckpointError, TrainingError, UsageError
 from restorekit.pipeline import Pipeline
 from restorekit.plugins import Registry
@@ -197,7 +199,8 @@ def test_run_folder_contents(full_run: tuple[Path, TrainResult]) -> None:
         assert text in report, text
     assert (run_dir / "losses.svg").read_text().startswith("<svg")
     assert "<polyline" in (run_dir / "metrics.svg").read_text()
-    assert result.best_psnr == max(m["psnr"] for m in metrics)
+    assert result.best is not None and result.best.metric == "psnr"
+    assert result.best.value == max(m["psnr"] for m in metrics)
 
 
 def test_checkpoint_is_self_describing(full_run: tuple[Path, TrainResult]) -> None:
@@ -223,8 +226,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     pairs = TinyPairs(2, 0)
     low, high = (torch.from_numpy(x).permute(2, 0, 1)[None] for x in pairs.pair(0))
     a.train_step(low, high, ctx)
-    tensors, meta = ckpt.capture(a)
-    ckpt.write_checkpoint(tmp_path / "c.safetensors", tensors, meta)
+    tensors, meta = ckpt.TrainState(a).capture()
+    container.write_checkpoint(tmp_path / "c.safetensors", tensors, meta)
     b = make()
     b.build(torch.device("cpu"))
     loaded, meta2 = read_checkpoint(tmp_path / "c.safetensors")
@@ -305,7 +308,7 @@ def test_wrong_model_or_shape_is_refused(tmp_path: Path,
     with pytest.raises(CheckpointError, match="'tiny'.*'other'"):
         ckpt.check_model(source, meta, make(Other))
     meta["options"]["width"] = 5
-    ckpt.write_checkpoint(tmp_path / "w.safetensors", tensors, meta)
+    container.write_checkpoint(tmp_path / "w.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="net.G.0.weight"):
         load_trained(tmp_path / "w.safetensors", REGISTRY, device="cpu")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
@@ -349,7 +352,7 @@ def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -
     for key, value in model.G.state_dict().items():
         assert torch.equal(value, reference[f"net.G.{key}"])
     best = ckpt.read_metadata(run_dir / "checkpoints" / "best.safetensors")
-    assert best["metrics"]["psnr"] == full_run[1].best_psnr
+    assert best["metrics"]["psnr"] == full_run[1].best.value
     image = TinyPairs(1, 5).pair(0)[0][:21, :17]
     assert model.enhance(image).shape == (21, 17, 3)
     last = load_trained(run_dir / "checkpoints" / "last.safetensors", REGISTRY, device="cpu")
