@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The sources live at the top level (csrc/) and install as restorekit/ext/csrc/.
 SOURCES = sorted(p.relative_to(ROOT).as_posix()
-                 for p in (ROOT / "restorekit" / "ext" / "csrc").rglob("*")
+                 for p in (ROOT / "csrc").rglob("*")
                  if p.is_file() and p.suffix in {".cpp", ".h", ".cu", ".md"})
+INSTALLED = [f"restorekit/ext/{s}" for s in SOURCES]
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +33,35 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
-def test_sources_are_found_in_the_package():
-    assert "restorekit/ext/csrc/registration.cpp" in SOURCES
+def test_sources_are_found_in_the_checkout():
+    from restorekit.ext import source_dir
+
+    assert "csrc/registration.cpp" in SOURCES
     assert any(s.endswith(".cu") for s in SOURCES)
+    assert source_dir() == ROOT / "csrc"  # an editable install builds the checkout's sources
+
+
+def test_pyproject_lists_every_package():
+    # pyproject.toml lists its packages (to map csrc/ into restorekit.ext): none forgotten.
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the [dev] extra brings tomli
+        import tomli as tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        listed = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, package in ((ROOT, "restorekit"), (ROOT / "plugins" / "pix2pixhd",
+                                                "restorekit_pix2pixhd")):
+        found |= {".".join(p.parent.relative_to(top).parts)
+                  for p in (top / package).rglob("*.py")}
+    assert found and not found - listed, f"pyproject.toml does not list {found - listed}"
 
 
 @pytest.mark.slow
 def test_wheel_ships_the_sources(offline_build: None, wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
-    missing = [s for s in SOURCES if s not in names]
+    missing = [s for s in INSTALLED if s not in names]
     assert not missing, f"{wheel.name} lacks {missing}"
 
 
@@ -52,7 +74,9 @@ def test_installed_wheel_builds_the_extension(offline_build: None, wheel: Path,
 
     venv = tmp_path / "venv"
     py = make_venv(venv, with_pip=False)
-    env = {**os.environ, "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "on",
+    # PYTHONPATH (a checkout on it) would shadow the installed wheel.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+           "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "on",
            "RESTOREKIT_CACHE": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
                    check=True, timeout=300, env=env, cwd=tmp_path)

@@ -1,7 +1,7 @@
 """Fused C++/CUDA kernels for instance-normalised networks (Pix2PixHD's, first of all).
 
 The first use of an op builds (first time, cached afterwards) and loads the extension in
-``restorekit/ext/csrc/`` unless ``RESTOREKIT_EXT=off``; importing this module builds nothing.
+``csrc/`` unless ``RESTOREKIT_EXT=off``; importing this module builds nothing.
 The ops then live under ``torch.ops.restorekit``:
 
 * ``reflection_pad(x)`` / ``reflection_pad_backward(g)``

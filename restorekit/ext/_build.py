@@ -1,4 +1,4 @@
-"""Building, caching and loading the C++/CUDA sources in ``restorekit/ext/csrc/``.
+"""Building, caching and loading the C++/CUDA sources (``csrc/`` at the top of the checkout).
 
 The build runs once per (sources, torch, flags, CPU, CUDA) combination with
 ``torch.utils.cpp_extension.load`` (ninja) into a cache directory keyed by a hash of all of
@@ -91,12 +91,14 @@ def mode() -> str:
 
 
 def source_dir() -> Path:
-    """The C++/CUDA sources, shipped inside the package (``restorekit/ext/csrc``).
+    """The C++/CUDA sources: ``csrc/`` beside the package in a checkout (editable install).
 
-    Package data, so that editable installs, wheels and ``pip install .`` all build the
-    same sources on first use.
+    A wheel or ``pip install .`` ships them inside the package as ``restorekit/ext/csrc``
+    (pyproject.toml maps ``csrc/`` there), so every install builds the same sources on first use.
     """
-    return Path(__file__).resolve().parent / "csrc"
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "csrc", here.parents[1] / "csrc"
+    return checkout if not installed.is_dir() and checkout.is_dir() else installed
 
 
 def cache_root() -> Path:
