@@ -88,6 +88,7 @@ class ZeroDCEOptions(TrainConfig):
     weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the engine's checks (precision)
         if self.width < 1 or self.n_iter < 1 or self.scale < 1:
             raise UsageError("--width, --n-iter and --scale must be positive")
         if self.patch < 1 or self.crop_size < self.patch:
