@@ -50,8 +50,8 @@ class TrainConfig:
                                         "optimiser has them"})
     cuda_graph: bool = field(
         default=False, metadata={"help": "capture the training step in a CUDA graph and "
-                                         "replay it (CUDA, fp32 or bf16, one process; the "
-                                         "last partial batch runs eagerly)"})
+                                         "replay it (CUDA, fp32 or bf16, one process; a "
+                                         "learning-rate change recaptures)"})
     seed: int = field(default=0, metadata={
         "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
     max_steps: int = field(default=0, metadata={
