@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,19 +45,52 @@ def test_sources_are_found_in_the_checkout():
 
 def test_pyproject_lists_every_package():
     # pyproject.toml lists its packages (to map csrc/ into restorekit.ext): none forgotten.
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the [dev] extra brings tomli
-        import tomli as tomllib
-
-    with open(ROOT / "pyproject.toml", "rb") as fh:
-        listed = set(tomllib.load(fh)["tool"]["setuptools"]["packages"])
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
     found = set()
     for top, package in ((ROOT, "restorekit"), (ROOT / "plugins" / "pix2pixhd",
                                                 "restorekit_pix2pixhd")):
         found |= {".".join(p.parent.relative_to(top).parts)
                   for p in (top / package).rglob("*.py")}
     assert found and not found - listed, f"pyproject.toml does not list {found - listed}"
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the [dev] extra brings tomli
+        import tomli as tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _dist(requirement: str) -> str:
+    """The distribution a requirement names ("torch>=2.4" -> "torch")."""
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_dependencies_are_the_imports():
+    # Every third-party module the packages import is declared, and every core dependency
+    # is imported (ninja excepted: torch.utils.cpp_extension runs it as a program).
+    from importlib.metadata import packages_distributions
+
+    project = _pyproject()["project"]
+    core = {_dist(r) for r in project["dependencies"]}
+    declared = core | {_dist(r) for reqs in project["optional-dependencies"].values()
+                       for r in reqs}
+    dists = packages_distributions()
+    imported = set()
+    for path in [*(ROOT / "restorekit").rglob("*.py"),
+                 *(ROOT / "plugins" / "pix2pixhd" / "restorekit_pix2pixhd").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    imported -= {*sys.stdlib_module_names, "restorekit", "restorekit_pix2pixhd"}
+    used = {d.lower() for m in imported for d in dists.get(m, [m])}
+    assert not used - declared, f"imported but not declared: {sorted(used - declared)}"
+    assert not core - used - {"ninja"}, f"declared but never imported: {core - used}"
 
 
 @pytest.mark.slow
