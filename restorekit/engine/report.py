@@ -129,14 +129,28 @@ def curves(records: list[dict[str, Any]], skip: set[str] | None = None) -> dict[
     return panels
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+class Raw(str):
+    """HTML that :func:`table` shows as is (a link, say)."""
+
+
+def cell(value: Any) -> str:
+    """A table cell's HTML: floats to 4 significant digits, ``None`` as a dash, text escaped."""
+    if value is None:
+        return "–"
+    if isinstance(value, Raw):
+        return value
+    return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table; each value goes through :func:`cell`."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _config_rows(config: Mapping[str, Any]) -> list[list[str]]:
+def _config_rows(config: Mapping[str, Any]) -> list[list[Any]]:
     rows = []
     for key, value in config.items():
         if isinstance(value, Mapping):
@@ -156,14 +170,14 @@ def _metric_table(final: Mapping[str, Any] | None, baselines: Mapping[str, Mappi
     rows = []
     if final:
         label = f"{model_name} (epoch {final.get('epoch')}, step {final.get('step')})"
-        rows.append([label, *(_cell(final.get(n)) for n in names)])
+        rows.append([label, *(_number(final.get(n)) for n in names)])
     for label, values in baselines.items():
-        rows.append([label, *(_cell(values.get(n)) for n in names)])
-    return _table(header, rows) if rows else "<p>No evaluation yet.</p>"
+        rows.append([label, *(_number(values.get(n)) for n in names)])
+    return table(header, rows) if rows else "<p>No evaluation yet.</p>"
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def write_report(run: RunDir | str | Path,
@@ -210,7 +224,7 @@ def write_report(run: RunDir | str | Path,
         "<h2>Metric curves</h2>", metrics_svg,
         "<h2>Loss curves</h2>", losses_svg,
         "<h2>Samples</h2>", sample_html,
-        "<h2>Configuration</h2>", _table(["key", "value"], _config_rows(config)),
+        "<h2>Configuration</h2>", table(["key", "value"], _config_rows(config)),
         "</body></html>",
     ]
     atomic_write_text(run.report, "\n".join(parts) + "\n")

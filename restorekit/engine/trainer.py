@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from restorekit.engine import checkpoint as ckpt
 from restorekit.engine import distributed, graphed, optimizers
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
 from restorekit.engine.report import write_report
-from restorekit.engine.rundir import RunDir
+from restorekit.engine.rundir import RunDir, _now
 from restorekit.errors import DataError, TrainingError, UsageError
 from restorekit.plugins import Registry
 
@@ -170,10 +169,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _downscale(image: np.ndarray, height: int) -> np.ndarray:
