@@ -22,7 +22,7 @@ from typing import Any
 
 from restorekit.api import Command, Model, TrainableModel
 from restorekit.cli._common import PROG, Parser, expand_inputs, json_ready, lookup, output_files
-from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError
+from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError, warn
 from restorekit.plugins import Registry
 
 RUNS_DIR = Path("runs")
@@ -407,7 +407,7 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
             message = str(exc) if isinstance(exc, ImageReadError) else f"{path}: {exc}"
             if not args.skip_bad:
                 raise DataError(message) from None
-            print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+            warn(f"skipped {message}")
             continue
         usable.append(path)
     enhance = model.enhance
@@ -423,7 +423,7 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
         except ImageReadError as exc:
             if not args.skip_bad:
                 raise
-            tqdm.write(f"{PROG}: warning: skipped {exc}", file=sys.stderr)
+            warn(f"skipped {exc}")
             continue
         write_image(targets[path], enhance(image), bits=args.bits)
         written += 1
@@ -471,7 +471,7 @@ def _big_enough(pairs: Any, model: Model, metrics: list[Any], skip_bad: bool) ->
         message = f"{path}: image is {h}x{w} (HxW), smaller than the {side}x{side} needed"
         if not skip_bad:
             raise DataError(message)
-        print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+        warn(f"skipped {message}")
     if not keep:
         raise DataError(f"{pairs.describe()}: every pair is too small ({side}x{side} needed)")
     return pairs if len(keep) == len(pairs) else _Subset(pairs, keep)

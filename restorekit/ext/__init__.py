@@ -33,7 +33,6 @@ from restorekit.ext import _build, _reference
 from restorekit.ext._build import (
     ExtensionBuildError,
     ExtensionError,
-    ExtensionWarning,
     cache_root,
     mode,
     source_dir,
@@ -43,7 +42,6 @@ from restorekit.ext.modules import InstanceNormAct, fuse_instance_norms
 __all__ = [
     "ExtensionBuildError",
     "ExtensionError",
-    "ExtensionWarning",
     "InstanceNormAct",
     "describe",
     "fuse_instance_norms",

@@ -16,7 +16,6 @@ import re
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from restorekit._env import env_choice
-from restorekit.errors import RestorekitError
+from restorekit.errors import RestorekitError, warn
 
 ENV_MODE = "RESTOREKIT_EXT"
 ENV_CACHE = "RESTOREKIT_CACHE"
@@ -50,10 +49,6 @@ class ExtensionBuildError(ExtensionError):
         super().__init__(message)
         self.log = log
         self.log_path = log_path
-
-
-class ExtensionWarning(RuntimeWarning):
-    """RESTOREKIT_EXT=auto fell back to plain PyTorch."""
 
 
 @dataclass
@@ -272,8 +267,4 @@ def _check_compiler() -> None:
 def warn_fallback(st: BuildState) -> None:
     """One warning line for RESTOREKIT_EXT=auto falling back to plain PyTorch."""
     where = f" (log: {st.log_path})" if st.log_path else ""
-    warnings.warn(
-        f"restorekit extension unavailable, using plain PyTorch: {st.error}{where}",
-        ExtensionWarning,
-        stacklevel=3,
-    )
+    warn(f"restorekit extension unavailable, using plain PyTorch: {st.error}{where}")
