@@ -153,7 +153,7 @@ class _Cache:
 class FolderPairs(PairSet):
     """Pairs of images in two folders, matched by file stem, loaded lazily and cached.
 
-    ``skip_bad=True`` skips (with a logged warning each) files without a twin and
+    ``skip_bad=True`` skips (with one warning line each) files without a twin and
     pairs whose files are unreadable or differ in size (checked up front from the
     file headers); otherwise those raise ``DataError``/``ImageReadError``.
     """
