@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from restorekit import plugins
+from restorekit import errors, plugins
 
 
 @contextmanager
@@ -33,8 +33,8 @@ def isolated(*modules: object, **named: object) -> Iterator[plugins.Registry]:
     No entry point is loaded. The previous plugin manager (and the record of warnings
     already shown) comes back when the block ends.
     """
-    saved_manager, saved_warned = plugins._manager, set(plugins._warned)
-    plugins._warned.clear()
+    saved_manager, saved_warned = plugins._manager, set(errors._warned)
+    errors.forget_warnings()
     manager = plugins.PluginManager(load_entry_points=False)
     plugins._manager = manager
     try:
@@ -45,8 +45,8 @@ def isolated(*modules: object, **named: object) -> Iterator[plugins.Registry]:
         yield manager.registry
     finally:
         plugins._manager = saved_manager
-        plugins._warned.clear()
-        plugins._warned.update(saved_warned)
+        errors.forget_warnings()
+        errors._warned.update(saved_warned)
 
 
 def make_venv(path: str | Path, with_pip: bool = True) -> Path:

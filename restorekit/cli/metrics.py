@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from restorekit.api import Command
-from restorekit.cli._common import json_ready, lookup, warn
-from restorekit.errors import DataError, UsageError
+from restorekit.cli._common import json_ready, lookup
+from restorekit.errors import DataError, UsageError, warn
 from restorekit.plugins import Registry
 
 

@@ -31,7 +31,14 @@ from restorekit.cli._common import (
     number,
     output_files,
 )
-from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError, brief
+from restorekit.errors import (
+    DataError,
+    ImageReadError,
+    RestorekitError,
+    UsageError,
+    brief,
+    warn,
+)
 from restorekit.plugins import Registry
 
 RUNS_DIR = Path("runs")
@@ -429,7 +436,7 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
             message = str(exc) if isinstance(exc, ImageReadError) else f"{path}: {exc}"
             if not args.skip_bad:
                 raise DataError(message) from None
-            print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+            warn(f"skipped {message}")
             continue
         usable.append(path)
     enhance = model.enhance
@@ -445,7 +452,7 @@ def _enhance(model: Model, args: argparse.Namespace) -> int:
         except ImageReadError as exc:
             if not args.skip_bad:
                 raise
-            tqdm.write(f"{PROG}: warning: skipped {exc}", file=sys.stderr)
+            warn(f"skipped {exc}")
             continue
         write_image(targets[path], enhance(image), bits=args.bits)
         written += 1
@@ -472,7 +479,7 @@ def _big_enough(pairs: Any, model: Model, metrics: list[Any], skip_bad: bool) ->
         message = f"{path}: image is {h}x{w} (HxW), smaller than the {side}x{side} needed"
         if not skip_bad:
             raise DataError(message)
-        print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+        warn(f"skipped {message}")
     if not keep:
         raise DataError(f"{pairs.describe()}: every pair is too small ({side}x{side} needed)")
     if len(keep) == len(pairs):

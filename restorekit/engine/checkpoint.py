@@ -16,6 +16,7 @@ business; this module only knows the file container.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ METADATA_KEY = "restorekit"
 SUFFIX = ".safetensors"
 
 Tensors = dict[str, torch.Tensor]
+
+
+def timestamp() -> str:
+    """Now in UTC, ISO 8601 to the second: the ``saved_at`` of checkpoints and run records."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def sidecar(path: Path) -> Path:

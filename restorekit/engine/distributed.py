@@ -239,11 +239,9 @@ class Distributed:
         saved = int(meta.get("world_size", 1))
         steps = int(meta["step_in_epoch"])
         if saved != self.world_size and self.is_main:
-            from tqdm import tqdm
-
-            tqdm.write(f"restorekit: the run was saved with {saved} process(es) and continues "
-                       f"with {self.world_size}: the effective batch changes by "
-                       f"{self.world_size}/{saved}")
+            errors.warn(f"the run was saved with {saved} process(es) and continues with "
+                        f"{self.world_size}: the effective batch changes by "
+                        f"{self.world_size}/{saved}")
         return steps * saved // self.world_size
 
     # -- data --------------------------------------------------------------------------------

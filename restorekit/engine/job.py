@@ -13,7 +13,6 @@ folder).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from restorekit.engine.config import TrainConfig, resolve_device, resolve_precis
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.state import Best, Checkpoint, capture_options, load_resumable
 from restorekit.engine.trainer import Trainer
-from restorekit.errors import DataError, UsageError
+from restorekit.errors import DataError, UsageError, warn
 from restorekit.plugins import Registry
 
 RESUME_OVERRIDABLE = frozenset({"max_steps", "max_minutes", "device", "num_workers",
@@ -61,17 +60,13 @@ def run_folder(runs_dir: str | Path, model: str, name: str | None = None, *,
     return RunDir(distributed.setup().from_main(choose))
 
 
-def _warn(message: str) -> None:
-    print(f"restorekit: warning: {message}", file=sys.stderr)
-
-
 def read_resumable(run: RunDir, dist: distributed.Distributed) -> Checkpoint:
     """The newest usable checkpoint of ``run`` (a locked, prepared run folder), read once by
     rank 0 and received by every rank; an unusable ``last`` falls back to ``best``."""
     held: dict[str, str] = {}
 
     def read() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        loaded = load_resumable(run.resume_candidates(), _warn)
+        loaded = load_resumable(run.resume_candidates(), warn)
         held["path"] = str(loaded.path)
         return loaded.tensors, loaded.meta
 

@@ -34,19 +34,12 @@ import contextlib
 import json
 import os
 import shutil
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from restorekit.atomic import atomic_copy, atomic_path, atomic_write_text
-from restorekit.engine.checkpoint import SUFFIX, sidecar
-from restorekit.errors import CheckpointError, LockError, UsageError
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
+from restorekit.engine.checkpoint import SUFFIX, sidecar, timestamp
+from restorekit.errors import CheckpointError, LockError, UsageError, warn
 
 FICLONE = 0x40049409
 """Linux's ioctl that makes a file a copy-on-write clone of another (btrfs, XFS, bcachefs)."""
@@ -192,7 +185,7 @@ class RunDir:
 
     def _mark(self) -> None:
         """Write the marker that makes this folder a run restorekit may later clear."""
-        info = {"restorekit_run": True, "created_at": _now(), "pid": os.getpid()}
+        info = {"restorekit_run": True, "created_at": timestamp(), "pid": os.getpid()}
         atomic_write_text(self.marker_path, json.dumps(info) + "\n")
 
     def is_run(self) -> bool:
@@ -279,9 +272,9 @@ class RunDir:
         except UsageError:
             old = {}
         config = {**config, "run": self.name,
-                  "started_at": old.get("started_at", _now()),
+                  "started_at": old.get("started_at", timestamp()),
                   "resumed_at": list(old.get("resumed_at") or [])
-                  + ([_now()] if resumed else [])}
+                  + ([timestamp()] if resumed else [])}
         atomic_write_text(self.config_path, json.dumps(config, indent=1) + "\n")
 
     def read_baselines(self) -> dict[str, dict[str, float]] | None:
@@ -321,7 +314,7 @@ class RunDir:
             target = self.checkpoint_path(self.BEST)
             _clone_or_copy(path, target)
             _clone_or_copy(sidecar(path), sidecar(target))
-        data = {"file": path.name, **info, "saved_at": _now()}
+        data = {"file": path.name, **info, "saved_at": timestamp()}
         atomic_write_text(self.checkpoints / self.POINTER, json.dumps(data, indent=1) + "\n")
 
     # -- creating, locking -----------------------------------------------------------------
@@ -402,8 +395,8 @@ class RunDir:
         handle.seek(0)
         previous = handle.read().strip()
         if previous and previous != str(os.getpid()):
-            print(f"restorekit: warning: {self.path}: took over the stale lock of process "
-                  f"{previous}, which is no longer running", file=sys.stderr)
+            warn(f"{self.path}: took over the stale lock of process {previous}, which is no "
+                 f"longer running")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

@@ -27,7 +27,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -432,10 +431,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 # -- the training state ------------------------------------------------------------------------
 @dataclass
 class TrainState:
@@ -489,7 +484,7 @@ class TrainState:
             "parts": {name: _encode(f"part.{name}", part.state_dict(), tensors)
                       for name, part in self.parts.items()},
             "restorekit_version": __version__, "torch_version": torch.__version__,
-            "saved_at": _now(),
+            "saved_at": container.timestamp(),
         }
         if training:
             meta.update({

@@ -25,7 +25,7 @@ from restorekit.engine.loading import build_model
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.state import Checkpoint, TrainState, seed_everything
 from restorekit.engine.step import make_step_context, step_function
-from restorekit.errors import TrainingError
+from restorekit.errors import TrainingError, warn
 
 
 class Trainer:
@@ -195,8 +195,8 @@ class Trainer:
             stopped = "interrupted"
             if self._in_step and self.ctx.updates > 0:
                 where = self.checkpoint or "none saved yet"
-                tqdm.write(f"restorekit: interrupted in the middle of step {state.step + 1}; "
-                           f"its partial update is not saved (last checkpoint: {where})")
+                warn(f"interrupted in the middle of step {state.step + 1}; its partial update "
+                     f"is not saved (last checkpoint: {where})")
             else:
                 self.save()
         self.emit("on_train_end", stopped)

@@ -262,7 +262,7 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
 
         trial.set_user_attr("preprocess", str(preprocess))
         trial.set_user_attr("config", _trial_config(ctx, capture_options(model), str(preprocess)))
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items()
+        shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items()
                           if not k.startswith("preprocess"))
         _print(f"tune: trial {trial.number}"
                + (" (the preset)" if trial.user_attrs.get("baseline") else "")
@@ -299,7 +299,7 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
     return objective
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
