@@ -27,7 +27,9 @@ from restorekit._version import __version__
 from restorekit.api import Metric, TrainableModel
 from restorekit.engine import checkpoint as ckpt
 from restorekit.engine import distributed, graphed, optimizers
+from restorekit.engine.background import BackgroundLoader
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
+from restorekit.engine.monitor import CHECK_EVERY, LossMonitor
 from restorekit.engine.report import write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import DataError, TrainingError, UsageError
@@ -235,9 +237,9 @@ class Trainer:
         self._in_step = False
         self._interrupt = _DeferredInterrupt()
         self._board: Any = None
-        # Loss sums and count of the log window in progress (kept in checkpoints, so the
-        # first record after a resume averages the whole window).
-        self._window: tuple[dict[str, float], int] = ({}, 0)
+        # Loss sums and count of the log window in progress, on the device (kept in
+        # checkpoints, so the first record after a resume averages the whole window).
+        self._monitor = LossMonitor()
         self._dist = distributed.setup()  # not active outside torchrun
 
     # -- setup -------------------------------------------------------------------------------
@@ -292,7 +294,12 @@ class Trainer:
         return self._dist.is_main and self.test_pairs is not None and len(self.test_pairs) > 0
 
     # -- checkpoints -------------------------------------------------------------------------
+    def _last_good(self) -> str:
+        return (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
+                else "no checkpoint was saved yet")
+
     def _save(self, ctx: StepContextImpl, best: bool = False) -> Path:
+        window = self._monitor.read(self._last_good())  # raises after a non-finite loss
         if not self._dist.is_main:  # rank 0 alone writes the run folder
             self.checkpoint = self.rundir.checkpoint_path(RunDir.LAST)
             return self.checkpoint
@@ -304,14 +311,12 @@ class Trainer:
             "rng": ckpt.capture_rng(tensors), "world_size": self._dist.world_size,
             "restorekit_version": __version__, "torch_version": torch.__version__,
             "saved_at": _now(),
-            "loss_window": {"sums": dict(self._window[0]), "count": self._window[1]},
+            "loss_window": {"sums": window, "count": self._monitor.count},
         })
         bad = ckpt.first_non_finite(tensors)
         if bad is not None:  # never replace the last good checkpoint with a broken one
-            where = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
-                     else "no checkpoint was saved yet")
             raise TrainingError(f"tensor {bad!r} is inf or NaN after step {self.step}; "
-                                f"training stopped, {where}")
+                                f"training stopped, {self._last_good()}")
         path = self.rundir.checkpoint_path(RunDir.LAST)
         ckpt.write_checkpoint(path, tensors, meta)
         self.rundir.commit_checkpoint(path, best, {"epoch": self.epoch, "step": self.step})
@@ -332,8 +337,8 @@ class Trainer:
         self.best_psnr = meta.get("best_psnr")
         self.last_metrics = meta.get("metrics") or {}
         window = meta.get("loss_window") or {}
-        self._window = ({k: float(v) for k, v in (window.get("sums") or {}).items()},
-                        int(window.get("count") or 0))
+        self._monitor = LossMonitor({k: float(v) for k, v in (window.get("sums") or {}).items()},
+                                    int(window.get("count") or 0))
         self._dist.restore_rng(lambda: ckpt.restore_rng(tensors, meta["rng"]), self.cfg.seed,
                                self.step)
         self.checkpoint = path
@@ -350,6 +355,7 @@ class Trainer:
         """Evaluate on the test split, log it, write samples; True when PSNR improved."""
         from restorekit import evaluate
 
+        self._monitor.read(self._last_good())  # not a model whose loss went non-finite
         modes = {m: m.training for net in self.model.networks().values() for m in net.modules()}
         try:
             with _preserved_rng():
@@ -429,21 +435,6 @@ class Trainer:
         self.rundir.release()
 
     # -- the loop ----------------------------------------------------------------------------
-    def _check_finite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        if not terms:
-            return {}
-        names = list(terms)
-        stacked = torch.stack([torch.as_tensor(terms[n]).detach().float().reshape(())
-                               for n in names]).cpu()
-        values = dict(zip(names, stacked.tolist(), strict=True))
-        for name, value in values.items():
-            if not math.isfinite(value):
-                where = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
-                         else "no checkpoint was saved yet")
-                raise TrainingError(f"loss {name!r} is {value} at epoch {self.epoch + 1}, "
-                                    f"step {self.step + 1}; training stopped, {where}")
-        return values
-
     def _log_losses(self, sums: dict[str, float], count: int) -> None:
         if not self._dist.is_main:
             return
@@ -495,34 +486,38 @@ class Trainer:
             model.on_epoch_start(self.epoch)
             dataset.set_epoch(self.epoch)
             loader, per_epoch = self._loader(dataset, device)
-            sums, count = self._window if self.step_in_epoch else ({}, 0)
+            if not self.step_in_epoch:
+                self._monitor.reset()
             bar = tqdm(total=per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
                        desc=f"epoch {self.epoch + 1}/{num_epochs}", leave=False)
+            # Nothing in this loop reads the device but at the logging cadence, checkpoints
+            # and stop agreements (see restorekit.testing.HostReads).
             try:
-                for batch in loader:
-                    low = batch["low"].to(device, non_blocking=True)
-                    high = batch["high"].to(device, non_blocking=True)
-                    ctx.step, ctx.updates = self.step, 0
-                    self._in_step = True
-                    self._dist.sync_buffers(model.networks())
-                    values = self._check_finite(self._dist.reduce_losses(step(low, high)))
-                    self.step += 1
-                    self.step_in_epoch += 1
-                    self._in_step = False
-                    for k, v in values.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
-                    if cfg.log_every > 0 and self.step % cfg.log_every == 0:
-                        self._log_losses(sums, count)
-                        sums, count = {}, 0
-                    self._window = (sums, count)
-                    if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
-                        self._save(ctx)
-                    stopped = self._dist.agree_stop(self._limit_reached(started))
-                    if stopped:
-                        break
+                with BackgroundLoader(loader, device) as batches:
+                    for batch in batches:
+                        low = batch["low"].to(device, non_blocking=True)
+                        high = batch["high"].to(device, non_blocking=True)
+                        ctx.step, ctx.updates = self.step, 0
+                        self._in_step = True
+                        self._dist.sync_buffers(model.networks())
+                        self._monitor.update(self._dist.reduce_losses(step(low, high)),
+                                             self.epoch, self.step)
+                        self.step += 1
+                        self.step_in_epoch += 1
+                        self._in_step = False
+                        bar.update(1)
+                        if self.step % (cfg.log_every or CHECK_EVERY) == 0:
+                            sums, count = self._monitor.read(self._last_good()), self._monitor.count
+                            bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
+                            if cfg.log_every > 0:
+                                self._log_losses(sums, count)
+                                self._monitor.reset()
+                        if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                            self._save(ctx)
+                        if self._dist.stop_due(self.step) or self.step == cfg.max_steps:
+                            stopped = self._dist.agree_stop(self._limit_reached(started))
+                            if stopped:
+                                break
             finally:
                 bar.close()
             if self.step_in_epoch >= per_epoch:  # the epoch is complete
