@@ -32,7 +32,8 @@ class _Failed:
 
 
 class BackgroundLoader:
-    """Iterate ``loader`` on a thread; a context manager whose exit stops the thread.
+    """Iterate ``loader`` on a thread, started by iterating this; :meth:`close` (or leaving
+    ``with``) stops it.
 
     An exception raised while preparing a batch is raised again, the same object (its
     one-line message intact), where the main thread asks for that batch. ``device``: a CUDA
@@ -50,9 +51,18 @@ class BackgroundLoader:
         self._thread = threading.Thread(target=self._run, name="restorekit-loader",
                                         daemon=True)
 
-    def __enter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:
         self._thread.start()
-        return self._batches()
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    def __enter__(self) -> BackgroundLoader:
+        return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
@@ -65,15 +75,6 @@ class BackgroundLoader:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._iterator = iter(())  # a DataLoader's workers end with their iterator
-
-    def _batches(self) -> Iterator[Any]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
 
     def _run(self) -> None:
         if self._device.type == "cuda":

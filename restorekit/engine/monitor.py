@@ -53,9 +53,9 @@ class LossMonitor:
         assert self._sums is not None and self._bad_values is not None
         assert self._bad_epoch is not None and self._bad_step is not None
         device = self._sums.device
-        zero = torch.zeros((), device=device)
         values = torch.stack([torch.as_tensor(terms[n], device=device).detach().reshape(())
-                              .float() if n in terms else zero for n in self._names]).double()
+                              .float() if n in terms else torch.zeros((), device=device)
+                              for n in self._names]).double()
         self._sums.add_(values)
         first = torch.isfinite(values).all().logical_not_() & (self._bad_step < 0)
         self._bad_values = torch.where(first, values, self._bad_values)

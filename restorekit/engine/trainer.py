@@ -490,35 +490,36 @@ class Trainer:
                 self._monitor.reset()
             bar = tqdm(total=per_epoch, initial=self.step_in_epoch, dynamic_ncols=True,
                        desc=f"epoch {self.epoch + 1}/{num_epochs}", leave=False)
-            # Nothing in this loop reads the device but at the logging cadence, checkpoints
-            # and stop agreements (see restorekit.testing.HostReads).
+            # Nothing in this loop reads the device but at the logging cadence and
+            # checkpoints (see restorekit.testing.HostReads).
+            batches = BackgroundLoader(loader, device)
             try:
-                with BackgroundLoader(loader, device) as batches:
-                    for batch in batches:
-                        low = batch["low"].to(device, non_blocking=True)
-                        high = batch["high"].to(device, non_blocking=True)
-                        ctx.step, ctx.updates = self.step, 0
-                        self._in_step = True
-                        self._dist.sync_buffers(model.networks())
-                        self._monitor.update(self._dist.reduce_losses(step(low, high)),
-                                             self.epoch, self.step)
-                        self.step += 1
-                        self.step_in_epoch += 1
-                        self._in_step = False
-                        bar.update(1)
-                        if self.step % (cfg.log_every or CHECK_EVERY) == 0:
-                            sums, count = self._monitor.read(self._last_good()), self._monitor.count
-                            bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
-                            if cfg.log_every > 0:
-                                self._log_losses(sums, count)
-                                self._monitor.reset()
-                        if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
-                            self._save(ctx)
-                        if self._dist.stop_due(self.step) or self.step == cfg.max_steps:
-                            stopped = self._dist.agree_stop(self._limit_reached(started))
-                            if stopped:
-                                break
+                for batch in batches:
+                    low = batch["low"].to(device, non_blocking=True)
+                    high = batch["high"].to(device, non_blocking=True)
+                    ctx.step, ctx.updates = self.step, 0
+                    self._in_step = True
+                    self._dist.sync_buffers(model.networks())
+                    self._monitor.update(self._dist.reduce_losses(step(low, high)),
+                                         self.epoch, self.step)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    self._in_step = False
+                    bar.update(1)
+                    if self.step % (cfg.log_every or CHECK_EVERY) == 0:
+                        sums, count = self._monitor.read(self._last_good()), self._monitor.count
+                        bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
+                        if cfg.log_every > 0:
+                            self._log_losses(sums, count)
+                            self._monitor.reset()
+                    if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0:
+                        self._save(ctx)
+                    if self._dist.stop_due(self.step) or self.step == cfg.max_steps:
+                        stopped = self._dist.agree_stop(self._limit_reached(started))
+                        if stopped:
+                            break
             finally:
+                batches.close()
                 bar.close()
             if self.step_in_epoch >= per_epoch:  # the epoch is complete
                 label = self.epoch + 1

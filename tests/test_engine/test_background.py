@@ -62,8 +62,8 @@ def test_an_error_in_the_thread_is_raised_where_its_batch_is_asked_for() -> None
 
 def test_leaving_early_stops_the_thread() -> None:
     dataset = Items(count=300)
-    with BackgroundLoader(loader(dataset), torch.device("cpu"), prefetch=2) as got:
-        first = next(got)
+    with BackgroundLoader(loader(dataset), torch.device("cpu"), prefetch=2) as batches:
+        first = next(iter(batches))
     assert threads() == []
     assert first["low"].shape == (3, 2)
     # The thread stopped after the batches it could hand over, not at the epoch's end.
