@@ -14,8 +14,9 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   with ``find_unused_parameters=True`` (a graph walk every step) or ``static_graph``
   assumptions. Averaging exactly what the optimiser is about to step needs neither, and
   a parameter without a gradient on any rank stays without one (Adam skips it, as in
-  one process). The price: communication does not overlap the backward pass. Nothing in
-  a step waits for the device (no host reads, see :meth:`Distributed.average_gradients`).
+  one process). The price: communication does not overlap the backward pass. Averaging
+  reads nothing back to the host (but in the rare steps that
+  :meth:`Distributed.average_gradients` describes).
 * **Buffers** (BatchNorm statistics) are broadcast from rank 0 before every step, as DDP
   does with ``broadcast_buffers=True``; weights are broadcast once after building.
 * **Data**: each epoch's permutation is cut into global batches of ``batch_size x world``
@@ -31,10 +32,9 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   weights are the same on every rank, so the numbers are a single process's).
 * **Agreement**: logged losses are averaged across ranks (a non-finite loss on any rank
   makes the average non-finite, so every rank stops at the same point, naming the same
-  step), and the stop
-  decisions (``max_minutes``, Ctrl-C) are all-reduced every :data:`STOP_EVERY` steps (a
-  limit stops within that many steps); ``max_steps``, the same step on every rank, stops
-  exactly there.
+  step), and the stop decisions (``max_minutes``, Ctrl-C) are all-reduced every
+  :data:`STOP_EVERY` steps (a limit stops within that many steps); ``max_steps``, the same
+  step on every rank, stops exactly there.
 * **Failures**: a rank that raises records a one-line error in the job's store; a rank
   that dies is found by its pid. Rank 0 turns a failed collective (or torchrun's SIGTERM)
   into one line naming the rank and the error. Collectives time out after
