@@ -1,11 +1,16 @@
-"""The next batches prepared on a thread while the current one trains.
+"""The next batches prepared on a thread while the current one trains on a GPU.
 
 With ``num_workers`` 0 a DataLoader reads, crops and collates each batch on the main thread,
-between two steps, while the device waits. :class:`BackgroundLoader` iterates the loader on
-a thread of its own (which also pins the batches when the DataLoader has ``pin_memory``, so
+between two steps, while a GPU waits. :class:`BackgroundLoader` iterates the loader on a
+thread of its own (which also pins the batches when the DataLoader has ``pin_memory``, so
 that the main thread's ``.to(device, non_blocking=True)`` does not wait for the copy) and
 hands the batches over in order, at most :data:`PREFETCH` ahead: the batches, their order
 and their contents are exactly the DataLoader's.
+
+On a CPU device the batches are prepared inline, as before: the main thread computes the
+step itself, and a loader thread only competes with it for the GIL and the cores (a
+``quick`` Pix2PixHD loop step measured 10-20 % slower with the thread on a 2-core machine,
+``benchmarks/loop_interleaved.py``).
 """
 
 from __future__ import annotations
@@ -38,20 +43,25 @@ class BackgroundLoader:
     An exception raised while preparing a batch is raised again, the same object (its
     one-line message intact), where the main thread asks for that batch. ``device``: a CUDA
     device is made the thread's current one (where pinned memory is allocated).
+    ``threaded``: use the thread (default: on a CUDA device only; else iterate inline).
     """
 
     def __init__(self, loader: Iterable[Any], device: torch.device,
-                 prefetch: int = PREFETCH) -> None:
+                 prefetch: int = PREFETCH, threaded: bool | None = None) -> None:
         # Created here, on the calling thread: a DataLoader with workers starts (forks)
         # them when iterated, which must not happen on a thread beside a running step.
         self._iterator = iter(loader)
         self._device = device
+        self._threaded = device.type == "cuda" if threaded is None else threaded
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="restorekit-loader",
                                         daemon=True)
 
     def __iter__(self) -> Iterator[Any]:
+        if not self._threaded:
+            yield from self._iterator
+            return
         self._thread.start()
         while True:
             item = self._queue.get()

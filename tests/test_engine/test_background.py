@@ -35,6 +35,9 @@ def loader(dataset: Items, **kwargs) -> torch.utils.data.DataLoader:
                                        **kwargs)
 
 
+CPU = torch.device("cpu")
+
+
 def threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "restorekit-loader"]
 
@@ -42,7 +45,7 @@ def threads() -> list[threading.Thread]:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_same_batches_in_the_same_order(workers: int) -> None:
     expected = list(loader(Items()))
-    with BackgroundLoader(loader(Items(), num_workers=workers), torch.device("cpu")) as got:
+    with BackgroundLoader(loader(Items(), num_workers=workers), CPU, threaded=True) as got:
         got = list(got)
     assert len(got) == len(expected) == 4
     for a, b in zip(got, expected, strict=True):
@@ -50,11 +53,18 @@ def test_same_batches_in_the_same_order(workers: int) -> None:
     assert threads() == []
 
 
+def test_on_a_cpu_device_batches_are_prepared_inline() -> None:
+    dataset = Items()
+    batches = iter(BackgroundLoader(loader(dataset), CPU))
+    next(batches)
+    assert threads() == [] and len(dataset.done) == 3  # the first batch alone
+
+
 def test_an_error_in_the_thread_is_raised_where_its_batch_is_asked_for() -> None:
     dataset = Items(bad=9)  # the second batch of the permutation
     batches = []
     with pytest.raises(DataError) as info, \
-            BackgroundLoader(loader(dataset), torch.device("cpu")) as got:
+            BackgroundLoader(loader(dataset), CPU, threaded=True) as got:
         batches.extend(got)
     assert str(info.value) == "item9.png: cannot read the image (truncated file)"
     assert len(batches) == 1 and threads() == []
@@ -62,7 +72,7 @@ def test_an_error_in_the_thread_is_raised_where_its_batch_is_asked_for() -> None
 
 def test_leaving_early_stops_the_thread() -> None:
     dataset = Items(count=300)
-    with BackgroundLoader(loader(dataset), torch.device("cpu"), prefetch=2) as batches:
+    with BackgroundLoader(loader(dataset), CPU, prefetch=2, threaded=True) as batches:
         first = next(iter(batches))
     assert threads() == []
     assert first["low"].shape == (3, 2)
