@@ -5,7 +5,10 @@ callback's hook, in the order of its list (each hook does nothing by default):
 
 * ``on_train_start(trainer)``: built, resumed and about to train;
 * ``on_epoch_start(trainer, batches)``: an epoch (or its rest, after a resume) begins;
-* ``on_step_end(trainer, losses)``: a step is done (``losses``: its finite loss terms);
+* ``on_step_end(trainer)``: a step is done (its losses are still on the device, unread);
+* ``on_losses(trainer, sums, count)``: the loss window's sums over its ``count`` steps, read
+  from the device (all finite) every ``log_every`` steps (every
+  :data:`~restorekit.engine.monitor.CHECK_EVERY` steps with ``log_every`` 0);
 * ``on_batches_end(trainer)``: the epoch's batches are done or stopped (also on errors);
 * ``on_epoch_end(trainer, label, last, stopped)``: epoch ``label`` (1-based) is complete;
 * ``on_stop(trainer, stopped)``: a limit or an interrupt stopped an epoch halfway;
@@ -56,7 +59,9 @@ class Callback:
 
     def on_epoch_start(self, trainer: Trainer, batches: int) -> None: ...
 
-    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_losses(self, trainer: Trainer, sums: dict[str, float], count: int) -> None: ...
 
     def on_batches_end(self, trainer: Trainer) -> None: ...
 
@@ -241,7 +246,7 @@ class Checkpointing(Callback):
     def __init__(self, every: int = 0) -> None:
         self.every = every
 
-    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
+    def on_step_end(self, trainer: Trainer) -> None:
         if self.every > 0 and trainer.state.step % self.every == 0:
             trainer.save()
 
@@ -275,25 +280,21 @@ class Report(Callback):
 # -- loggers -------------------------------------------------------------------------------------
 class LossLog(Callback):
     """Averages the loss terms over windows of ``log_every`` steps and logs each window
-    (with the learning rates) as a ``losses`` record; the window in progress is part of
-    the training state (a resumed run's first record averages the whole window)."""
+    (with the learning rates) as a ``losses`` record. The window is summed on the device
+    (``trainer.losses``); the one in progress is part of the training state (a resumed
+    run's first record averages the whole window)."""
 
     def __init__(self, log_every: int) -> None:
         self.log_every = log_every
 
     def on_epoch_start(self, trainer: Trainer, batches: int) -> None:
         if trainer.state.step_in_epoch == 0:
-            trainer.state.window = ({}, 0)
+            trainer.losses.reset()
 
-    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
-        sums, count = trainer.state.window
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v
-        count += 1
-        trainer.state.window = (sums, count)
+    def on_losses(self, trainer: Trainer, sums: dict[str, float], count: int) -> None:
         if self.log_every > 0 and trainer.state.step % self.log_every == 0:
             self._log_losses(trainer, sums, count)
-            trainer.state.window = ({}, 0)
+            trainer.losses.reset()
 
     def _log_losses(self, trainer: Trainer, sums: dict[str, float], count: int) -> None:
         if not trainer.dist.is_main:
@@ -368,12 +369,12 @@ class ProgressBar(Callback):
                          desc=f"epoch {state.epoch + 1}/{trainer.model.num_epochs()}",
                          leave=False)
 
-    def on_step_end(self, trainer: Trainer, losses: dict[str, float]) -> None:
-        # Called before LossLog: the window's averages with this step's losses.
-        sums, count = trainer.state.window
+    def on_step_end(self, trainer: Trainer) -> None:
         self._bar.update(1)
-        self._bar.set_postfix({k: f"{(sums.get(k, 0.0) + v) / (count + 1):.4g}"
-                               for k, v in losses.items()})
+
+    def on_losses(self, trainer: Trainer, sums: dict[str, float], count: int) -> None:
+        # Called before LossLog: the window's averages, as often as the losses are read.
+        self._bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()})
 
     def on_batches_end(self, trainer: Trainer) -> None:
         self.close()

@@ -448,7 +448,7 @@ class TrainState:
     step_in_epoch: int = 0
     window: tuple[dict[str, float], int] = field(default_factory=lambda: ({}, 0))
     """Loss sums and count of the log window in progress (the first record after a resume
-    averages the whole window)."""
+    averages the whole window); the loop sums on the device and sets this when it saves."""
     best: Best | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     parts: dict[str, Stateful] = field(default_factory=dict)

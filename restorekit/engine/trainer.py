@@ -10,7 +10,6 @@ data, the device, process-wide flags) is :mod:`restorekit.engine.job`'s.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,11 @@ from tqdm import tqdm
 
 from restorekit.api import TrainableModel
 from restorekit.engine import distributed
+from restorekit.engine.background import BackgroundLoader
 from restorekit.engine.callbacks import Callback
 from restorekit.engine.config import TrainConfig
 from restorekit.engine.loading import build_model
+from restorekit.engine.monitor import CHECK_EVERY, LossMonitor
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.state import Checkpoint, TrainState, seed_everything
 from restorekit.engine.step import make_step_context, step_function
@@ -49,6 +50,9 @@ class Trainer:
         self.dist = dist or distributed.current()
         self.resume_from = resume_from
         self.state = TrainState(model, world_size=self.dist.world_size)
+        # The loss window in progress and the first non-finite step, on the device (read at
+        # the logging cadence and before checkpoints and evaluations).
+        self.losses = LossMonitor()
         self.checkpoint: Path | None = None
         self.report: Path | None = None
         self._in_step = False
@@ -63,20 +67,31 @@ class Trainer:
         if self.dist.is_main:
             self.emit("on_log", group, record)
 
+    def _last_good(self) -> str:
+        return (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
+                else "no checkpoint was saved yet")
+
+    def read_losses(self) -> dict[str, float]:
+        """The loss window's sums, copied from the device (over ``self.losses.count``
+        steps); a one-line ``TrainingError`` naming the first step whose loss was not
+        finite, if any was."""
+        return self.losses.read(self._last_good())
+
     def save(self, best: bool = False) -> Path:
-        """Checkpoint the state as ``last`` (and ``best``); rank 0 alone writes."""
+        """Checkpoint the state as ``last`` (and ``best``); rank 0 alone writes. Every rank
+        first checks the losses since the last read: a non-finite step is never saved."""
+        window = self.read_losses()
         if not self.dist.is_main:
             self.checkpoint = self.rundir.checkpoint_path(RunDir.LAST)
             return self.checkpoint
         from restorekit.engine import checkpoint as container
 
+        self.state.window = (window, self.losses.count)
         tensors, meta = self.state.capture()
         bad = container.first_non_finite(tensors)
         if bad is not None:  # never replace the last good checkpoint with a broken one
-            where = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
-                     else "no checkpoint was saved yet")
             raise TrainingError(f"tensor {bad!r} is inf or NaN after step {self.state.step}; "
-                                f"training stopped, {where}")
+                                f"training stopped, {self._last_good()}")
         path = self.rundir.checkpoint_path(RunDir.LAST)
         container.write_checkpoint(path, tensors, meta)
         self.rundir.commit_checkpoint(path, best, {"epoch": self.state.epoch,
@@ -104,23 +119,9 @@ class Trainer:
             state.restore(loaded, dist.position_in_epoch,
                           lambda restore: dist.restore_rng(restore, cfg.seed, state.step))
             self.checkpoint, self.resume_from = loaded.path, None  # the tensors can go
+        self.losses = LossMonitor(*state.window)
 
     # -- the loop ----------------------------------------------------------------------------
-    def _check_finite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        if not terms:
-            return {}
-        names = list(terms)
-        stacked = torch.stack([torch.as_tensor(terms[n]).detach().float().reshape(())
-                               for n in names]).cpu()
-        values = dict(zip(names, stacked.tolist(), strict=True))
-        for name, value in values.items():
-            if not math.isfinite(value):
-                where = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint
-                         else "no checkpoint was saved yet")
-                raise TrainingError(f"loss {name!r} is {value} at epoch {self.state.epoch + 1}, "
-                                    f"step {self.state.step + 1}; training stopped, {where}")
-        return values
-
     def _loader(self, dataset: Any, device: torch.device) -> tuple[Any, int]:
         """The remaining batches of ``self.epoch`` and the epoch's number of batches."""
         cfg = self.cfg
@@ -151,22 +152,34 @@ class Trainer:
             dataset.set_epoch(state.epoch)
             loader, per_epoch = self._loader(dataset, device)
             self.emit("on_epoch_start", per_epoch)
+            # Nothing in this loop reads the device but at the losses' cadence and
+            # checkpoints (see restorekit.testing.HostReads): the host queues the next step
+            # while this one runs.
+            batches = BackgroundLoader(loader, device)
             try:
-                for batch in loader:
+                for batch in batches:
                     low = batch["low"].to(device, non_blocking=True)
                     high = batch["high"].to(device, non_blocking=True)
                     ctx.step, ctx.updates = state.step, 0
                     self._in_step = True
                     self.dist.sync_buffers(model.networks())
-                    values = self._check_finite(self.dist.reduce_losses(step(low, high)))
+                    self.losses.update(self.dist.reduce_losses(step(low, high)),
+                                       state.epoch, state.step)
                     state.step += 1
                     state.step_in_epoch += 1
                     self._in_step = False
-                    self.emit("on_step_end", values)
-                    stopped = self._stop_reason()
-                    if stopped:
-                        break
+                    if state.step % (self.cfg.log_every or CHECK_EVERY) == 0:
+                        self.emit("on_losses", self.read_losses(), self.losses.count)
+                    self.emit("on_step_end")
+                    # Under torchrun the ranks agree every STOP_EVERY steps (a collective);
+                    # max_steps, the same step on every rank, stops exactly there.
+                    if self.dist.stop_due(state.step) or state.step == self.cfg.max_steps:
+                        stopped = self._stop_reason()
+                        if stopped:
+                            break
+                self.read_losses()  # a non-finite step is never evaluated nor saved
             finally:
+                batches.close()
                 self.emit("on_batches_end")
             if state.step_in_epoch >= per_epoch:  # the epoch is complete
                 label = state.epoch + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from restorekit.engine import (
 from restorekit.engine import checkpoint as container
 from restorekit.engine import state as ckpt
 from restorekit.engine.callbacks import sample_grid
+from restorekit.engine.monitor import CHECK_EVERY
 from restorekit.engine.step import StepContextImpl
 from restorekit.errors import CheckpointError, TrainingError, UsageError
 from restorekit.pipeline import Pipeline
@@ -267,6 +269,7 @@ def test_keyboard_interrupt_saves_and_resumes_exactly(
         tmp_path: Path, full_run: tuple[Path, TrainResult]) -> None:
     first = run(tmp_path / "r", make(interrupt_at=5))
     assert first.stopped == "interrupted" and first.step == 5
+    assert not [t for t in threading.enumerate() if t.name == "restorekit-loader"]
     meta = ckpt.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")
     assert (meta["epoch"], meta["step"], meta["step_in_epoch"]) == (1, 5, 2)
     second = run(tmp_path / "r", make(), resume=True)
@@ -285,6 +288,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     model = load_trained(tmp_path / "r" / "checkpoints" / "last.safetensors", REGISTRY,
                          device="cpu")
     assert all(torch.isfinite(p).all() for p in model.G.parameters())
+
+
+class Counted(Tiny):
+    steps = 0
+
+    def train_step(self, low, high, ctx):
+        self.steps = ctx.step + 1
+        return super().train_step(low, high, ctx)
+
+
+@pytest.mark.parametrize(("log_every", "stopped_after"), [(4, 4), (0, CHECK_EVERY)])
+def test_nan_loss_read_later_names_the_step_where_it_went_bad(
+        tmp_path: Path, log_every: int, stopped_after: int) -> None:
+    """Losses are checked on the device and read at the logging cadence (issue 20)."""
+    model = make(Counted, nan_at=2, log_every=log_every, samples_per_epoch=40)
+    with pytest.raises(TrainingError) as info:
+        run(tmp_path / "r", model)
+    assert str(info.value) == ("loss 'g' is nan at epoch 1, step 3; training stopped, no "
+                               "checkpoint was saved yet")
+    assert model.steps == stopped_after
+    assert not (tmp_path / "r" / "checkpoints" / "last.safetensors").exists()
+
+
+def test_nan_loss_at_an_epoch_end_is_never_evaluated_or_saved(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"^loss 'g' is nan at epoch 2, step 5; .*the "
+                                            r"last good checkpoint is .*last.safetensors$"):
+        run(tmp_path / "r", make(nan_at=4, log_every=4))
+    assert ckpt.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")["step"] == 3
+    metrics = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1]
 
 
 def test_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
