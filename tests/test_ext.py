@@ -966,3 +966,35 @@ def test_cuda_split_reduction_is_numerically_stable(ops):
     _, _, rstd = ops.instance_norm_act_with_stats(x, 1e-5, 0.0, 0)
     true_rstd = torch.rsqrt(x.double().var(dim=(2, 3), unbiased=False) + 1e-5).float()
     torch.testing.assert_close(rstd, true_rstd, rtol=1e-4, atol=0)
+
+
+def test_a_killed_builds_stale_lock_does_not_hang_the_next_build(broken_build, monkeypatch):
+    """Was: a build killed mid-way left torch's ``lock`` file and every later run waited
+    for it forever (issue 19: nothing hangs)."""
+    import threading
+
+    monkeypatch.setenv("RESTOREKIT_EXT", "auto")
+    key = _build.build_key(broken_build, _build.cuda_wanted())
+    cache = _build.cache_root() / key
+    cache.mkdir(parents=True)
+    (cache / "lock").write_text("")  # what a killed torch build leaves behind
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (_build.ensure(), done.set()), daemon=True)
+    thread.start()
+    assert done.wait(180), "the build waited for a dead builder's lock"
+    st = _build.state()
+    assert not st.ok and "deliberately broken" in st.error  # it really compiled
+
+
+def test_a_stop_while_building_is_not_a_build_failure(broken_build, monkeypatch):
+    """A SIGTERM under torchrun (raised as a restorekit error) stops the process; it is
+    not recorded as "extension unavailable" with the rank carrying on."""
+    from restorekit.errors import TrainingError
+
+    def stopped(*args, **kwargs):
+        raise TrainingError("training stopped by SIGTERM")
+
+    monkeypatch.setattr(_build, "_compile", stopped)
+    with pytest.raises(TrainingError, match="SIGTERM"):
+        _build.ensure()
+    assert not _build.state().ok

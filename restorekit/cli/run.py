@@ -76,6 +76,10 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         raise UsageError(f"run {name}: model {name!r} does not train; use --eval or --enhance")
     if getattr(margs, "nproc_per_node", 0) and not margs.train:
         raise UsageError(f"run {name}: --nproc-per-node goes with --train")
+    if margs.train and not margs.nproc_per_node and (
+            margs.nnodes != 1 or margs.node_rank or margs.rdzv_endpoint):
+        raise UsageError(f"run {name}: --nnodes, --node-rank and --rdzv-endpoint go with "
+                         f"--nproc-per-node (under torchrun, give them to torchrun)")
     margs.argv = ["run", args.model, *args.rest]
     from restorekit.engine.allocator import keep_freed_memory
 
@@ -174,6 +178,15 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                        help="--train: data-parallel over N processes on this machine (one "
                             "per GPU, else CPU processes), launched as torchrun would; "
                             "ignored inside torchrun")
+        t.add_argument("--nnodes", type=int, default=1, metavar="N",
+                       help="--nproc-per-node on N machines: the same command on each, "
+                            "with its own --node-rank and one --rdzv-endpoint")
+        t.add_argument("--node-rank", type=int, default=0, metavar="K",
+                       help="--nnodes: this machine's rank, 0 to N-1; node 0 keeps the run "
+                            "folder")
+        t.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                       help="--nnodes: where the nodes meet (node 0's address and a free "
+                            "port)")
 
 
 def _preset_defaults(model_cls: type[Model]) -> list[tuple[str, dict[str, Any]]]:
@@ -252,25 +265,28 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
     from restorekit.engine import distributed
 
     if args.nproc_per_node and not distributed.launched():
-        return distributed.launch(args.nproc_per_node, ["-m", "restorekit", *args.argv])
-    distributed.setup()  # under torchrun: join the process group (once, for the whole job)
+        return distributed.launch(args.nproc_per_node, ["-m", "restorekit", *args.argv],
+                                  args.nnodes, args.node_rank, args.rdzv_endpoint)
     try:
-        return _train_here(model_cls, args, overrides, registry)
-    except RestorekitError:
-        distributed.reported()
+        dist = distributed.setup()  # under torchrun: join the process group
+        return _train_here(model_cls, args, overrides, registry, dist)
+    except RestorekitError as exc:
+        distributed.reported(exc, f"{PROG}: error: {exc}")
         raise
     finally:
         distributed.shutdown()
 
 
 def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
-                registry: Registry) -> int:
+                registry: Registry, dist: Any) -> int:
     from restorekit.engine import TrainJob, run_folder
 
     start = time.perf_counter()
-    if args.resume and (args.preset or args.preprocess is not None):
-        raise UsageError("--resume continues a run with its stored options; drop "
-                         "--preset/--preprocess (or start a new run)")
+    if args.resume:
+        if args.preset or args.preprocess is not None:
+            raise UsageError("--resume continues a run with its stored options; drop "
+                             "--preset/--preprocess (or start a new run)")
+        dist.agree(_given(model_cls, args))  # the stored options come from the main process
     run = run_folder(args.runs_dir, model_cls.name, args.name, resume=args.resume,
                      overwrite=args.overwrite)
     job = TrainJob(registry, skip_bad=args.skip_bad, metrics=_metrics(args, registry))
@@ -291,6 +307,14 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
             preset = model_cls.embedded_preset
         options = model_cls.make_options(preset, **overrides)
         preprocess = _pipeline(model_cls, args.preprocess, registry)
+        # Before the first collective that depends on them: ranks started with other options
+        # (a node launched by hand with another --data, another config file) stop here, all
+        # with the same line.
+        dist.agree({**_given(model_cls, args), "--data": job.data, "--preset": preset,
+                    "--preprocess": str(preprocess),
+                    "the holdout of --config": job.holdout and job.holdout.to_dict(),
+                    **{"--" + f.name.replace("_", "-"): getattr(options, f.name)
+                       for f in dataclasses.fields(options)}})
         where = "the embedded synthetic low-light set" if job.data is None else job.data
         shown = preset or model_cls.default_preset
         print(f"training {model_cls.name} on {where}"
@@ -313,6 +337,16 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
               "--checkpoint RUN uses the last checkpoint)")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
+
+
+def _given(model_cls: type[Model], args: argparse.Namespace) -> dict[str, Any]:
+    """The model and each flag of ``run MODEL`` as parsed, by flag name (for ``agree``).
+
+    The launcher's flags are left out: each node has its own ``--node-rank``.
+    """
+    launcher = ("argv", "nproc_per_node", "nnodes", "node_rank", "rdzv_endpoint")
+    flags = {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k not in launcher}
+    return {"MODEL": model_cls.name, **flags}
 
 
 def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:

@@ -17,6 +17,14 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   one process). The price: communication does not overlap the backward pass. Averaging
   reads nothing back to the host (but in the rare steps that
   :meth:`Distributed.average_gradients` describes).
+* **The main process** is local rank 0 of the node started with ``--node-rank 0`` (rank 0
+  on one machine). torchrun's c10d rendezvous numbers nodes by host name and launcher pid,
+  not by ``--node-rank``, so :func:`setup` gathers every rank's node and local rank and
+  picks it explicitly: the run folder lands on the machine the user named node 0. "Rank 0"
+  below means this process.
+* **Options**: before the first collective that depends on them, the ranks compare a hash
+  of their resolved options (:meth:`Distributed.agree`); ranks started with other options
+  (a node launched by hand with another ``--data``) all stop with one line naming them.
 * **Buffers** (BatchNorm statistics) are broadcast from rank 0 before every step, as DDP
   does with ``broadcast_buffers=True``; weights are broadcast once after building.
 * **Data**: each epoch's permutation is cut into global batches of ``batch_size x world``
@@ -37,15 +45,19 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   step on every rank, stops exactly there.
 * **Failures**: a rank that raises records a one-line error in the job's store; a rank
   that dies is found by its pid. Rank 0 turns a failed collective (or torchrun's SIGTERM)
-  into one line naming the rank and the error. Collectives time out after
+  into one line naming the rank and the error; under torchrun it also goes into
+  torchrun's error file, so that torchrun's own failure report (which follows, and which
+  no process it launched can suppress) quotes it. Collectives time out after
   ``RESTOREKIT_DIST_TIMEOUT`` seconds (default 1800), so a hung peer cannot hang a job.
 
-Ranks > 0 print nothing (``RESTOREKIT_DIST_VERBOSE=1`` keeps their output).
+Processes other than the main one print nothing (``RESTOREKIT_DIST_VERBOSE=1`` keeps their
+output), except that a wrong ``--node-rank`` is said by each node's local rank 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -70,6 +82,9 @@ ENV_TIMEOUT = "RESTOREKIT_DIST_TIMEOUT"
 ENV_VERBOSE = "RESTOREKIT_DIST_VERBOSE"
 ENV_REPORTED = "RESTOREKIT_DIST_REPORTED"
 """Set by :func:`launch`: a file rank 0 creates once it has printed the job's error line."""
+ENV_NODE_RANK = "RESTOREKIT_NODE_RANK"
+"""Set by :func:`launch` for its processes: the ``--node-rank`` it was given."""
+MAX_NODES = 4096
 
 BUCKET_BYTES = 25 * 1024 * 1024
 """Gradients are all-reduced in flat buckets of at most this size (DDP's default)."""
@@ -123,11 +138,15 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     active: bool = False
+    main: int = 0
+    """The global rank of the main process: local rank 0 of the node started as node 0."""
+    nodes: tuple[int, ...] = ()
+    """Each global rank's node (``--node-rank``), as :func:`setup` gathered them."""
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the one process that writes the run folder and prints."""
-        return self.rank == 0
+        """The one process that writes the run folder and prints (see :attr:`main`)."""
+        return self.rank == self.main
 
     # -- devices -----------------------------------------------------------------------------
     def resolve_device(self, name: str, resolve: Callable[[str], torch.device]) -> torch.device:
@@ -179,18 +198,53 @@ class Distributed:
             raise cls(payload["error"])
         return payload["value"]
 
-    def broadcast_json(self, value: Any) -> Any:
-        """Rank 0's JSON-able ``value`` on every rank (bytes over the wire, no pickle)."""
+    def broadcast_json(self, value: Any, src: int | None = None) -> Any:
+        """Rank ``src``'s (default: the main's) JSON-able ``value`` on every rank, no pickle."""
         if not self.active:
             return value
-        data = json.dumps(value).encode() if self.is_main else b""
+        src = self.main if src is None else src
+        data = json.dumps(value).encode() if self.rank == src else b""
         size = torch.tensor([len(data)], dtype=torch.int64)
-        self._collective(dist.broadcast, size, src=0)
+        self._collective(dist.broadcast, size, src=src)
         buffer = torch.zeros(int(size.item()), dtype=torch.uint8)
-        if self.is_main:
+        if self.rank == src:
             buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        self._collective(dist.broadcast, buffer, src=0)
+        self._collective(dist.broadcast, buffer, src=src)
         return json.loads(bytes(buffer.numpy()).decode())
+
+    def agree(self, options: dict[str, Any]) -> None:
+        """Stop every rank with one line naming the options the ranks were started with apart.
+
+        ``options`` maps each option's name (as the user writes it) to its resolved,
+        JSON-able value. The ranks compare a hash of it first; when one differs, the main
+        process's options and those of the first rank that differs travel to every rank,
+        which all raise the same ``UsageError``. Call it before any collective whose shape
+        depends on the options.
+        """
+        if not self.active:
+            return
+        text = json.dumps(options, sort_keys=True, default=str)
+        digest = torch.frombuffer(bytearray(hashlib.sha256(text.encode()).digest()),
+                                  dtype=torch.uint8)
+        every = [torch.empty_like(digest) for _ in range(self.world_size)]
+        self._collective(dist.all_gather, every, digest)
+        other = next((r for r, d in enumerate(every) if not torch.equal(d, every[self.main])),
+                     None)
+        if other is None:
+            return
+        ours = self.broadcast_json(json.loads(text))
+        theirs = self.broadcast_json(json.loads(text), src=other)
+        differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+        shown = "; ".join(f"{k} is {_shown(theirs.get(k))} there but {_shown(ours.get(k))} on "
+                          f"{self._where(self.main)}" for k in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise UsageError(f"{self._where(other)} was started with other options than the main "
+                         f"process: {shown}{more}; start every node with the same options")
+
+    def _where(self, rank: int) -> str:
+        """'rank R (node N)': torchrun's rank and the node it runs on."""
+        node = f" (node {self.nodes[rank]})" if rank < len(self.nodes) else ""
+        return f"rank {rank}{node}"
 
     def read_checkpoint(self, read: Callable[[], tuple[dict[str, torch.Tensor], dict]]
                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -210,7 +264,7 @@ class Distributed:
         for key, dtype, shape in manifest["tensors"]:
             value = held[key].contiguous() if self.is_main else \
                 torch.empty(shape, dtype=getattr(torch, dtype))
-            self._collective(dist.broadcast, value, src=0)
+            self._collective(dist.broadcast, value, src=self.main)
             received[key] = value
         return received, manifest["meta"]
 
@@ -337,6 +391,7 @@ class Distributed:
         """
         if not self.active:
             return exc
+        _ignore_sigterm()  # torchrun's SIGTERM, sent once it sees a dead rank, cuts nothing short
         where = (f"at epoch {epoch + 1}, step {step + 1}; "
                  + (f"the last good checkpoint is {checkpoint}; continue with --resume"
                     if checkpoint else "no checkpoint was saved yet"))
@@ -386,7 +441,7 @@ class Distributed:
     def _broadcast(self, tensors: list[torch.Tensor]) -> None:
         for bucket in _buckets(tensors):
             flat = torch.cat([t.detach().reshape(-1) for t in bucket])
-            self._collective(dist.broadcast, flat, src=0)
+            self._collective(dist.broadcast, flat, src=self.main)
             if not self.is_main:
                 with torch.no_grad():
                     for t, part in zip(bucket, flat.split([t.numel() for t in bucket]),
@@ -433,6 +488,12 @@ def _check(store: Any, key: str) -> bool:
         return bool(store.check([_STORE_PREFIX + key]))
     except Exception:
         return False
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: JSON, cut at 60 characters."""
+    text = "not given" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _alive(pid: int) -> bool:
@@ -486,15 +547,67 @@ def setup() -> Distributed:
         except (RuntimeError, ValueError, dist.DistError) as exc:
             raise TrainingError(f"rank {rank}: cannot join the process group "
                                 f"({one_line(exc, with_type=False)[:300]})") from None
-    _CURRENT = Distributed(rank=rank, world_size=world, local_rank=local, active=True)
-    _CURRENT._store_set(f"proc/{rank}", f"{socket.gethostname()} {os.getpid()}")
+    here = Distributed(rank=rank, world_size=world, local_rank=local, active=True)
+    here._store_set(f"proc/{rank}", f"{socket.gethostname()} {os.getpid()}")
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGTERM, _on_sigterm)
-    if rank != 0 and os.environ.get(ENV_VERBOSE, "") not in ("1", "true", "yes"):
-        devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process lifetime)
-        sys.stdout = sys.stderr = devnull
+    places = torch.tensor([_node_rank(), local], dtype=torch.int64)
+    every = [torch.empty_like(places) for _ in range(world)]
+    here._collective(dist.all_gather, every, places)
+    here.nodes = tuple(int(t[0]) for t in every)
+    where = [(int(t[0]), int(t[1])) for t in every]
+    quiet = os.environ.get(ENV_VERBOSE, "") not in ("1", "true", "yes")
+    if quiet and local != 0:
+        _silence()  # a wrong --node-rank is said once per node, by its local rank 0
+    for r, place in enumerate(where):
+        if place in where[:r]:
+            raise UsageError(f"--node-rank {place[0]} was given to two nodes (ranks "
+                             f"{where.index(place)} and {r} both run as its local rank "
+                             f"{place[1]}); start each node with its own torchrun "
+                             f"--node-rank, 0 on the machine that keeps the run folder")
+    if (0, 0) not in where:
+        raise UsageError(f"no node was started with --node-rank 0 (nodes "
+                         f"{', '.join(map(str, sorted(set(here.nodes))))}); the node started "
+                         f"with --node-rank 0 owns the run folder")
+    here.main = where.index((0, 0))
+    _CURRENT = here
+    if quiet and local == 0 and not here.is_main:
+        _silence()
     return _CURRENT
+
+
+def _silence() -> None:
+    """Send this process's output to /dev/null (ranks other than the main print nothing)."""
+    devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (process lifetime)
+    sys.stdout = sys.stderr = devnull
+
+
+def _node_rank() -> int:
+    """This node's rank as the user gave it to torchrun (``--node-rank``, ``PET_NODE_RANK``).
+
+    torchrun's c10d rendezvous numbers the nodes its own way (by host name and process id)
+    and passes the given ``--node-rank`` to no one, so it is read from the launcher's
+    command line with torchrun's own parser; elsewhere (a static rendezvous, restorekit's
+    own launcher, another launcher) it is ``GROUP_RANK``.
+    """
+    if ENV_NODE_RANK in os.environ:  # restorekit's own launcher
+        return int(os.environ[ENV_NODE_RANK])
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except (OSError, UnicodeDecodeError):
+        argv = []
+    for i, word in enumerate(argv[:-1]):
+        if Path(word).name == "torchrun" or (word == "torch.distributed.run"
+                                              and argv[i - 1] == "-m"):
+            from torch.distributed.run import parse_args
+
+            with open(os.devnull, "w", encoding="utf-8") as devnull, \
+                    contextlib.redirect_stderr(devnull), \
+                    contextlib.suppress(SystemExit, ValueError):  # a launcher we do not know
+                return int(parse_args(argv[i + 1:]).node_rank)
+            break
+    return int(os.environ.get("GROUP_RANK", "0"))
 
 
 def shutdown() -> None:
@@ -506,26 +619,47 @@ def shutdown() -> None:
     _CURRENT = Distributed()
     # The run has ended and reported any error: torchrun's SIGTERM to the ranks left over
     # must not raise Stopped into the interpreter's teardown (a traceback after the one line).
+    _ignore_sigterm()
+
+
+def _ignore_sigterm() -> None:
+    """The job is ending: from now on SIGTERM no longer raises :class:`Stopped`."""
     if signal.getsignal(signal.SIGTERM) is _on_sigterm:
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def reported() -> None:
-    """Rank 0 printed the job's error line: tell :func:`launch` not to print another."""
+def reported(exc: BaseException, line: str) -> None:
+    """This process stops with ``exc``, printed as ``line``: tell the launcher.
+
+    Under :func:`launch` the main process marks that it printed the job's line, so that
+    the launcher prints no other. Every process also writes the error into the error file
+    the launcher gives it (``TORCHELASTIC_ERROR_FILE``): torchrun's failure report then
+    quotes the line instead of pointing at its documentation, and :func:`launch` on a node
+    whose processes print nothing says it.
+    """
     path = os.environ.get(ENV_REPORTED)
     if path and current().is_main:
         Path(path).touch()
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and launched():
+        record = {"message": str(exc), "extraInfo": {"py_callstack": line,
+                                                      "timestamp": str(int(time.time()))}}
+        with contextlib.suppress(OSError):  # the report then says less, nothing worse
+            Path(error_file).write_text(json.dumps({"message": record}), encoding="utf-8")
 
 
 # -- launching -------------------------------------------------------------------------------
-def launch(nproc: int, argv: Sequence[str]) -> int:
+def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
+           endpoint: str | None = None) -> int:
     """Run ``python ARGV`` in ``nproc`` processes on this machine, as torchrun would.
 
-    Uses ``torch.distributed``'s elastic launcher in this process (a c10d rendezvous on
-    localhost, no restarts). ``OMP_NUM_THREADS`` defaults to the CPU count / ``nproc``.
-    Returns 0, or 1 when rank 0 reported the failure; otherwise a failed rank is a
-    one-line ``TrainingError``.
+    Uses ``torch.distributed``'s elastic launcher in this process (a c10d rendezvous, no
+    restarts): on localhost, or with ``nnodes`` > 1 at ``endpoint`` (``HOST:PORT``, the
+    same on every node), where the node given ``node_rank`` 0 keeps the run folder.
+    ``OMP_NUM_THREADS`` defaults to the CPU count / ``nproc``. Returns 0, or 1 when the
+    main process reported the failure; otherwise a failed rank is a one-line
+    ``TrainingError`` (its own error when it recorded one).
     """
     import logging
     import tempfile
@@ -537,20 +671,34 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
     if nproc < 1:
         raise UsageError(f"--nproc-per-node: expected at least 1, got {nproc}")
+    if not 1 <= nnodes <= MAX_NODES:
+        raise UsageError(f"--nnodes: expected 1 to {MAX_NODES}, got {nnodes}")
+    if not 0 <= node_rank < nnodes:
+        raise UsageError(f"--node-rank: expected 0 to {nnodes - 1} (--nnodes {nnodes}), "
+                         f"got {node_rank}")
+    if nnodes > 1 and not endpoint:
+        raise UsageError("--nnodes: several nodes meet at --rdzv-endpoint HOST:PORT (node "
+                         "0's address and a free port, the same on every node)")
+    if endpoint is not None:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--rdzv-endpoint {endpoint}: expected HOST:PORT, a port from 1 "
+                             f"to 65535")
     for name in list(logging.root.manager.loggerDict):  # rank 0 says what went wrong
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # The workers run in sessions of their own: the agent relays Ctrl-C (once) and SIGTERM
     # to them, then waits up to shutdown_timeout for them to finish the step and save.
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
-                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
-                          shutdown_timeout=120)
+    config = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc,
+                          run_id="restorekit" if nnodes > 1 else str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint=endpoint or "localhost:0",
+                          max_restarts=0, monitor_interval=0.1, shutdown_timeout=120)
     with tempfile.TemporaryDirectory(prefix="restorekit-launch-") as tmp:
         marker = Path(tmp) / "reported"
-        old = os.environ.get(ENV_REPORTED)
+        old = {name: os.environ.get(name) for name in (ENV_REPORTED, ENV_NODE_RANK)}
         os.environ[ENV_REPORTED] = str(marker)
+        os.environ[ENV_NODE_RANK] = str(node_rank)
         try:
             elastic_launch(config, sys.executable)(*argv)
         except SignalException as exc:  # relayed to the workers; rank 0 said what happened
@@ -565,6 +713,10 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
                 return 1
             if all(f.exitcode == 130 for f in exc.failures.values()):
                 return 130  # interrupted; rank 0 printed how to continue
+            recorded = [f.message["message"] for f in exc.failures.values()
+                        if isinstance(f.message, dict) and "message" in f.message]
+            if recorded:  # a process that prints nothing (on another node) said why
+                raise TrainingError(recorded[0]) from None
             rank, failure = exc.get_first_failure()
             if failure.exitcode < 0:
                 try:
@@ -576,10 +728,11 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             raise TrainingError(f"rank {rank} (process {failure.pid}) {how}; see its "
                                 f"output above") from None
         finally:
-            if old is None:
-                os.environ.pop(ENV_REPORTED, None)
-            else:
-                os.environ[ENV_REPORTED] = old
+            for name, value in old.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return 0
 
 

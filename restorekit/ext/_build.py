@@ -9,6 +9,7 @@ the same process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -16,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,9 @@ def ensure(verbose: bool = False) -> BuildState:
         try:
             _build_and_load(st, verbose)
             st.ok = True
+        except RestorekitError:  # e.g. a SIGTERM turned into Stopped: not a build failure
+            st.error = "interrupted while building"
+            raise
         except Exception as exc:  # the compiler's failure is kept, never swallowed
             st.ok = False
             st.log = str(exc)
@@ -225,31 +230,62 @@ def _build_and_load(st: BuildState, verbose: bool) -> None:
         st.from_cache = True
         return
     marker = st.cache_dir / _MARKER
-    if marker.is_file() and library.is_file():
-        torch.ops.load_library(str(library))
-        st.from_cache = True
+    if not (marker.is_file() and library.is_file()):
+        with _build_lock(st.cache_dir):
+            if not (marker.is_file() and library.is_file()):  # nobody built it meanwhile
+                _compile(st, src, name, with_cuda, verbose)
+                marker.write_text(f"torch {torch.__version__}\ndevices "
+                                  f"{' '.join(st.devices)}\n")
+                st.from_cache = False
+            else:
+                st.from_cache = True
     else:
-        from torch.utils.cpp_extension import load
-
-        _check_compiler()
-        st.cache_dir.mkdir(parents=True, exist_ok=True)
-        compiled, _ = source_files(src, with_cuda)
-        load(
-            name=name,
-            sources=[str(p) for p in compiled],
-            extra_cflags=list(_CFLAGS),
-            extra_cuda_cflags=list(_CUDA_CFLAGS),
-            extra_include_paths=[str(src)],
-            build_directory=str(st.cache_dir),
-            verbose=verbose,
-            with_cuda=with_cuda,
-            is_python_module=False,
-        )
-        marker.write_text(f"torch {torch.__version__}\ndevices {' '.join(st.devices)}\n")
+        st.from_cache = True
+    if st.from_cache:
+        torch.ops.load_library(str(library))
     _REGISTERED_LIBRARY = library
     from restorekit.ext import _ops
 
     _ops.register()
+
+
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path) -> Iterator[None]:
+    """One builder per cache folder, by an OS lock the kernel releases when its holder dies.
+
+    torch's own build lock is a plain ``lock`` file (``FileBaton``): a build that was killed
+    leaves it behind and every later build waits for it forever. Whoever holds this OS lock
+    is the only builder alive, so such a file is stale and is removed.
+    """
+    import fcntl
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".build.flock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # waits for a live builder only
+        try:
+            (cache_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _compile(st: BuildState, src: Path, name: str, with_cuda: bool, verbose: bool) -> None:
+    """Compile the sources into ``st.cache_dir`` with ninja and load the library."""
+    from torch.utils.cpp_extension import load
+
+    _check_compiler()
+    compiled, _ = source_files(src, with_cuda)
+    load(
+        name=name,
+        sources=[str(p) for p in compiled],
+        extra_cflags=list(_CFLAGS),
+        extra_cuda_cflags=list(_CUDA_CFLAGS),
+        extra_include_paths=[str(src)],
+        build_directory=str(st.cache_dir),
+        verbose=verbose,
+        with_cuda=with_cuda,
+        is_python_module=False,
+    )
 
 
 def _check_compiler() -> None:

@@ -361,3 +361,159 @@ def test_single_process_is_untouched() -> None:
     assert d.failure(error, 0, 0, None) is error
     assert d.position_in_epoch({"step_in_epoch": 3}) == 3
     assert d.position_in_epoch({"step_in_epoch": 3, "world_size": 2}) == 6
+
+
+# -- several nodes (issue 19): two launchers on localhost, node 1 started first -------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(work: Path, launcher: str, args: dict[int, list[str]], timeout: float = 240,
+               ranks: tuple[int, int] = (0, 1)
+               ) -> tuple[dict[int, subprocess.CompletedProcess], dict[int, int]]:
+    """Node 1, then node 0: ``torchrun --nnodes 2 --node-rank N ... -m restorekit ARGS[N]``
+    or ``restorekit ARGS[N] --nproc-per-node 1 --nnodes 2 --node-rank N ...``.
+
+    Each node runs in its own folder (its "machine"). The c10d rendezvous numbers the nodes
+    by (host, launcher pid): the node started first becomes torchrun's rank 0. ``ranks``:
+    the ``--node-rank`` each is given. Returns each node's result and torchrun's rank.
+    """
+    import uuid
+
+    endpoint = f"127.0.0.1:{_free_port()}"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                "--rdzv-id", uuid.uuid4().hex, "--local-addr", "127.0.0.1", "-m", "restorekit"]
+    procs = {}
+    for node in (1, 0):
+        command = ([*torchrun[:3], "--node-rank", str(ranks[node]), *torchrun[3:], *args[node]]
+                   if launcher == "torchrun" else
+                   [sys.executable, "-m", "restorekit", *args[node], "--nproc-per-node", "1",
+                    "--nnodes", "2", "--node-rank", str(ranks[node]), "--rdzv-endpoint",
+                    endpoint])
+        procs[node] = subprocess.Popen(
+            command, cwd=work / f"node{node}", text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env={**os.environ, **ENV, "OMP_NUM_THREADS": "1"})
+        time.sleep(1.0 if node == 1 else 0)
+    # Node 1 first, unless the pids wrapped around in between.
+    first = 1 if procs[1].pid < procs[0].pid else 0
+    done = {}
+    try:
+        for node, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            done[node] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return done, {first: 0, 1 - first: 1}
+
+
+def _nodes(work: Path, *extra: str) -> None:
+    """Folders node0 and node1 holding the data (a symlink), and node1/EXTRA as well."""
+    for node in (0, 1):
+        for name in ("data", *(extra if node == 1 else ())):
+            link = work / f"node{node}" / name
+            link.parent.mkdir(exist_ok=True)
+            if not link.exists():
+                link.symlink_to(work / "data")
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "restorekit"])
+def test_on_two_nodes_the_node_started_as_node_0_owns_the_run_folder(
+        work: Path, launcher: str) -> None:
+    _nodes(work)
+    name = f"owner-{launcher}"
+    train = ["run", "pix2pixhd", "--train", "--name", name, "--data", "data", *TINY,
+             "--batch-size", "2", "--niter", "1", "--niter-decay", "0", "--max-steps", "1",
+             "--metrics", "psnr"]
+    done, _ = _two_nodes(work, launcher, {0: train, 1: train})
+    assert done[0].returncode == done[1].returncode == 0, done[0].stderr[-3000:] + \
+        done[1].stderr[-3000:]
+    assert "distributed over 2 process(es) (gloo)" in done[0].stdout
+    assert done[1].stdout == ""  # node 1's process prints nothing: it is not the main one
+    run = work / "node0" / "runs" / name
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert not (work / "node1" / "runs").exists()
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "restorekit"])
+def test_nodes_started_with_other_options_stop_with_one_line_naming_the_option(
+        work: Path, launcher: str) -> None:
+    _nodes(work, "other")
+    train = ["run", "pix2pixhd", "--train", "--name", "m", *TINY, "--batch-size", "2",
+             "--max-steps", "1"]
+    done, rank = _two_nodes(work, launcher, {0: [*train, "--data", "data"],
+                                             1: [*train, "--data", "other"]})
+    assert done[0].returncode != 0 and done[1].returncode != 0
+    line = (f'restorekit: error: rank {rank[1]} (node 1) was started with other options than '
+            f'the main process: --data is "other" there but "data" on rank {rank[0]} (node 0); '
+            f'start every node with the same options')
+    assert error_lines(done[0].stderr)[0] == line, done[0].stderr[-3000:]
+    assert "SIGABRT" not in done[0].stderr + done[1].stderr
+    if launcher == "torchrun":  # torchrun's own report follows, quoting the line
+        assert f"traceback : {line}" in done[1].stderr, done[1].stderr[-3000:]
+    else:  # restorekit's launcher: that line once on both nodes, no Python traceback
+        # (torch's elastic agent may add a C++ warning, "[c10d] recvVector failed ...
+        # Connection was likely closed", when the other node's launcher closed its store first)
+        for node in (0, 1):
+            err = done[node].stderr
+            assert err.count(line) == 1 and "Traceback" not in err, err[-3000:]
+    assert not (work / "node0" / "runs" / "m").exists()
+
+
+def test_two_nodes_given_the_same_node_rank_stop_with_one_line(work: Path) -> None:
+    _nodes(work)
+    train = ["run", "pix2pixhd", "--train", "--name", "d", "--data", "data", *TINY]
+    done, _ = _two_nodes(work, "torchrun", {0: train, 1: train}, ranks=(0, 0))
+    line = ("restorekit: error: --node-rank 0 was given to two nodes (ranks 0 and 1 both run "
+            "as its local rank 0); start each node with its own torchrun --node-rank, 0 on the "
+            "machine that keeps the run folder")
+    for node in (0, 1):  # each node's local rank 0 says it, then torchrun's report
+        assert done[node].returncode != 0
+        assert error_lines(done[node].stderr)[0] == line, done[node].stderr[-3000:]
+    assert not (work / "node0" / "runs" / "d").exists()
+
+
+def test_several_nodes_need_their_launcher_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2"]) == 2
+    assert "--nnodes: several nodes meet at --rdzv-endpoint HOST:PORT" in capsys.readouterr().err
+    assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2",
+                 "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:1"]) == 2
+    assert "--node-rank: expected 0 to 1 (--nnodes 2), got 2" in capsys.readouterr().err
+    assert main(["run", "pix2pixhd", "--train", "--nproc-per-node", "1", "--nnodes", "2",
+                 "--rdzv-endpoint", "127.0.0.1"]) == 2
+    assert "--rdzv-endpoint 127.0.0.1: expected HOST:PORT" in capsys.readouterr().err
+    assert main(["run", "pix2pixhd", "--train", "--node-rank", "1"]) == 2
+    assert "go with --nproc-per-node" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_node_rank_is_read_from_the_torchrun_command_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorekit.engine import distributed
+
+    monkeypatch.delenv(distributed.ENV_NODE_RANK, raising=False)
+    monkeypatch.setenv("GROUP_RANK", "1")  # what the c10d rendezvous said
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                 "/usr/local/bin/torchrun", "--nnodes", "2", "--node-rank", "3",
+                                 "train.py", "--node-rank", "7"])
+    cmdline = Path(f"/proc/{launcher.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"torchrun" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # right after the fork, /proc shows no command line yet
+    try:
+        monkeypatch.setattr(os, "getppid", lambda: launcher.pid)
+        assert distributed._node_rank() == 3
+        monkeypatch.setattr(os, "getppid", os.getpid)  # pytest is no launcher: GROUP_RANK
+        assert distributed._node_rank() == 1
+        monkeypatch.setenv(distributed.ENV_NODE_RANK, "2")  # restorekit's launcher says
+        assert distributed._node_rank() == 2
+    finally:
+        launcher.kill()
+        launcher.wait()

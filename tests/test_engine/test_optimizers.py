@@ -96,8 +96,13 @@ def test_training_with_and_without_fused_optimizer_agree(tmp_path: Path) -> None
     run(tmp_path / "fused", make(fused_optimizer=True, max_steps=4))
     a, b = all_tensors(tmp_path / "plain"), all_tensors(tmp_path / "fused")
     assert sorted(a) == sorted(b)
+    # D's convolution bias feeds a BatchNorm, so its true gradient is 0 and what it gets is
+    # rounding noise, which Adam scales to steps of size lr (g / sqrt(v) ~ +-1): plain and
+    # fused kernels round differently, so that value is arbitrary in both, and so is the
+    # BatchNorm's running mean, which averages the convolution's output, bias included.
+    noise_only = {"net.D.0.bias", "net.D.1.running_mean"}
     for key in a:
-        if key.startswith("net."):
+        if key.startswith("net.") and key not in noise_only:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
