@@ -91,8 +91,10 @@ def main() -> None:
     times: dict[str, list[float]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against],
-                       cwd=ROOT, check=True, capture_output=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against],
+                               cwd=ROOT, capture_output=True, text=True)
+        if added.returncode:
+            sys.exit(f"--against {args.against}: {added.stderr.strip()}")
         try:
             checkouts = {"old": old, "new": ROOT}
             for r in range(args.rounds):
