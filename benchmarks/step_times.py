@@ -25,7 +25,7 @@ import torch
 
 from restorekit.engine import allocator, graphed
 from restorekit.engine.config import native_bf16_cpu
-from restorekit.engine.trainer import make_step_context, step_function
+from restorekit.engine.step import make_step_context, step_function
 from restorekit.pipeline import Pipeline
 from restorekit_pix2pixhd.model import Pix2PixHD
 

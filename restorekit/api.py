@@ -398,6 +398,12 @@ class TrainableModel(Model):
         """The optimisers whose state a checkpoint holds, by name."""
         raise NotImplementedError
 
+    def stateful(self) -> dict[str, Any]:
+        """Other objects a checkpoint holds, by name (built by :meth:`build`): anything with
+        ``state_dict()`` and ``load_state_dict()``, e.g. a learning-rate scheduler or an EMA
+        of the weights. Saved, resumed and loaded with the weights; {} by default."""
+        return {}
+
     def num_epochs(self) -> int:
         """Total number of training epochs."""
         return int(self.options.epochs)

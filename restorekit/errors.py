@@ -1,8 +1,9 @@
-"""Errors that reach the user as one clear line."""
+"""Errors (and warnings) that reach the user as one clear line."""
 
 from __future__ import annotations
 
 import re
+import sys
 
 _WORKER_MARK = "\nOriginal Traceback (most recent call last):"
 
@@ -74,3 +75,26 @@ def os_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return one_line(exc, with_type=False)
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str, once: bool = False) -> None:
+    """``restorekit: warning: message`` on stderr, above any progress bar.
+
+    The one way restorekit warns. ``once``: only the first time this message is given in
+    this process (until :func:`forget_warnings`).
+    """
+    if once:
+        if message in _warned:
+            return
+        _warned.add(message)
+    from tqdm import tqdm
+
+    tqdm.write(f"restorekit: warning: {message}", file=sys.stderr)
+
+
+def forget_warnings() -> None:
+    """Show the ``once`` warnings again (``plugins.reset`` calls it)."""
+    _warned.clear()

@@ -170,13 +170,25 @@ class Evaluation(dict):
                                                  for n, iv in self.intervals.items()},
                 "count": len(self.images), "images": self.images}
 
+    def record(self) -> dict[str, Any]:
+        """The means and their ``"intervals"`` (metric -> ``[low, high]`` or None): a run
+        folder's ``metrics.jsonl`` record and ``baselines.json`` row, which
+        :func:`format_table` shows as it shows this evaluation."""
+        return {**self, "intervals": self.to_json()["interval"]}
+
 
 def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
              metrics: Sequence[AnyMetric], *, desc: str = "evaluating",
-             progress: bool = True) -> Evaluation:
+             progress: bool = True,
+             on_output: Callable[[int, Image, Image, Image], None] | None = None,
+             ) -> Evaluation:
     """Every metric of every pair, summarised; ``enhance=None`` scores the input itself.
     A no-reference metric scores the output alone, with the low-light input as its
-    source."""
+    source.
+
+    ``on_output(i, low, output, high)`` sees each pair's output (e.g. to keep the first few
+    for sample images without enhancing them twice).
+    """
     rows = {}
     for i in tqdm(range(len(pairs)), desc=desc, unit="img", leave=False,
                   disable=not progress):
@@ -187,6 +199,8 @@ def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
         except ValueError as exc:  # e.g. an image too small for the model
             raise DataError(f"{label}: {exc}") from None
         rows[label] = score(out, high, metrics, what=label, source=low)
+        if on_output is not None:
+            on_output(i, low, out, high)
     return Evaluation(rows, metrics)
 
 
@@ -214,7 +228,8 @@ def _better(metric: AnyMetric, a: float, b: float) -> bool:
 def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[AnyMetric],
                  notes: Sequence[str] = ()) -> str:
     """A plain-text table: one row per method, one column per metric (with its direction);
-    a row that is an :class:`Evaluation` shows its 95 % interval, ``mean [low, high]``.
+    a row that is an :class:`Evaluation` (or its :meth:`~Evaluation.record`) shows its 95 %
+    interval, ``mean [low, high]``.
 
     Lines under the table say what the interval is, which columns follow the GT-mean
     protocol, and any ``notes``.
@@ -230,9 +245,9 @@ def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[AnyM
     rule = "  ".join("-" * w for w in widths)
     below = []
     counts = sorted({len(r.images) for r in rows.values() if isinstance(r, Evaluation)})
-    if counts:
-        over = " or ".join(str(c) for c in counts)
-        below.append(f"[low, high]: 95 % bootstrap interval of the mean over the {over} "
+    if counts or any(_interval(r, m.name) for r in rows.values() for m in metrics):
+        over = " or ".join(str(c) for c in counts) + " " if counts else ""
+        below.append(f"[low, high]: 95 % bootstrap interval of the mean over the {over}"
                      f"images ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})")
     if any(m.name in ("psnr_gtmean", "ssim_gtmean") for m in metrics):
         below.append(GT_MEAN_NOTE)
@@ -246,9 +261,16 @@ def _arrow(metric: AnyMetric) -> str:
     return "↑" if metric.higher_is_better else "↓"
 
 
+def _interval(row: Mapping[str, Any], name: str) -> Sequence[float] | None:
+    """The interval of ``name`` in an :class:`Evaluation` or its record, if any."""
+    if isinstance(row, Evaluation):
+        return row.intervals.get(name)
+    return (row.get("intervals") or {}).get(name)
+
+
 def _cell(row: Mapping[str, float], name: str) -> str:
     value = row[name]
-    interval = row.intervals.get(name) if isinstance(row, Evaluation) else None
+    interval = _interval(row, name)
     if interval is None or not math.isfinite(value):
         return f"{value:.4f}"
     return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"

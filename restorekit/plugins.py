@@ -44,7 +44,7 @@ from restorekit.api import (
     SearchRange,
     missing_methods,
 )
-from restorekit.errors import PluginError, one_line
+from restorekit.errors import PluginError, forget_warnings, one_line, warn
 from restorekit.types import API_VERSION
 
 ENTRY_POINT_GROUP = "restorekit"
@@ -60,16 +60,6 @@ KINDS = ("preprocessors", "models", "metrics", "commands")
 _ITEM_TYPES: dict[str, tuple[type, ...]] = {"preprocessors": (Preprocessor,),
                                             "metrics": (Metric, NoReferenceMetric),
                                             "commands": (Command,)}
-
-_warned: set[str] = set()
-
-
-def warn(message: str) -> None:
-    """``restorekit: warning: message`` on stderr, once per process (until :func:`reset`)."""
-    if message not in _warned:
-        _warned.add(message)
-        sys.stderr.write(f"restorekit: warning: {message}\n")
-
 
 @dataclass
 class PluginInfo:
@@ -185,7 +175,7 @@ class PluginManager:
         if unknown:
             installed = ", ".join(sorted({ep.name for ep in found})) or "none"
             warn(f"RESTOREKIT_DISABLE_PLUGINS names no installed plugin: "
-                 f"{', '.join(unknown)} (installed: {installed})")
+                 f"{', '.join(unknown)} (installed: {installed})", once=True)
         if "*" in disabled:
             return
         for ep in found:
@@ -257,12 +247,12 @@ class PluginManager:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         if strict_plugins():
             raise PluginError(text)
-        warn(f"plugin {info.name!r} ({info.source}) skipped: {message}")
+        warn(f"plugin {info.name!r} ({info.source}) skipped: {message}", once=True)
 
     def _warn_or_fail(self, info: PluginInfo, message: str) -> None:
         if strict_plugins():
             raise PluginError(f"{message} (RESTOREKIT_STRICT_PLUGINS=1)")
-        warn(message)
+        warn(message, once=True)
 
     # -- registration for tests and embedding -----------------------------------------------
     def register(self, plugin: object, name: str | None = None) -> str:
@@ -352,7 +342,7 @@ class PluginManager:
                        f"{info.name!r}")
             if strict_plugins():
                 raise PluginError(message)
-            warn(message)
+            warn(message, once=True)
             return
         reg.items[kind][name] = item
         reg.owners[kind][name] = info.name
@@ -410,7 +400,7 @@ def reset() -> None:
     """Forget the loaded plugins (the next query loads them again) and the warnings shown."""
     global _manager
     _manager = None
-    _warned.clear()
+    forget_warnings()
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 1. Compile every CUDA source under restorekit/ext/csrc/ with plain `nvcc -c` (no torch needed), into a
+# 1. Compile every CUDA source under csrc/ with plain `nvcc -c` (no torch needed), into a
 #    temporary directory. Extra nvcc flags may be passed through NVCC_FLAGS.
 # 2. Syntax-check the torch glue of the CUDA ops (csrc/cuda/*.cpp), which only a CUDA build
 #    of torch compiles, against the installed torch's headers: CPU wheels ship the c10/cuda
@@ -8,7 +8,7 @@
 # CSRC overrides the sources folder; PYTHON the interpreter whose torch headers are used.
 # Exits non-zero when a file fails; exits 0 with one message when nvcc is absent.
 set -euo pipefail
-here="${CSRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../restorekit/ext/csrc" && pwd)}"
+here="${CSRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../csrc" && pwd)}"
 NVCC="${NVCC:-nvcc}"
 if ! command -v "$NVCC" >/dev/null 2>&1; then
   if [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then

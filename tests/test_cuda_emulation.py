@@ -1,7 +1,7 @@
 """The CUDA kernels' source, run on the CPU through an emulation of CUDA's execution model.
 
 No GPU here or in CI: ``tests/cuda_emulation/emulate.py`` rewrites the kernel launches of
-``restorekit/ext/csrc/cuda/kernels.cu`` so that g++ builds them against ``cuda_fake.h``
+``csrc/cuda/kernels.cu`` so that g++ builds them against ``cuda_fake.h``
 (threads as blocks, barriers, warp shuffles), and ``check_kernels.cpp`` compares every
 launcher with a float64 reference: index arithmetic, reflection, split reductions, vector
 alignment. Speed and the device itself are only tested on a GPU (``test_ext.py``).
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent / "cuda_emulation"
-CUDA_SOURCES = Path(__file__).parents[1] / "restorekit" / "ext" / "csrc" / "cuda"
+CUDA_SOURCES = Path(__file__).parents[1] / "csrc" / "cuda"
 
 
 @pytest.fixture(scope="module")

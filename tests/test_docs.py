@@ -1,4 +1,5 @@
-"""docs/plugins.md cannot rot: every code block in it is run or checked here.
+"""docs/plugins.md cannot rot: every code block in it is run or checked here. The README
+keeps its two-command Quick start, and its links reach real files and headings.
 
 * ```toml and ```python blocks whose first line is ``# file: PATH`` are written into a
   temporary plugin package (``(continued)`` blocks are appended); the package is loaded
@@ -26,6 +27,7 @@ import pytest
 from restorekit import plugins
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+README = DOC.parents[1] / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 FILE_MARK = re.compile(r"^# file: (\S+)( \(continued\))?\n")
 KNOWN_ENV = {"RESTOREKIT_DISABLE_PLUGINS", "RESTOREKIT_STRICT_PLUGINS",
@@ -195,3 +197,23 @@ def test_environment_variables_in_the_guide_are_real() -> None:
     for var in ("RESTOREKIT_DISABLE_PLUGINS", "RESTOREKIT_STRICT_PLUGINS",
                 "RESTOREKIT_TRACE_PLUGINS"):
         assert var in text and var in source
+
+
+def test_readme_quick_start_is_two_commands() -> None:
+    quick = README.read_text().split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = [body for kind, body in FENCE.findall(quick) if kind == "bash"]
+    assert block.splitlines() == [
+        'pip install "torch==2.13.0" -e ".[dev]" && restorekit run pix2pixhd --train', "pytest"]
+
+
+def test_readme_links_reach_files_and_headings() -> None:
+    text = README.read_text()
+    links = re.findall(r"\]\(([^)#:]+)(?:#([^)]*))?\)", text)
+    assert ("docs/benchmarks.md", "precision") in links
+    for target, anchor in links:
+        path = README.parent / target
+        assert path.exists(), f"README links to a missing {target}"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README links to a missing heading {target}#{anchor}"

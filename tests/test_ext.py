@@ -740,15 +740,16 @@ def broken_build(tmp_path, monkeypatch):
     return src
 
 
-def test_failed_build_auto_warns_and_falls_back(ops, broken_build, monkeypatch):
+def test_failed_build_auto_warns_and_falls_back(ops, broken_build, monkeypatch, capsys):
     monkeypatch.setenv("RESTOREKIT_EXT", "auto")
     torch.manual_seed(0)
     plain = ResnetBlock(2)
     x = _randn((1, 2, 4, 4))
-    with pytest.warns(ext.ExtensionWarning, match="deliberately broken") as rec:
-        y = ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
-        ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
-    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    y = ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
+    ext.resnet_block(x, plain.conv_block[1], plain.conv_block[5])
+    (line,) = capsys.readouterr().err.splitlines()  # one warning, one line
+    assert line.startswith("restorekit: warning: restorekit extension unavailable, using plain "
+                           "PyTorch: ") and "deliberately broken" in line
     with torch.no_grad():
         torch.testing.assert_close(y, plain(x))
     st = _build.state()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,9 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The sources live at the top level (csrc/) and install as restorekit/ext/csrc/.
 SOURCES = sorted(p.relative_to(ROOT).as_posix()
-                 for p in (ROOT / "restorekit" / "ext" / "csrc").rglob("*")
+                 for p in (ROOT / "csrc").rglob("*")
                  if p.is_file() and p.suffix in {".cpp", ".h", ".cu", ".md"})
+INSTALLED = [f"restorekit/ext/{s}" for s in SOURCES]
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +35,68 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
-def test_sources_are_found_in_the_package():
-    assert "restorekit/ext/csrc/registration.cpp" in SOURCES
+def test_sources_are_found_in_the_checkout():
+    from restorekit.ext import source_dir
+
+    assert "csrc/registration.cpp" in SOURCES
     assert any(s.endswith(".cu") for s in SOURCES)
+    assert source_dir() == ROOT / "csrc"  # an editable install builds the checkout's sources
+
+
+def test_pyproject_lists_every_package():
+    # pyproject.toml lists its packages (to map csrc/ into restorekit.ext): none forgotten.
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, package in ((ROOT, "restorekit"), (ROOT / "plugins" / "pix2pixhd",
+                                                "restorekit_pix2pixhd")):
+        found |= {".".join(p.parent.relative_to(top).parts)
+                  for p in (top / package).rglob("*.py")}
+    assert found and not found - listed, f"pyproject.toml does not list {found - listed}"
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the [dev] extra brings tomli
+        import tomli as tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _dist(requirement: str) -> str:
+    """The distribution a requirement names ("torch>=2.4" -> "torch")."""
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_dependencies_are_the_imports():
+    # Every third-party module the packages import is declared, and every core dependency
+    # is imported (ninja excepted: torch.utils.cpp_extension runs it as a program).
+    from importlib.metadata import packages_distributions
+
+    project = _pyproject()["project"]
+    core = {_dist(r) for r in project["dependencies"]}
+    declared = core | {_dist(r) for reqs in project["optional-dependencies"].values()
+                       for r in reqs}
+    dists = packages_distributions()
+    imported = set()
+    for path in [*(ROOT / "restorekit").rglob("*.py"),
+                 *(ROOT / "plugins" / "pix2pixhd" / "restorekit_pix2pixhd").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    imported -= {*sys.stdlib_module_names, "restorekit", "restorekit_pix2pixhd"}
+    used = {d.lower() for m in imported for d in dists.get(m, [m])}
+    assert not used - declared, f"imported but not declared: {sorted(used - declared)}"
+    assert not core - used - {"ninja"}, f"declared but never imported: {core - used}"
 
 
 @pytest.mark.slow
 def test_wheel_ships_the_sources(offline_build: None, wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
-    missing = [s for s in SOURCES if s not in names]
+    missing = [s for s in INSTALLED if s not in names]
     assert not missing, f"{wheel.name} lacks {missing}"
 
 
@@ -52,7 +109,9 @@ def test_installed_wheel_builds_the_extension(offline_build: None, wheel: Path,
 
     venv = tmp_path / "venv"
     py = make_venv(venv, with_pip=False)
-    env = {**os.environ, "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "on",
+    # PYTHONPATH (a checkout on it) would shadow the installed wheel.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+           "PIP_NO_INDEX": "1", "RESTOREKIT_EXT": "on",
            "RESTOREKIT_CACHE": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
                    check=True, timeout=300, env=env, cwd=tmp_path)

@@ -20,7 +20,7 @@ from restorekit.engine.config import (
     native_bf16_cpu,
     resolve_precision,
 )
-from restorekit.engine.trainer import StepContextImpl
+from restorekit.engine.step import StepContextImpl
 from restorekit.errors import UsageError
 from restorekit.pipeline import Pipeline
 from restorekit_pix2pixhd.model import Pix2PixHD

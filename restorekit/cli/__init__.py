@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from restorekit._env import trace_plugins
 from restorekit._version import __version__
 from restorekit.api import Command
-from restorekit.cli._common import PROG, Parser, print_error, warn
-from restorekit.errors import RestorekitError, one_line, os_reason
+from restorekit.cli._common import PROG, Parser, print_error
+from restorekit.errors import RestorekitError, one_line, os_reason, warn
 from restorekit.plugins import Registry, get_registry
 
 __all__ = ["PROG", "Parser", "build_parser", "main"]

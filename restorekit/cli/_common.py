@@ -56,11 +56,6 @@ def print_error(exc: RestorekitError) -> int:
     return exc.exit_code
 
 
-def warn(message: str) -> None:
-    """``restorekit: warning: <message>`` on stderr."""
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
-
-
 def lookup(getter: Callable[[str], Any], name: str, option: str) -> Any:
     """``getter(name)``; an unknown or contested name is a usage error naming ``option``."""
     try:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from restorekit.cli import convert, ext, metrics, new_plugin, plugins, preprocess, run, tune
+from restorekit.cli import ext, metrics, new_plugin, plugins, preprocess, run, tune
 from restorekit.hookspecs import hookimpl
 
 COMMANDS = (plugins.COMMAND, preprocess.COMMAND, metrics.COMMAND, run.COMMAND, ext.COMMAND,
-            new_plugin.COMMAND, convert.COMMAND, tune.COMMAND)
+            new_plugin.COMMAND, tune.COMMAND)
 
 
 @hookimpl

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from restorekit.api import Command, NoReferenceMetric
-from restorekit.cli._common import json_ready, warn
-from restorekit.errors import DataError, UsageError
+from restorekit.cli._common import json_ready
+from restorekit.errors import DataError, UsageError, warn
 from restorekit.plugins import Registry
 
 

@@ -4,8 +4,9 @@
 metric table on the test split next to the untouched input, ``--enhance`` writes one
 output per input (same stem and size). Every field of the model's ``Options``
 dataclass is a ``--field-name`` option that overrides the chosen preset. Run folders,
-numbering and the resume rules are the engine's (:class:`restorekit.engine.RunDir`,
-:func:`restorekit.engine.resume`); this module only turns flags into calls.
+numbering, the data and the resume rules are the engine's
+(:func:`restorekit.engine.run_folder`, :class:`restorekit.engine.TrainJob`); this module
+only turns flags into calls.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from restorekit.cli._common import (
     number,
     output_files,
 )
-from restorekit.errors import DataError, ImageReadError, RestorekitError, UsageError, brief
+from restorekit.errors import (
+    DataError,
+    ImageReadError,
+    RestorekitError,
+    UsageError,
+    brief,
+    warn,
+)
 from restorekit.plugins import Registry
 
 RUNS_DIR = Path("runs")
@@ -299,74 +307,50 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
 
 def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
                 registry: Registry, dist: Any) -> int:
-    from restorekit.data import open_pairs
-    from restorekit.engine import RunDir, resume, train
+    from restorekit.engine import TrainJob, run_folder
 
-    runs_dir: Path = args.runs_dir
     start = time.perf_counter()
     if args.resume:
         if args.preset or args.preprocess is not None:
             raise UsageError("--resume continues a run with its stored options; drop "
                              "--preset/--preprocess (or start a new run)")
         dist.agree(_given(model_cls, args))  # the stored options come from the main process
-        if args.name:
-            run = RunDir.named(runs_dir, args.name)
-        else:
-            def newest() -> str:
-                found = RunDir.newest(runs_dir, model_cls.name)
-                if found is None:
-                    raise UsageError(f"--resume: no run of {model_cls.name} with a checkpoint "
-                                     f"in {runs_dir}; name one with --name")
-                return str(found.path)
-
-            run = RunDir(dist.from_main(newest))  # rank 0 alone reads the runs folder
-        result = resume(run.path, registry, skip_bad=args.skip_bad, **overrides)
+    run = run_folder(args.runs_dir, model_cls.name, args.name, resume=args.resume,
+                     overwrite=args.overwrite)
+    job = TrainJob(registry, skip_bad=args.skip_bad, metrics=_metrics(args, registry))
+    if args.resume:
+        result = job.resume(run, **overrides)
     else:
         preset = args.preset
-        holdout = None
-        data = str(args.data) if args.data is not None else None
+        job.data = str(args.data) if args.data is not None else None
         if args.config is not None:
             stored = read_config_file(args.config, model_cls)
             overrides = {**stored["options"], **overrides}
             if args.preprocess is None:
                 args.preprocess = stored["preprocess"]
             if args.data is None:
-                data = stored["data_path"]
-            holdout = stored["holdout"]
+                job.data = stored["data_path"]
+            job.holdout = stored["holdout"]
         elif preset is None and args.data is None:
             preset = model_cls.embedded_preset
         options = model_cls.make_options(preset, **overrides)
         preprocess = _pipeline(model_cls, args.preprocess, registry)
-        # Before the first collective: ranks started with other options (a node launched by
-        # hand with another --data, another config file) stop here, all with the same line.
-        dist.agree({**_given(model_cls, args), "--data": data, "--preset": preset,
+        # Before the first collective that depends on them: ranks started with other options
+        # (a node launched by hand with another --data, another config file) stop here, all
+        # with the same line.
+        dist.agree({**_given(model_cls, args), "--data": job.data, "--preset": preset,
                     "--preprocess": str(preprocess),
-                    "the holdout of --config": holdout and holdout.to_dict(),
+                    "the holdout of --config": job.holdout and job.holdout.to_dict(),
                     **{"--" + f.name.replace("_", "-"): getattr(options, f.name)
                        for f in dataclasses.fields(options)}})
-        if args.name:
-            run = RunDir.named(runs_dir, args.name)
-        elif args.overwrite:
-            run = RunDir(runs_dir / model_cls.name)
-        else:
-            run = RunDir(dist.from_main(lambda: str(RunDir.next_free(runs_dir,
-                                                                     model_cls.name).path)))
-        where = "the embedded synthetic low-light set" if data is None else data
+        where = "the embedded synthetic low-light set" if job.data is None else job.data
         shown = preset or model_cls.default_preset
         print(f"training {model_cls.name} on {where}"
               + (f" with preset {shown}" if shown else "") + f" -> {run}")
         model = typing.cast(TrainableModel, model_cls(options, preprocess))
-        seed = int(getattr(options, "seed", 0))
-        extra_config: dict[str, Any] = {"data_path": data}
-        if holdout is not None:  # trains without the validation split, as the trial did
-            extra_config["holdout"] = holdout.to_dict()
-        result = train(model, train_pairs=open_pairs(data, "train", seed=seed,
-                                                     skip_bad=args.skip_bad, holdout=holdout),
-                       test_pairs=open_pairs(data, "test", seed=seed, skip_bad=args.skip_bad),
-                       run_dir=run.path, registry=registry, overwrite=args.overwrite,
-                       extra_config=extra_config, metrics=_metrics(args, registry))
+        result = job.train(model, run, overwrite=args.overwrite)
     took = time.perf_counter() - start
-    hint = _resume_hint(model_cls, result.run_dir, runs_dir)
+    hint = _resume_hint(model_cls, result.run_dir, args.runs_dir)
     if result.stopped == "interrupted":
         print(f"interrupted after step {result.step}; continue with: {hint}", file=sys.stderr)
         return 130
@@ -374,10 +358,11 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
         print(f"stopped ({result.stopped}) after step {result.step}; continue with: {hint}")
     if result.metrics:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        print(f"final test metrics: {scores}")
-    if result.best_psnr is not None:
-        print(f"best test PSNR during training {result.best_psnr:.4f} "
-              "(checkpoints/best.safetensors; --checkpoint RUN uses the last checkpoint)")
+        print(f"final {job.eval_split} metrics: {scores}")
+    if result.best is not None and result.best_checkpoint is not None:
+        print(f"best {job.eval_split} {result.best.metric} during training "
+              f"{result.best.value:.4f} at step {result.best.step} ({result.best_checkpoint}; "
+              "--checkpoint RUN uses the last checkpoint)")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
 
@@ -528,7 +513,7 @@ def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
             message = str(exc) if isinstance(exc, ImageReadError) else f"{path}: {exc}"
             if not args.skip_bad:
                 raise DataError(message) from None
-            print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+            warn(f"skipped {message}")
             continue
         usable.append(path)
     enhance = model.enhance
@@ -545,7 +530,7 @@ def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
         except ImageReadError as exc:
             if not args.skip_bad:
                 raise
-            tqdm.write(f"{PROG}: warning: skipped {exc}", file=sys.stderr)
+            warn(f"skipped {exc}")
             continue
         output = enhance(image)
         write_image(targets[path], output, bits=args.bits)
@@ -566,27 +551,6 @@ def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
     return 0
 
 
-class _Subset:
-    """The pairs of a pair set that ``--skip-bad`` keeps (what evaluation reads of it)."""
-
-    def __init__(self, pairs: Any, keep: list[int]) -> None:
-        self.pairs, self.keep = pairs, keep
-        self.names = [pairs.names[i] for i in keep]
-
-    def __len__(self) -> int:
-        return len(self.keep)
-
-    def pair(self, i: int, rng: Any = None) -> Any:
-        return self.pairs.pair(self.keep[i], rng)
-
-    def label(self, i: int) -> str:
-        return self.pairs.label(self.keep[i])
-
-    def describe(self) -> str:
-        skipped = len(self.pairs) - len(self.keep)
-        return self.pairs.describe() + (f" ({skipped} too small, skipped)" if skipped else "")
-
-
 def _big_enough(pairs: Any, model: Model, metrics: list[Any], skip_bad: bool) -> Any:
     """``pairs``, checked up front (from the file headers) against the smallest image the
     model and the metrics take; a too-small pair is an error naming it, or skipped."""
@@ -605,7 +569,11 @@ def _big_enough(pairs: Any, model: Model, metrics: list[Any], skip_bad: bool) ->
         message = f"{path}: image is {h}x{w} (HxW), smaller than the {side}x{side} needed"
         if not skip_bad:
             raise DataError(message)
-        print(f"{PROG}: warning: skipped {message}", file=sys.stderr)
+        warn(f"skipped {message}")
     if not keep:
         raise DataError(f"{pairs.describe()}: every pair is too small ({side}x{side} needed)")
-    return pairs if len(keep) == len(pairs) else _Subset(pairs, keep)
+    if len(keep) == len(pairs):
+        return pairs
+    from restorekit.data import SubsetPairs
+
+    return SubsetPairs(pairs, keep, f"{len(pairs) - len(keep)} too small, skipped", fixed=True)

@@ -21,7 +21,6 @@ Notes on formats:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 import struct
@@ -42,6 +41,7 @@ from restorekit.errors import (
     UsageError,
     one_line,
     os_reason,
+    warn,
 )
 from restorekit.types import Image
 
@@ -58,7 +58,6 @@ __all__ = [
     "write_image",
 ]
 
-logger = logging.getLogger("restorekit")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 """File suffixes ``list_images`` picks up (compared case-insensitively)."""
@@ -83,8 +82,8 @@ def _warn_alpha(path: Path) -> None:
     global _alpha_warned
     if not _alpha_warned:
         _alpha_warned = True
-        logger.warning("%s: image has an alpha channel; it is dropped (RGB is used). "
-                       "This warning is shown once.", path)
+        warn(f"{path}: image has an alpha channel; it is dropped (RGB is used). "
+             "This warning is shown once.")
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ on ``val`` and keep ``test`` for the final evaluation.
 from __future__ import annotations
 
 import abc
-import logging
 import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from torch.utils.data import Dataset
 
 from restorekit.data.io import image_size, list_images, read_image, to_tensor
 from restorekit.data.lowlight import DEFAULT_MODEL, LowLightModel
-from restorekit.errors import DataError, UsageError, brief
+from restorekit.errors import DataError, UsageError, brief, warn
 from restorekit.types import Image
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "open_pairs",
 ]
 
-logger = logging.getLogger("restorekit")
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("low/ and high/ folders, train/{low,high} and test/{low,high}, "
@@ -155,7 +153,7 @@ class _Cache:
 class FolderPairs(PairSet):
     """Pairs of images in two folders, matched by file stem, loaded lazily and cached.
 
-    ``skip_bad=True`` skips (with a logged warning each) files without a twin and
+    ``skip_bad=True`` skips (with one warning line each) files without a twin and
     pairs whose files are unreadable or differ in size (checked up front from the
     file headers); otherwise those raise ``DataError``/``ImageReadError``.
     """
@@ -220,7 +218,7 @@ class FolderPairs(PairSet):
 
     def _skip(self, message: str) -> None:
         self.skipped += 1
-        logger.warning("skipping %s", message)
+        warn(f"skipping {message}")
 
     @staticmethod
     def _problem(low: Path, high: Path) -> str | None:

@@ -41,6 +41,9 @@ class TrainConfig:
         "range": (0, 10**12)})
     log_every: int = field(default=10, metadata={
         "help": "log the losses every N steps (0 = never)", "range": (0, 10**12)})
+    best_metric: str = field(default="", metadata={
+        "help": "the metric whose best evaluation is kept as checkpoints/best, in its own "
+                "direction (default: psnr when evaluated, else the first metric)"})
     num_samples: int = field(default=3, metadata={
         "help": "test images shown in the sample grids", "range": (0, 64)})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -55,8 +58,8 @@ class TrainConfig:
                                         "optimiser has them"})
     cuda_graph: bool = field(
         default=False, metadata={"help": "capture the training step in a CUDA graph and "
-                                         "replay it (CUDA, fp32 or bf16, one process; the "
-                                         "last partial batch runs eagerly)"})
+                                         "replay it (CUDA, fp32 or bf16, one process; a "
+                                         "learning-rate change recaptures)"})
     seed: int = field(default=0, metadata={
         "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
     max_steps: int = field(default=0, metadata={
@@ -89,7 +92,7 @@ def auto_precision(device: torch.device) -> str:
     CUDA: fp32 (TF32 tensor cores); bf16 and fp16 autocast were slower at every preset on
     an H200, the step being bound by kernel launches. CPU: bf16 where the CPU has native
     bfloat16 (a ``quick`` step 1.6x faster on a 2-core Zen 4, same test PSNR), else fp32.
-    See the README, "Precision".
+    Measured in docs/benchmarks.md, "Precision".
     """
     if device.type == "cpu" and native_bf16_cpu():
         return "bf16"

@@ -13,8 +13,10 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   step) and keep graphs across two optimisers, all of which DDP's reducer only tolerates
   with ``find_unused_parameters=True`` (a graph walk every step) or ``static_graph``
   assumptions. Averaging exactly what the optimiser is about to step needs neither, and
-  a parameter without a gradient on every rank stays without one (Adam skips it, as in
-  one process). The price: communication does not overlap the backward pass.
+  a parameter without a gradient on any rank stays without one (Adam skips it, as in
+  one process). The price: communication does not overlap the backward pass. Averaging
+  reads nothing back to the host (but in the rare steps that
+  :meth:`Distributed.average_gradients` describes).
 * **The main process** is local rank 0 of the node started with ``--node-rank 0`` (rank 0
   on one machine). torchrun's c10d rendezvous numbers nodes by host name and launcher pid,
   not by ``--node-rank``, so :func:`setup` gathers every rank's node and local rank and
@@ -37,8 +39,10 @@ CUDA tensors) and every rank trains the same model on its own shard of each epoc
   reads checkpoints and broadcasts their tensors. Evaluation runs on rank 0 (the
   weights are the same on every rank, so the numbers are a single process's).
 * **Agreement**: logged losses are averaged across ranks (a non-finite loss on any rank
-  makes the average non-finite, so every rank stops at the same step), and the stop
-  decisions (``max_steps``, ``max_minutes``, Ctrl-C) are all-reduced every step.
+  makes the average non-finite, so every rank stops at the same point, naming the same
+  step), and the stop decisions (``max_minutes``, Ctrl-C) are all-reduced every
+  :data:`STOP_EVERY` steps (a limit stops within that many steps); ``max_steps``, the same
+  step on every rank, stops exactly there.
 * **Failures**: a rank that raises records a one-line error in the job's store; a rank
   that dies is found by its pid. Rank 0 turns a failed collective (or torchrun's SIGTERM)
   into one line naming the rank and the error; under torchrun it also goes into
@@ -84,6 +88,9 @@ MAX_NODES = 4096
 
 BUCKET_BYTES = 25 * 1024 * 1024
 """Gradients are all-reduced in flat buckets of at most this size (DDP's default)."""
+
+STOP_EVERY = 10
+"""Under torchrun, the ranks agree whether to stop every this many steps (a collective)."""
 
 _STORE_PREFIX = "restorekit/"
 
@@ -293,11 +300,9 @@ class Distributed:
         saved = int(meta.get("world_size", 1))
         steps = int(meta["step_in_epoch"])
         if saved != self.world_size and self.is_main:
-            from tqdm import tqdm
-
-            tqdm.write(f"restorekit: the run was saved with {saved} process(es) and continues "
-                       f"with {self.world_size}: the effective batch changes by "
-                       f"{self.world_size}/{saved}")
+            errors.warn(f"the run was saved with {saved} process(es) and continues with "
+                        f"{self.world_size}: the effective batch changes by "
+                        f"{self.world_size}/{saved}")
         return steps * saved // self.world_size
 
     # -- data --------------------------------------------------------------------------------
@@ -315,31 +320,41 @@ class Distributed:
 
     # -- gradients, losses, decisions ---------------------------------------------------------
     def average_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """Average the gradients of ``optimizer``'s parameters over the ranks, in buckets."""
+        """Average the gradients of ``optimizer``'s parameters over the ranks, in buckets.
+
+        Every rank averages every parameter that requires a gradient, with zeros where it
+        has none, so the ranks run the same collectives without first agreeing (on the
+        host) on who has which gradient. A parameter no rank has a gradient for stays
+        without one (the optimiser skips it, as in one process): a rank that had none
+        reads whether another had, the only host read here, in such steps alone.
+        """
         if not self.active:
             return
-        params = [p for group in optimizer.param_groups for p in group["params"]]
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.requires_grad]
         if not params:
             return
-        device = params[0].device
-        present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32,
-                               device=device)
-        self._collective(dist.all_reduce, present)
-        grads = []
-        for p, anywhere in zip(params, present.tolist(), strict=True):
-            if not anywhere:
-                continue  # no rank has a gradient: the optimiser skips it, as in one process
+        present = torch.ones(len(params), dtype=torch.int32, device=params[0].device)
+        missing = []
+        for i, p in enumerate(params):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+                present[i] = 0
+                missing.append(i)
             elif p.grad.is_sparse:
                 raise TrainingError("distributed training does not support sparse gradients")
-            grads.append(p.grad)
-        for bucket in _buckets(grads):
+        self._collective(dist.all_reduce, present)
+        for bucket in _buckets([p.grad for p in params]):
             flat = torch.cat([g.reshape(-1) for g in bucket])
             self._collective(dist.all_reduce, flat)
             flat.div_(self.world_size)
             for g, part in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
                 g.copy_(part.view_as(g))
+        if missing:
+            anywhere = present[missing].tolist()
+            for i, count in zip(missing, anywhere, strict=True):
+                if not count:
+                    params[i].grad = None
 
     def reduce_losses(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The loss terms averaged over the ranks (non-finite if any rank's is)."""
@@ -351,6 +366,11 @@ class Distributed:
         self._collective(dist.all_reduce, stacked)
         stacked.div_(self.world_size)
         return dict(zip(names, stacked.unbind(), strict=True))
+
+    def stop_due(self, step: int) -> bool:
+        """Whether the ranks compare their stop reasons after ``step``: every step in one
+        process (no collective), every :data:`STOP_EVERY` steps under torchrun."""
+        return not self.active or step % STOP_EVERY == 0
 
     def agree_stop(self, reason: str | None) -> str | None:
         """Stop when any rank wants to (ranks' clocks and Ctrl-Cs differ): the common reason."""

@@ -7,8 +7,9 @@ replays with one launch. A graph holds fixed addresses and shapes, so:
 * the step's inputs are copied into static buffers before each replay;
 * optimisers keep their step counters on the device (:func:`optimizers.make_capturable`), and
   a learning-rate change (baked into the graph as a constant) means a new capture;
-* a smaller batch (the last, partial batch of an epoch) runs eagerly; a larger one is
-  captured anew (a run resumed at a partial batch);
+* the engine's batches all have one shape (an epoch is cut into whole batches, see
+  ``Distributed.shard``); a batch of another shape, from a caller of its own, runs eagerly
+  if smaller and is captured anew if larger;
 * fp16's loss scaling and gradient averaging across processes synchronise with the CPU, so
   ``--cuda-graph`` takes fp32 or bf16 in one process (checked by :func:`prepare`).
 
@@ -69,9 +70,8 @@ class GraphedStep:
         key = self._key(low, high)
         if key != self.key:
             if self.key is not None and key[:4] != self.key[:4] and low.shape[0] <= self.key[0][0]:
-                return self._eager(low, high)  # a smaller batch: the last, partial one
-            # The first step, a new learning rate, or a larger batch than the one captured
-            # (a run resumed at an epoch's partial last batch).
+                return self._eager(low, high)  # a smaller batch than the one captured
+            # The first step, a new learning rate, or a larger batch than the one captured.
             self.graph, self.key = None, key
         if self.graph is None:
             if self.eager_runs < WARMUP_STEPS:

@@ -1,7 +1,8 @@
-"""Rebuilding models from checkpoints: loading for inference and resuming training.
+"""Rebuilding models from checkpoints, and run folders from imported weights.
 
 The options and preprocessing a model is rebuilt with come from one place, the
-checkpoint's metadata, for both :func:`load_trained` and :func:`resume`.
+checkpoint's metadata, for both :func:`load_trained` and resuming
+(:meth:`restorekit.engine.job.TrainJob.resume`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,12 @@ from typing import Any
 import torch
 
 from restorekit.api import TrainableModel, field_problem
-from restorekit.engine import distributed
-from restorekit.engine.checkpoint import read_checkpoint, read_metadata, restore_networks
 from restorekit.engine.config import TrainConfig, resolve_device
 from restorekit.engine.rundir import RunDir
+from restorekit.engine.state import TrainState, load, restore_model, restore_networks
 from restorekit.errors import CheckpointError, RestorekitError, UsageError, one_line
 from restorekit.pipeline import Pipeline
 from restorekit.plugins import Registry
-
-RESUME_OVERRIDABLE = frozenset({"max_steps", "max_minutes", "device", "num_workers",
-                                "tensorboard", "precision", "fused_optimizer", "cuda_graph"})
-"""Options a resumed run accepts: they change where and how long, not what is trained."""
 
 
 def _options(cls: type[TrainableModel], values: dict[str, Any]) -> Any:
@@ -131,58 +127,13 @@ def load_trained(checkpoint: str | Path, registry: Registry,
     preprocessors. The model is built on ``device``, its weights loaded and its networks
     put in eval mode.
     """
-    path = RunDir.find_checkpoint(checkpoint)
-    tensors, meta = read_checkpoint(path)
-    model = model_from_metadata(path, meta, registry)
+    loaded = load(RunDir.find_checkpoint(checkpoint))
+    model = model_from_metadata(loaded.path, loaded.meta, registry)
     build_model(model, device if isinstance(device, torch.device) else resolve_device(device))
-    restore_networks(path, tensors, model)
+    restore_model(loaded, model)
     for net in model.networks().values():
         net.eval()
     return model
-
-
-def resume(run_dir: str | Path, registry: Registry, *, skip_bad: bool = False,
-           **overrides: Any) -> Any:
-    """Continue the run in ``run_dir`` from its newest checkpoint; a ``TrainResult``.
-
-    The model, its options and preprocessing come from the checkpoint, the data from
-    ``config.json``. ``overrides`` may only change :data:`RESUME_OVERRIDABLE` options
-    (``max_steps`` and ``max_minutes`` default to no limit).
-    """
-    from restorekit.data import Holdout, open_pairs
-    from restorekit.engine.trainer import train
-
-    fixed = sorted(set(overrides) - RESUME_OVERRIDABLE)
-    if fixed:
-        named = ", ".join("--" + f.replace("_", "-") for f in fixed)
-        raise UsageError(f"--resume continues a run with its stored options; drop {named} "
-                         f"(or start a new run)")
-    run = RunDir(run_dir)
-
-    def locate() -> dict[str, Any]:
-        if run.is_empty():
-            raise UsageError(f"--resume: no run {run}")
-        path = run.resume_checkpoint(quiet=True)  # the newest usable one; nothing deleted
-        return {"path": str(path), "meta": read_metadata(path), "data": run.data_path(),
-                "holdout": run.read_config().get("extra", {}).get("holdout")}
-
-    # Under torchrun rank 0 alone reads the run folder (other nodes need not see it).
-    found = distributed.setup().from_main(locate)
-    path, meta, data = Path(found["path"]), found["meta"], found["data"]
-    limits = {"max_steps": 0, "max_minutes": 0.0}
-    model = model_from_metadata(path, meta, registry, **{**limits, **overrides})
-    try:  # a run trained without the validation pairs
-        holdout = Holdout.from_dict(found["holdout"])
-    except ValueError as exc:
-        raise UsageError(f"{run.config_path}: field 'extra.holdout': {exc}") from None
-    seed = int(getattr(model.options, "seed", 0))
-    extra_config: dict[str, Any] = {"data_path": data}
-    if holdout is not None:
-        extra_config["holdout"] = holdout.to_dict()
-    return train(model, train_pairs=open_pairs(data, "train", seed=seed, skip_bad=skip_bad,
-                                               holdout=holdout),
-                 test_pairs=open_pairs(data, "test", seed=seed, skip_bad=skip_bad),
-                 run_dir=run.path, registry=registry, resume=True, extra_config=extra_config)
 
 
 def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch.Tensor]],
@@ -194,8 +145,7 @@ def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch
     state: the run is for ``--eval``/``--enhance`` (and as a start for a new run), not
     for ``--resume``. Returns the checkpoint's path.
     """
-    from restorekit._version import __version__
-    from restorekit.engine.checkpoint import capture, first_non_finite, write_checkpoint
+    from restorekit.engine.checkpoint import first_non_finite, write_checkpoint
 
     unknown = sorted(set(state_dicts) - set(model.networks()))
     if unknown:
@@ -213,15 +163,17 @@ def import_weights(model: TrainableModel, state_dicts: dict[str, dict[str, torch
     run = RunDir(run_dir)
     run.prepare(overwrite=overwrite)
     try:
-        tensors, meta = capture(model, optimizers=False)
-        meta.update({"epoch": 0, "step": 0, "step_in_epoch": 0, "converted_from": source,
-                     "restorekit_version": __version__, "torch_version": torch.__version__})
+        state = TrainState(model)
+        state.register_model_parts()
+        tensors, meta = state.capture(training=False)
+        meta["converted_from"] = source
         path = run.checkpoint_path(RunDir.LAST)
         write_checkpoint(path, tensors, meta)
         run.commit_checkpoint(path, best=False, info={"epoch": 0, "step": 0})
         run.write_config({"model": type(model).name, "options": meta["options"],
                           "preprocess": meta["preprocess"], "data": f"converted from {source}",
-                          "restorekit_version": __version__, "extra": {"data_path": None}})
+                          "restorekit_version": meta["restorekit_version"],
+                          "extra": {"data_path": None}})
     finally:
         run.release()
     return path

@@ -46,6 +46,9 @@ def use_fused(optimizers: dict[str, torch.optim.Optimizer]) -> list[str]:
         if can_fuse(opt):
             for group in opt.param_groups:
                 group["fused"], group["foreach"] = True, None
+            # As the constructor sets it for fused=True: fp16's GradScaler then leaves the
+            # inf check to the fused kernel instead of reading it on the host every step.
+            opt._step_supports_amp_scaling = True
             switched.append(name)
     return switched
 

@@ -1,4 +1,7 @@
-"""A run's ``report.html`` and its ``losses.svg``/``metrics.svg`` curves, drawn by hand.
+"""A run's ``report.html`` and its ``losses.svg``/``metrics.svg`` curves (matplotlib).
+
+The charts are inlined in ``report.html`` as SVG (the sample grids are linked from
+``samples/``).
 
 Everything is read back from the run folder through :class:`RunDir` (config, losses,
 metrics, baselines, samples), so a report can be rebuilt for any run folder with
@@ -8,6 +11,7 @@ metrics, baselines, samples), so a report can be rebuilt for any run folder with
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -17,101 +21,59 @@ from typing import Any
 from restorekit.atomic import atomic_write_text
 from restorekit.engine.rundir import RunDir
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
-PANEL_W, PANEL_H = 380, 230
-LEFT, RIGHT, TOP, BOTTOM = 56, 12, 26, 34
 # Keys of a losses.jsonl / metrics.jsonl line that are not curves.
 NOT_CURVES = {"epoch", "step", "time"}
+ARROWS = {True: "↑", False: "↓", None: ""}  # None: a statistic with no better direction
+PANEL_INCHES = (3.8, 2.3)  # one chart panel, 380 x 230 px in a browser
 
 Series = dict[str, list[tuple[float, float]]]
 
 
-def _fmt(value: float) -> str:
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.2e}"
-
-
-def _panel(title: str, series: Series, hlines: Mapping[str, float], x0: int, y0: int,
-           xlabel: str) -> list[str]:
-    """SVG elements of one chart panel whose top-left corner is at (x0, y0)."""
-    out = [f'<g transform="translate({x0},{y0})">',
-           f'<text x="{PANEL_W / 2}" y="16" text-anchor="middle" font-weight="bold">'
-           f'{html.escape(title)}</text>']
-    points = [(x, y) for pts in series.values() for x, y in pts
-              if math.isfinite(x) and math.isfinite(y)]
-    ys = [y for _, y in points] + [v for v in hlines.values() if math.isfinite(v)]
-    if not points:
-        out.append(f'<text x="{PANEL_W / 2}" y="{PANEL_H / 2}" text-anchor="middle" '
-                   f'fill="#888">no data yet</text></g>')
-        return out
-    xmin, xmax = min(x for x, _ in points), max(x for x, _ in points)
-    ymin, ymax = min(ys), max(ys)
-    if xmax == xmin:
-        xmin, xmax = xmin - 1, xmax + 1
-    if ymax == ymin:
-        pad = abs(ymin) * 0.05 or 1.0
-        ymin, ymax = ymin - pad, ymax + pad
-    pw, ph = PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM
-
-    def sx(x: float) -> float:
-        return LEFT + (x - xmin) / (xmax - xmin) * pw
-
-    def sy(y: float) -> float:
-        return TOP + (ymax - y) / (ymax - ymin) * ph
-
-    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" '
-               f'stroke="#999"/>')
-    for value, anchor_y in ((ymax, TOP + 4), (ymin, TOP + ph)):
-        out.append(f'<text x="{LEFT - 4}" y="{anchor_y}" text-anchor="end" '
-                   f'font-size="10">{_fmt(value)}</text>')
-    out.append(f'<text x="{LEFT}" y="{TOP + ph + 14}" font-size="10">{_fmt(xmin)}</text>')
-    out.append(f'<text x="{LEFT + pw}" y="{TOP + ph + 14}" text-anchor="end" '
-               f'font-size="10">{_fmt(xmax)}</text>')
-    out.append(f'<text x="{LEFT + pw / 2}" y="{TOP + ph + 26}" text-anchor="middle" '
-               f'font-size="10">{html.escape(xlabel)}</text>')
-    legend = []
-    for i, (label, value) in enumerate(sorted(hlines.items())):
-        if not math.isfinite(value):
-            continue
-        color = "#777" if i % 2 == 0 else "#bbb"
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{sy(value):.1f}" '
-                   f'y2="{sy(value):.1f}" stroke="{color}" stroke-dasharray="5,4"/>')
-        legend.append((f"{label} {_fmt(value)}", color))
-    for i, (label, pts) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts
-                          if math.isfinite(x) and math.isfinite(y))
-        if len(pts) == 1:
-            x, y = pts[0]
-            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>')
-        else:
-            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
-                       f'points="{coords}"/>')
-        if len(series) > 1:
-            legend.append((label, color))
-    for i, (label, color) in enumerate(legend):
-        out.append(f'<text x="{LEFT + pw - 4}" y="{TOP + 12 + 12 * i}" text-anchor="end" '
-                   f'font-size="10" fill="{color}">{html.escape(label)}</text>')
-    out.append("</g>")
-    return out
-
-
 def svg_charts(panels: Mapping[str, Series], hlines: Mapping[str, Mapping[str, float]]
                | None = None, xlabel: str = "step", columns: int = 2) -> str:
-    """An SVG document with one line chart per panel (``title -> {label: [(x, y)]}``)."""
+    """An SVG document with one line chart per panel (``title -> {label: [(x, y)]}``).
+
+    Drawn with matplotlib's object API (a ``Figure`` of its own, saved by the SVG backend):
+    no pyplot, no global backend or style is touched. ``hlines`` (``title -> {label: y}``)
+    are dashed reference lines. Each curve is an SVG group ``id="curve-LABEL"``, each
+    reference line ``id="reference-LABEL"``.
+    """
+    from matplotlib.figure import Figure
+
     hlines = hlines or {}
     names = list(panels) or ["(none)"]
     cols = max(1, min(columns, len(names)))
     rows = math.ceil(len(names) / cols)
-    width, height = cols * PANEL_W, rows * PANEL_H
-    body: list[str] = []
+    figure = Figure(figsize=(PANEL_INCHES[0] * cols, PANEL_INCHES[1] * rows),
+                    layout="constrained")
     for i, name in enumerate(names):
-        body += _panel(name, panels.get(name, {}), hlines.get(name, {}),
-                       (i % cols) * PANEL_W, (i // cols) * PANEL_H, xlabel)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">\n'
-            f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n")
+        ax = figure.add_subplot(rows, cols, i + 1)
+        ax.set_title(name, fontsize=10, fontweight="bold")
+        ax.tick_params(labelsize=8)
+        series = {label: [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+                  for label, pts in panels.get(name, {}).items()}
+        if not any(series.values()):
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", color="#888",
+                    transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        for label, pts in series.items():
+            xs, ys = zip(*pts, strict=True) if pts else ((), ())
+            (line,) = ax.plot(xs, ys, linewidth=1.5, label=label,
+                              marker="o" if len(pts) == 1 else None)
+            line.set_gid(f"curve-{label}")
+        references = sorted((k, v) for k, v in hlines.get(name, {}).items() if math.isfinite(v))
+        for j, (label, value) in enumerate(references):
+            ax.axhline(value, color="#777" if j % 2 == 0 else "#bbb", linestyle="--",
+                       linewidth=1, label=f"{label} {value:.4g}").set_gid(f"reference-{label}")
+        ax.set_xlabel(xlabel, fontsize=9)
+        if len(series) > 1 or references:
+            ax.legend(fontsize=7)
+    out = io.StringIO()
+    figure.savefig(out, format="svg", metadata={"Date": None})  # no date: same data, same file
+    text = out.getvalue()
+    return text[text.index("<svg"):]  # without the XML prolog, to inline it in HTML
 
 
 def curves(records: list[dict[str, Any]], skip: set[str] | None = None) -> dict[str, Series]:
@@ -129,14 +91,28 @@ def curves(records: list[dict[str, Any]], skip: set[str] | None = None) -> dict[
     return panels
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+class Raw(str):
+    """HTML that :func:`table` shows as is (a link, say)."""
+
+
+def cell(value: Any) -> str:
+    """A table cell's HTML: floats to 4 significant digits, ``None`` as a dash, text escaped."""
+    if value is None:
+        return "–"
+    if isinstance(value, Raw):
+        return value
+    return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table; each value goes through :func:`cell`."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _config_rows(config: Mapping[str, Any]) -> list[list[str]]:
+def _config_rows(config: Mapping[str, Any]) -> list[list[Any]]:
     rows = []
     for key, value in config.items():
         if isinstance(value, Mapping):
@@ -146,28 +122,45 @@ def _config_rows(config: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _metric_table(final: Mapping[str, Any] | None, baselines: Mapping[str, Mapping[str, float]],
-                  higher_is_better: Mapping[str, bool], model_name: str) -> str:
+def _metric_table(final: Mapping[str, Any] | None, baselines: Mapping[str, Mapping[str, Any]],
+                  higher_is_better: Mapping[str, bool | None], model_name: str) -> str:
     names = [n for n in higher_is_better] or sorted(
-        {k for row in baselines.values() for k in row}
-        | {k for k in (final or {}) if k not in NOT_CURVES})
-    header = ["", *(f"{n} {'↑' if higher_is_better.get(n, True) else '↓'}"
+        {k for row in [*baselines.values(), final or {}] for k, v in row.items()
+         if k not in NOT_CURVES and _number(v) is not None})
+    header = ["", *(f"{n} {ARROWS[higher_is_better[n]]}".rstrip()
                     if n in higher_is_better else n for n in names)]
     rows = []
     if final:
         label = f"{model_name} (epoch {final.get('epoch')}, step {final.get('step')})"
-        rows.append([label, *(_cell(final.get(n)) for n in names)])
+        rows.append([label, *(_estimate(final, n) for n in names)])
     for label, values in baselines.items():
-        rows.append([label, *(_cell(values.get(n)) for n in names)])
-    return _table(header, rows) if rows else "<p>No evaluation yet.</p>"
+        rows.append([label, *(_estimate(values, n) for n in names)])
+    if not rows:
+        return "<p>No evaluation yet.</p>"
+    note = ("<p>mean [low, high]: the mean over the evaluation images and its 95 % "
+            "bootstrap interval.</p>" if any(isinstance(c, str) for r in rows for c in r[1:])
+            else "")
+    return table(header, rows) + note
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def _estimate(record: Mapping[str, Any], name: str) -> float | str | None:
+    """A metric's cell: its mean, as ``mean [low, high]`` where the record (a
+    ``metrics.jsonl`` line or a ``baselines.json`` row) holds its interval."""
+    mean = _number(record.get(name))
+    interval = (record.get("intervals") or {}).get(name)
+    if mean is None or not interval:
+        return mean
+    return f"{cell(mean)} [{cell(float(interval[0]))}, {cell(float(interval[1]))}]"
 
 
 def write_report(run: RunDir | str | Path,
-                 higher_is_better: Mapping[str, bool] | None = None) -> Path:
+                 higher_is_better: Mapping[str, bool | None] | None = None) -> Path:
     """Write ``losses.svg``, ``metrics.svg`` and ``report.html`` in the run folder."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     higher_is_better = dict(higher_is_better or {})
@@ -210,7 +203,7 @@ def write_report(run: RunDir | str | Path,
         "<h2>Metric curves</h2>", metrics_svg,
         "<h2>Loss curves</h2>", losses_svg,
         "<h2>Samples</h2>", sample_html,
-        "<h2>Configuration</h2>", _table(["key", "value"], _config_rows(config)),
+        "<h2>Configuration</h2>", table(["key", "value"], _config_rows(config)),
         "</body></html>",
     ]
     atomic_write_text(run.report, "\n".join(parts) + "\n")

@@ -34,18 +34,27 @@ import contextlib
 import json
 import os
 import shutil
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from restorekit.atomic import atomic_copy, atomic_write_text
-from restorekit.engine.checkpoint import SUFFIX, check_resumable, read_checkpoint, sidecar
-from restorekit.errors import CheckpointError, LockError, UsageError
+from restorekit.atomic import atomic_copy, atomic_path, atomic_write_text
+from restorekit.engine.checkpoint import SUFFIX, sidecar, timestamp
+from restorekit.errors import CheckpointError, LockError, UsageError, warn
+
+FICLONE = 0x40049409
+"""Linux's ioctl that makes a file a copy-on-write clone of another (btrfs, XFS, bcachefs)."""
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _clone_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` atomically replaced by an independent copy of ``src``: a copy-on-write clone
+    where the file system makes them (no data written), else a byte copy."""
+    import fcntl
+
+    try:
+        with atomic_path(dst) as tmp, open(src, "rb") as source, open(tmp, "wb") as target:
+            fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+    except OSError:  # no clones on this file system (ext4, tmpfs, ...)
+        atomic_copy(src, dst)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -176,7 +185,7 @@ class RunDir:
 
     def _mark(self) -> None:
         """Write the marker that makes this folder a run restorekit may later clear."""
-        info = {"restorekit_run": True, "created_at": _now(), "pid": os.getpid()}
+        info = {"restorekit_run": True, "created_at": timestamp(), "pid": os.getpid()}
         atomic_write_text(self.marker_path, json.dumps(info) + "\n")
 
     def is_run(self) -> bool:
@@ -224,30 +233,6 @@ class RunDir:
         unique = list(dict.fromkeys(found))
         return [p for p in unique if p.is_file()]
 
-    def resume_checkpoint(self, quiet: bool = False) -> Path:
-        """The newest usable checkpoint (readable, finite); never deletes anything.
-
-        An unusable ``last`` (missing, corrupt, non-finite) is skipped for ``best``, with a
-        warning unless ``quiet``; with none usable, a one-line error.
-        """
-        candidates = self.resume_candidates()
-        if not candidates:
-            raise UsageError(f"--resume: {self.path} has no checkpoint (it stopped before "
-                             f"the first save); start it again with --overwrite")
-        problems = []
-        for path in candidates:
-            try:
-                check_resumable(path, read_checkpoint(path)[1])
-            except CheckpointError as exc:
-                problems.append(str(exc))
-                continue
-            for problem in [] if quiet else problems:
-                print(f"restorekit: warning: {problem}; resuming from {path.name} instead",
-                      file=sys.stderr)
-            return path
-        raise CheckpointError(f"--resume: no usable checkpoint in {self.checkpoints}: "
-                              f"{problems[0]}")
-
     def has_checkpoint(self) -> bool:
         try:
             return self.latest_checkpoint() is not None
@@ -287,9 +272,9 @@ class RunDir:
         except UsageError:
             old = {}
         config = {**config, "run": self.name,
-                  "started_at": old.get("started_at", _now()),
+                  "started_at": old.get("started_at", timestamp()),
                   "resumed_at": list(old.get("resumed_at") or [])
-                  + ([_now()] if resumed else [])}
+                  + ([timestamp()] if resumed else [])}
         atomic_write_text(self.config_path, json.dumps(config, indent=1) + "\n")
 
     def read_baselines(self) -> dict[str, dict[str, float]] | None:
@@ -318,23 +303,30 @@ class RunDir:
 
     # -- checkpoints -----------------------------------------------------------------------
     def commit_checkpoint(self, path: Path, best: bool, info: dict[str, Any]) -> None:
-        """After ``path`` is written: copy it to ``best`` if asked, then move the pointer."""
+        """After ``path`` is written: make it ``best`` too if asked, then move the pointer.
+
+        ``best`` is a file of its own, so that it stays intact whatever happens to ``last``
+        (replaced by the next checkpoint, or damaged: resuming falls back to ``best``). A
+        hard link would share the bytes; instead it is a copy-on-write clone where the
+        file system makes them (btrfs, XFS: no second write of the data), else a copy.
+        """
         if best:
             target = self.checkpoint_path(self.BEST)
-            atomic_copy(path, target)
-            atomic_copy(sidecar(path), sidecar(target))
-        data = {"file": path.name, **info, "saved_at": _now()}
+            _clone_or_copy(path, target)
+            _clone_or_copy(sidecar(path), sidecar(target))
+        data = {"file": path.name, **info, "saved_at": timestamp()}
         atomic_write_text(self.checkpoints / self.POINTER, json.dumps(data, indent=1) + "\n")
 
     # -- creating, locking -----------------------------------------------------------------
-    def prepare(self, resume: bool = False, overwrite: bool = False) -> Path | None:
-        """Lock (and create or clear) the folder for training; the checkpoint to resume from.
+    def prepare(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Lock (and create or clear) the folder for training.
 
-        A non-empty folder needs ``resume`` (the newest usable checkpoint; nothing is
-        deleted; a run made before the marker existed gets it) or ``overwrite`` (only a
-        folder restorekit marked as its run, :meth:`is_marked`, is cleared). The
-        lock is held until :meth:`release`; a folder this call created is removed again by
-        :meth:`release` if no checkpoint was written (a failed start leaves nothing).
+        A non-empty folder needs ``resume`` (it must hold a checkpoint; nothing is deleted;
+        :meth:`resume_candidates` are the files to try; a run made before the marker existed
+        gets it) or ``overwrite`` (only a folder restorekit marked as its run,
+        :meth:`is_marked`, is cleared). The lock is held until :meth:`release`; a folder this
+        call created is removed again by :meth:`release` if no checkpoint was written (a
+        failed start leaves nothing).
         """
         if resume and overwrite:
             raise UsageError("use either --resume or --overwrite, not both")
@@ -353,11 +345,13 @@ class RunDir:
                              f"choose another --name")
         self.lock()
         try:
-            resume_from = None
             if not self.is_empty():
                 self._remove_temp_files()
                 if resume:
-                    resume_from = self.resume_checkpoint()
+                    if not self.resume_candidates():
+                        raise UsageError(f"--resume: {self.path} has no checkpoint (it "
+                                         f"stopped before the first save); start it again "
+                                         f"with --overwrite")
                 elif overwrite:
                     self._clear()
                 else:
@@ -372,7 +366,6 @@ class RunDir:
         except BaseException:
             self.release()
             raise
-        return resume_from
 
     def lock(self) -> None:
         """Take the folder's OS lock (created with the folder if need be).
@@ -402,8 +395,8 @@ class RunDir:
         handle.seek(0)
         previous = handle.read().strip()
         if previous and previous != str(os.getpid()):
-            print(f"restorekit: warning: {self.path}: took over the stale lock of process "
-                  f"{previous}, which is no longer running", file=sys.stderr)
+            warn(f"{self.path}: took over the stale lock of process {previous}, which is no "
+                 f"longer running")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -487,8 +480,9 @@ class RunDir:
         """A checkpoint file from a file, a run folder or its ``checkpoints/`` folder.
 
         For a folder, the newest checkpoint: the model as training left it.
-        ``best.safetensors`` was picked by test-split PSNR, so it is used only when named
-        explicitly (choosing on the test split flatters the scores).
+        ``best.safetensors`` was picked on the evaluation split (the test split of a plain
+        run), so it is used only when named explicitly (choosing on the test split flatters
+        the scores).
         """
         path = Path(path)
         if path.is_file():

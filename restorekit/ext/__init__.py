@@ -1,7 +1,7 @@
 """Fused C++/CUDA kernels for instance-normalised networks (Pix2PixHD's, first of all).
 
 The first use of an op builds (first time, cached afterwards) and loads the extension in
-``restorekit/ext/csrc/`` unless ``RESTOREKIT_EXT=off``; importing this module builds nothing.
+``csrc/`` unless ``RESTOREKIT_EXT=off``; importing this module builds nothing.
 The ops then live under ``torch.ops.restorekit``:
 
 * ``reflection_pad(x)`` / ``reflection_pad_backward(g)``
@@ -37,7 +37,6 @@ from restorekit.ext import _build, _ops, _reference
 from restorekit.ext._build import (
     ExtensionBuildError,
     ExtensionError,
-    ExtensionWarning,
     cache_root,
     mode,
     source_dir,
@@ -49,7 +48,6 @@ __all__ = [
     "ExtensionBuildError",
     "ExtensionError",
     "ExtensionSizeError",
-    "ExtensionWarning",
     "InstanceNormAct",
     "describe",
     "fuse_instance_norms",

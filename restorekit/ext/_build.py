@@ -1,4 +1,4 @@
-"""Building, caching and loading the C++/CUDA sources in ``restorekit/ext/csrc/``.
+"""Building, caching and loading the C++/CUDA sources (``csrc/`` at the top of the checkout).
 
 The build runs once per (sources, torch, flags, CPU, CUDA) combination with
 ``torch.utils.cpp_extension.load`` (ninja) into a cache directory keyed by a hash of all of
@@ -17,7 +17,6 @@ import re
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from restorekit._env import env_choice
-from restorekit.errors import RestorekitError
+from restorekit.errors import RestorekitError, warn
 
 ENV_MODE = "RESTOREKIT_EXT"
 ENV_CACHE = "RESTOREKIT_CACHE"
@@ -52,10 +51,6 @@ class ExtensionBuildError(ExtensionError):
         super().__init__(message)
         self.log = log
         self.log_path = log_path
-
-
-class ExtensionWarning(RuntimeWarning):
-    """RESTOREKIT_EXT=auto fell back to plain PyTorch."""
 
 
 @dataclass
@@ -93,12 +88,14 @@ def mode() -> str:
 
 
 def source_dir() -> Path:
-    """The C++/CUDA sources, shipped inside the package (``restorekit/ext/csrc``).
+    """The C++/CUDA sources: ``csrc/`` beside the package in a checkout (editable install).
 
-    Package data, so that editable installs, wheels and ``pip install .`` all build the
-    same sources on first use.
+    A wheel or ``pip install .`` ships them inside the package as ``restorekit/ext/csrc``
+    (pyproject.toml maps ``csrc/`` there), so every install builds the same sources on first use.
     """
-    return Path(__file__).resolve().parent / "csrc"
+    here = Path(__file__).resolve().parent
+    installed, checkout = here / "csrc", here.parents[1] / "csrc"
+    return checkout if not installed.is_dir() and checkout.is_dir() else installed
 
 
 def cache_root() -> Path:
@@ -306,8 +303,4 @@ def _check_compiler() -> None:
 def warn_fallback(st: BuildState) -> None:
     """One warning line for RESTOREKIT_EXT=auto falling back to plain PyTorch."""
     where = f" (log: {st.log_path})" if st.log_path else ""
-    warnings.warn(
-        f"restorekit extension unavailable, using plain PyTorch: {st.error}{where}",
-        ExtensionWarning,
-        stacklevel=3,
-    )
+    warn(f"restorekit extension unavailable, using plain PyTorch: {st.error}{where}")

@@ -11,38 +11,19 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from restorekit.atomic import atomic_path, atomic_write_text
+from restorekit.engine.report import Raw, cell, table
 from restorekit.engine.rundir import RunDir
 from restorekit.evaluate import DEFAULT_METRICS
-from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label
+from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label, short
 
 REPORT = RunDir.REPORT  # a study folder's report is named like a run folder's
 PICTURES = ("history.png", "importances.png", "intermediate.png", "preprocess.png")
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    if value is None:
-        return ""
-    return html.escape(str(value))
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _cell(c)}</td>"
-                                    for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-class _Raw(str):
-    """HTML that a table cell shows as is."""
 
 
 def _save(draw: Callable[[], Any], path: Path) -> str | None:
@@ -136,11 +117,11 @@ def write_study_report(study: Any, folder: Path) -> Path:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     test = study.user_attrs.get(TEST_ATTR, {})
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>",
-             f"<p>model <b>{_cell(attrs.get('model'))}</b>, preset {_cell(attrs.get('preset'))}"
-             f", objective: validation <b>{_cell(metric)}</b> ("
+             f"<p>model <b>{cell(attrs.get('model'))}</b>, preset {cell(attrs.get('preset'))}"
+             f", objective: validation <b>{cell(metric)}</b> ("
              f"{'higher' if attrs.get('higher_is_better', True) else 'lower'} is better), "
-             f"{attrs.get('mode', 'search')}; data {_cell(attrs.get('data') or 'embedded')}"
-             f", validation split {_cell(json.dumps(attrs.get('holdout')))}; "
+             f"{attrs.get('mode', 'search')}; data {cell(attrs.get('data') or 'embedded')}"
+             f", validation split {cell(json.dumps(attrs.get('holdout')))}; "
              f"{len(trials)} trials: "
              + ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}"
                          for s in TrialState if any(t.state == s for t in trials))
@@ -150,7 +131,7 @@ def write_study_report(study: Any, folder: Path) -> Path:
         parts.append(f"<h2>Best: trial {best.number}, {metric} {best.value:.4f}</h2>")
         params = [[k, v] for k, v in best.params.items()]
         params.append(["preprocess", best.user_attrs.get("preprocess", "") or "none"])
-        parts.append(_table(["parameter", "value"], params))
+        parts.append(table(["parameter", "value"], params))
         parts.append(_scores_table(study))
     parts.append("<h2>Preprocessing</h2>")
     rows = []
@@ -159,7 +140,7 @@ def write_study_report(study: Any, folder: Path) -> Path:
         tested = test.get(str(t.number), {})
         rows.append([spec, t.number, t.value, scores.get("ssim"), scores.get("ciede2000"),
                      tested.get(metric), tested.get("ssim"), tested.get("ciede2000")])
-    parts.append(_table(["pipeline", "trial", f"val {metric}", "val ssim", "val ciede2000",
+    parts.append(table(["pipeline", "trial", f"val {metric}", "val ssim", "val ciede2000",
                          f"test {metric}", "test ssim", "test ciede2000"], rows))
     for name, title in (("history.png", "Optimisation history"),
                         ("importances.png", "Parameter importances"),
@@ -171,7 +152,7 @@ def write_study_report(study: Any, folder: Path) -> Path:
         else:
             parts.append(f"<p>(no picture: {html.escape(notes[name])})</p>")
     parts.append("<h2>All trials</h2>")
-    parts.append(_table(["trial", "state", metric, "seconds", "parameters", "preprocess",
+    parts.append(table(["trial", "state", metric, "seconds", "parameters", "preprocess",
                          "note", "run"], [_trial_row(t, folder) for t in trials]))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>study "
             f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
@@ -193,13 +174,13 @@ def _scores_table(study: Any) -> str:
         tested = test.get(str(t.number), {})
         rows.append([row_label(study, t), *(val.get(n) for n in DEFAULT_METRICS),
                      *(tested.get(n) for n in DEFAULT_METRICS)])
-    return _table(["trial", *(f"val {n}" for n in DEFAULT_METRICS),
-                   *(f"test {n}" for n in DEFAULT_METRICS)], rows)
+    return table(["trial", *(f"val {n}" for n in DEFAULT_METRICS),
+                  *(f"test {n}" for n in DEFAULT_METRICS)], rows)
 
 
 def _trial_row(t: Any, folder: Path) -> list[Any]:
     seconds = t.duration.total_seconds() if t.duration is not None else None
-    params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items()
+    params = ", ".join(f"{k}={short(v)}" for k, v in t.params.items()
                        if not k.startswith("preprocess"))
     note = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned") or ""
     if t.user_attrs.get("baseline"):
@@ -209,11 +190,7 @@ def _trial_row(t: Any, folder: Path) -> list[Any]:
     run = RunDir(folder / TRIALS / f"{t.number:04d}")
     link: Any = ""
     if run.report.is_file():
-        link = _Raw(f'<a href="{TRIALS}/{t.number:04d}/{RunDir.REPORT}">report</a>')
+        link = Raw(f'<a href="{TRIALS}/{t.number:04d}/{RunDir.REPORT}">report</a>')
     value = t.value if t.value is not None else None
     return [t.number, t.state.name, value, None if seconds is None else round(seconds),
             params, t.user_attrs.get("preprocess", "") or "none", note, link]
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

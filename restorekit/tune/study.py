@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from restorekit.api import AnyMetric, TrainableModel
 from restorekit.data import Holdout, PairSet, open_pairs
-from restorekit.engine import TrainResult, load_trained, train, write_report
+from restorekit.engine import TrainJob, TrainResult, load_trained, write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
 from restorekit.plugins import Registry
+from restorekit.tune.pruning import PruningCallback
 from restorekit.tune.space import (
     Space,
     build_space,
@@ -251,38 +252,29 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
             preprocess = Pipeline.parse(pipeline, ctx.registry)
             base = preset_values(ctx.model_cls, s.preset, ctx.space.fixed)
             values = ctx.model_cls.options_from_search(base, params)
-            options = ctx.model_cls.make_options(None, **{**values, **s.limits})
+            # The trial's best checkpoint is chosen by the study's objective.
+            options = ctx.model_cls.make_options(None, **{**values, **s.limits,
+                                                          "best_metric": ctx.metric.name})
             model = ctx.model_cls(options, preprocess)
         except (RestorekitError, ValueError, TypeError) as exc:
             return _failed(trial, f"bad configuration: {one_line(exc)}")
-        from restorekit.engine.checkpoint import capture_options
+        from restorekit.engine.state import capture_options
 
         trial.set_user_attr("preprocess", str(preprocess))
         trial.set_user_attr("config", _trial_config(ctx, capture_options(model), str(preprocess)))
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items()
+        shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items()
                           if not k.startswith("preprocess"))
         _print(f"tune: trial {trial.number}"
                + (" (the preset)" if trial.user_attrs.get("baseline") else "")
                + f": {shown or 'preset values'}; preprocess {str(preprocess) or 'none'!r}")
 
-        def on_evaluate(epoch: int, step: int, metrics: dict[str, float]) -> None:
-            value = metrics.get(ctx.metric.name)
-            if value is None or not math.isfinite(value):
-                return
-            trial.report(value, epoch)
-            trial.set_user_attr("val", metrics)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (step {step}) with "
-                                         f"{ctx.metric.name} {value:.4f}")
-
         started = time.monotonic()
+        job = TrainJob(ctx.registry, data=s.data, holdout=s.holdout,
+                       train_pairs=ctx.train_pairs, eval_pairs=ctx.val_pairs, eval_split="val",
+                       metrics=ctx.metrics, callbacks=[PruningCallback(trial, ctx.metric.name)],
+                       extra={"study": s.study, "trial": trial.number})
         try:
-            result: TrainResult = train(
-                model, train_pairs=ctx.train_pairs, test_pairs=ctx.val_pairs,
-                run_dir=run.path, registry=ctx.registry, overwrite=True,
-                extra_config={"data_path": s.data, "holdout": s.holdout.to_dict(),
-                              "study": s.study, "trial": trial.number},
-                metrics=ctx.metrics, on_evaluate=on_evaluate)
+            result: TrainResult = job.train(model, run, overwrite=True)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("pruned", str(exc))
             _rebuild_report(run, ctx.metrics)
@@ -307,7 +299,7 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
     return objective
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

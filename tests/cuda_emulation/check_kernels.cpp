@@ -1,4 +1,4 @@
-// Runs the CUDA kernels of restorekit/ext/csrc/cuda/kernels.cu, emulated on the CPU
+// Runs the CUDA kernels of csrc/cuda/kernels.cu, emulated on the CPU
 // (emulate.py, cuda_fake.h), against a float64 reference: every launcher, every dtype, pads
 // up to H - 1, one-block and split paths (fake SM counts), misaligned pointers, constant and
 // NaN planes. Usage: check_kernels [which]: 0 all, 1 float, 2 double, 3 half, 4 bfloat16,

@@ -1,4 +1,4 @@
-"""Turn ``restorekit/ext/csrc/cuda/kernels.cu`` into C++ that runs on the CPU.
+"""Turn ``csrc/cuda/kernels.cu`` into C++ that runs on the CPU.
 
 ``cuda_fake.h`` emulates the part of CUDA the kernels use (every thread of a block is a
 ``std::thread``; ``__syncthreads`` and warp shuffles are barriers). This script rewrites each

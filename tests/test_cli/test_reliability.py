@@ -894,3 +894,24 @@ def test_bad_inputs(tick, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert row.words in err and code == (row.code or code), (err, code)
     assert snapshot(tmp_path, skip=("runs", "out")) == before
     assert not list(tmp_path.rglob("*.tmp")), "a temporary file was left behind"
+
+
+# -- the best checkpoint -----------------------------------------------------------------------
+def test_a_best_checkpoint_by_any_metric(tick, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: best was PSNR's alone, so with `--metrics ssim` no best checkpoint was written."""
+    assert train_tick("s", "--metrics", "ssim") == 0
+    out = capsys.readouterr().out
+    run = RunDir(tmp_path / "runs" / "s")
+    best = read_checkpoint(run.checkpoint_path("best"))[1]["best"]
+    assert best["metric"] == "ssim" and best["higher_is_better"] is True and best["step"] == 8
+    assert f"best test ssim during training {best['value']:.4f} at step 8" in out
+    assert train_tick("m", "--metrics", "ssim,mae", "--best-metric", "mae") == 0
+    best = read_checkpoint(RunDir(tmp_path / "runs" / "m").checkpoint_path("best"))[1]["best"]
+    assert best["metric"] == "mae" and best["higher_is_better"] is False
+    capsys.readouterr()
+    assert train_tick("x", "--metrics", "ssim", "--best-metric", "lpips") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "restorekit: error: --best-metric: 'lpips' is not evaluated (metrics: ssim); add it "
+        "to --metrics")
+    assert not (tmp_path / "runs" / "x").exists()

@@ -200,8 +200,10 @@ def test_killed_rank_ends_cleanly_and_resumes_with_one_then_two_processes(
                      "--max-steps", str(saved + 2)]) == 0
     finally:
         os.chdir(cwd)
-    out = capsys.readouterr().out
-    assert f"step {saved}" in out and "saved with 2 process(es) and continues with 1" in out
+    out, err = capsys.readouterr()
+    assert f"step {saved}" in out
+    assert ("restorekit: warning: the run was saved with 2 process(es) and continues with 1: "
+            "the effective batch changes by 1/2") in err
     _, meta = read_checkpoint(checkpoints / "last.safetensors")
     assert (meta["step"], meta["world_size"]) == (saved + 2, 1)
 
@@ -209,7 +211,9 @@ def test_killed_rank_ends_cleanly_and_resumes_with_one_then_two_processes(
     done = launch(work, "run", "pix2pixhd", "--train", "--resume", "--name", "k",
                   "--max-steps", str(saved + 4), "--nproc-per-node", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"step {saved + 2}" in done.stdout and "continues with 2" in done.stdout
+    assert f"step {saved + 2}" in done.stdout
+    assert "restorekit: warning: the run was saved with 1 process(es) and continues with 2" \
+        in done.stderr
     _, meta = read_checkpoint(checkpoints / "last.safetensors")
     assert (meta["step"], meta["world_size"]) == (saved + 4, 2)
     steps = [json.loads(x)["step"] for x in (work / "runs" / "k" / "losses.jsonl").open()]

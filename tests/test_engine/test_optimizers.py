@@ -17,7 +17,7 @@ from test_training import (
 from torch import nn
 
 from restorekit.engine import graphed, optimizers
-from restorekit.engine.trainer import make_step_context, step_function
+from restorekit.engine.step import make_step_context, step_function
 from restorekit.errors import TrainingError, UsageError
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -55,6 +55,40 @@ def test_only_optimizers_with_fused_kernels_switch() -> None:
     assert optimizers.use_fused(opts) == ["adam"]
     assert optimizers.make_capturable(opts) == ["lbfgs"]
     assert opts["adam"].param_groups[0]["capturable"] is True
+
+
+def test_fp16_loss_scaling_with_a_fused_optimizer_reads_nothing_on_the_host() -> None:
+    """Was: an optimiser switched to fused after construction left GradScaler on its path
+    that reads the inf check on the host every step. The fused kernel's own check takes the
+    same steps, bit for bit, the skipped ones included."""
+    from restorekit.engine.step import StepContextImpl
+    from restorekit.testing import HostReads
+
+    def steps(host_check: bool) -> tuple[list[torch.Tensor], list[str]]:
+        net, opt = _adam(fused=True)
+        if host_check:  # what GradScaler did before use_fused marked the optimiser
+            opt._step_supports_amp_scaling = False
+        ctx = StepContextImpl(torch.device("cpu"), {"G": opt}, precision="fp16")
+        ctx.scalers["G"] = torch.amp.GradScaler("cpu", init_scale=2.0**22)
+        gen = torch.Generator().manual_seed(1)
+        with HostReads() as reads:
+            for i in range(12):
+                x = torch.rand(2, 3, 8, 8, generator=gen)
+                with ctx.autocast():
+                    loss = net(x).square().mean() * (1e4 if i == 8 else 1.0)  # overflows
+                ctx.backward_step(loss, "G")
+        # Steps skipped (the scale halved on each) and steps taken.
+        assert 2.0**12 < ctx.scalers["G"].get_scale() < 2.0**20
+        return [p.detach().clone() for p in net.parameters()], [r for _, r in reads.reads]
+
+    start = [p.detach().clone() for p in _adam(fused=True)[0].parameters()]
+    plain, reads = steps(host_check=True)
+    assert not any(torch.equal(a, b) for a, b in zip(start, plain, strict=True))
+    assert len(reads) == 12  # one per step
+    fused, reads = steps(host_check=False)
+    assert reads == []
+    for a, b in zip(plain, fused, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_training_with_and_without_fused_optimizer_agree(tmp_path: Path) -> None:

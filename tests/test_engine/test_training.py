@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,11 @@ from restorekit.engine import (
     read_checkpoint,
     train,
 )
-from restorekit.engine import checkpoint as ckpt
-from restorekit.engine.trainer import StepContextImpl, sample_grid
+from restorekit.engine import checkpoint as container
+from restorekit.engine import state as ckpt
+from restorekit.engine.callbacks import sample_grid
+from restorekit.engine.monitor import CHECK_EVERY
+from restorekit.engine.step import StepContextImpl
 from restorekit.errors import CheckpointError, TrainingError, UsageError
 from restorekit.pipeline import Pipeline
 from restorekit.plugins import Registry
@@ -193,11 +197,40 @@ def test_run_folder_contents(full_run: tuple[Path, TrainResult]) -> None:
         assert im.size == (3 * 32, 2 * 32)
     assert "identity" in json.loads((run_dir / "baselines.json").read_text())
     report = (run_dir / "report.html").read_text()
-    for text in ("psnr", "mae", "identity", "<polyline", "samples/epoch_003.png", "tiny"):
+    for text in ("psnr", "mae", "identity", "samples/epoch_003.png", "tiny"):
         assert text in report, text
-    assert (run_dir / "losses.svg").read_text().startswith("<svg")
-    assert "<polyline" in (run_dir / "metrics.svg").read_text()
-    assert result.best_psnr == max(m["psnr"] for m in metrics)
+    # The charts (matplotlib) are files of their own and inlined in the report, one SVG
+    # group per curve.
+    metrics_svg, losses_svg = ((run_dir / f"{n}.svg").read_text() for n in ("metrics", "losses"))
+    assert metrics_svg.startswith("<svg") and losses_svg.startswith("<svg")
+    assert 'id="curve-psnr"' in metrics_svg and 'id="reference-identity"' in metrics_svg
+    assert 'id="curve-g"' in losses_svg and 'id="curve-d"' in losses_svg
+    assert metrics_svg in report and losses_svg in report
+    assert result.best is not None and result.best.metric == "psnr"
+    assert result.best.value == max(m["psnr"] for m in metrics)
+
+
+def test_evaluations_keep_their_intervals(full_run: tuple[Path, TrainResult]) -> None:
+    """metrics.jsonl and baselines.json hold each mean's 95 % bootstrap interval over the
+    images, and the report shows ``mean [low, high]`` (was: the means alone)."""
+    from restorekit.engine.report import cell
+    from restorekit.evaluate import bootstrap_interval
+
+    run_dir, _ = full_run
+    last = [json.loads(x) for x in (run_dir / "metrics.jsonl").open()][-1]
+    for name in ("psnr", "mae"):
+        low, high = last["intervals"][name]
+        assert low <= last[name] <= high
+    pairs = TinyPairs(3, 1)
+    identity = [_psnr(*pairs.pair(i)) for i in range(len(pairs))]
+    row = json.loads((run_dir / "baselines.json").read_text())["identity"]
+    assert row["psnr"] == pytest.approx(np.mean(identity))
+    assert row["intervals"]["psnr"] == pytest.approx(list(bootstrap_interval(identity)))
+    report = (run_dir / "report.html").read_text()
+    low, high = row["intervals"]["psnr"]
+    assert f"{cell(row['psnr'])} [{cell(low)}, {cell(high)}]" in report
+    low, high = last["intervals"]["mae"]
+    assert f"{cell(last['mae'])} [{cell(low)}, {cell(high)}]" in report
 
 
 def test_checkpoint_is_self_describing(full_run: tuple[Path, TrainResult]) -> None:
@@ -223,8 +256,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     pairs = TinyPairs(2, 0)
     low, high = (torch.from_numpy(x).permute(2, 0, 1)[None] for x in pairs.pair(0))
     a.train_step(low, high, ctx)
-    tensors, meta = ckpt.capture(a)
-    ckpt.write_checkpoint(tmp_path / "c.safetensors", tensors, meta)
+    tensors, meta = ckpt.TrainState(a).capture()
+    container.write_checkpoint(tmp_path / "c.safetensors", tensors, meta)
     b = make()
     b.build(torch.device("cpu"))
     loaded, meta2 = read_checkpoint(tmp_path / "c.safetensors")
@@ -259,6 +292,7 @@ def test_keyboard_interrupt_saves_and_resumes_exactly(
         tmp_path: Path, full_run: tuple[Path, TrainResult]) -> None:
     first = run(tmp_path / "r", make(interrupt_at=5))
     assert first.stopped == "interrupted" and first.step == 5
+    assert not [t for t in threading.enumerate() if t.name == "restorekit-loader"]
     meta = ckpt.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")
     assert (meta["epoch"], meta["step"], meta["step_in_epoch"]) == (1, 5, 2)
     second = run(tmp_path / "r", make(), resume=True)
@@ -277,6 +311,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     model = load_trained(tmp_path / "r" / "checkpoints" / "last.safetensors", REGISTRY,
                          device="cpu")
     assert all(torch.isfinite(p).all() for p in model.G.parameters())
+
+
+class Counted(Tiny):
+    steps = 0
+
+    def train_step(self, low, high, ctx):
+        self.steps = ctx.step + 1
+        return super().train_step(low, high, ctx)
+
+
+@pytest.mark.parametrize(("log_every", "stopped_after"), [(4, 4), (0, CHECK_EVERY)])
+def test_nan_loss_read_later_names_the_step_where_it_went_bad(
+        tmp_path: Path, log_every: int, stopped_after: int) -> None:
+    """Losses are checked on the device and read at the logging cadence (issue 20)."""
+    model = make(Counted, nan_at=2, log_every=log_every, samples_per_epoch=40)
+    with pytest.raises(TrainingError) as info:
+        run(tmp_path / "r", model)
+    assert str(info.value) == ("loss 'g' is nan at epoch 1, step 3; training stopped, no "
+                               "checkpoint was saved yet")
+    assert model.steps == stopped_after
+    assert not (tmp_path / "r" / "checkpoints" / "last.safetensors").exists()
+
+
+def test_nan_loss_at_an_epoch_end_is_never_evaluated_or_saved(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"^loss 'g' is nan at epoch 2, step 5; .*the "
+                                            r"last good checkpoint is .*last.safetensors$"):
+        run(tmp_path / "r", make(nan_at=4, log_every=4))
+    assert ckpt.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")["step"] == 3
+    metrics = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1]
 
 
 def test_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -305,7 +369,7 @@ def test_wrong_model_or_shape_is_refused(tmp_path: Path,
     with pytest.raises(CheckpointError, match="'tiny'.*'other'"):
         ckpt.check_model(source, meta, make(Other))
     meta["options"]["width"] = 5
-    ckpt.write_checkpoint(tmp_path / "w.safetensors", tensors, meta)
+    container.write_checkpoint(tmp_path / "w.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="net.G.0.weight"):
         load_trained(tmp_path / "w.safetensors", REGISTRY, device="cpu")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
@@ -349,7 +413,7 @@ def test_load_trained_from_folder_and_file(full_run: tuple[Path, TrainResult]) -
     for key, value in model.G.state_dict().items():
         assert torch.equal(value, reference[f"net.G.{key}"])
     best = ckpt.read_metadata(run_dir / "checkpoints" / "best.safetensors")
-    assert best["metrics"]["psnr"] == full_run[1].best_psnr
+    assert best["metrics"]["psnr"] == full_run[1].best.value
     image = TinyPairs(1, 5).pair(0)[0][:21, :17]
     assert model.enhance(image).shape == (21, 17, 3)
     last = load_trained(run_dir / "checkpoints" / "last.safetensors", REGISTRY, device="cpu")

@@ -47,7 +47,7 @@ def test_three_trials_on_the_embedded_default_survive_an_interruption(
 
     monkeypatch.setattr(restorekit.tune, "final_evaluation", spying_final)
 
-    train = study_module.train
+    train = study_module.TrainJob.train
     calls = []
 
     def interrupted_second_trial(*args, **kwargs):
@@ -56,7 +56,7 @@ def test_three_trials_on_the_embedded_default_survive_an_interruption(
             raise KeyboardInterrupt  # Ctrl-C twice: out at once
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(study_module, "train", interrupted_second_trial)
+    monkeypatch.setattr(study_module.TrainJob, "train", interrupted_second_trial)
     argv = tune_argv(tiny_space, studies, "--trials", "3")
     assert main(argv) == 130
     assert "Run the same command to continue" in capsys.readouterr().err
@@ -66,7 +66,7 @@ def test_three_trials_on_the_embedded_default_survive_an_interruption(
     assert study_module.counted(study) == 1  # the interrupted trial does not count
     assert "test" not in events
 
-    monkeypatch.setattr(study_module, "train", train)
+    monkeypatch.setattr(study_module.TrainJob, "train", train)
     assert main(argv) == 0  # the same command continues
     out = capsys.readouterr().out
     study = _load(studies)

@@ -73,6 +73,9 @@ class Pix2PixHDOptions(TrainConfig):
         "help": "epochs at the initial learning rate", "range": (0, 50_000)})
     niter_decay: int = field(default=100, metadata={
         "help": "epochs of linear decay to 0", "range": (0, 50_000)})
+    epochs: int = field(default=0, metadata={
+        "help": "training epochs: 0 = niter + niter_decay; N > 0 scales niter and niter_decay "
+                "to N epochs, keeping the share of decay", "range": (0, 100_000)})
     fused: bool = field(default=True, metadata={
         "help": "fused C++/CUDA residual blocks and instance norms in G and D "
                 "(restorekit.ext; RESTOREKIT_EXT)"})
@@ -80,10 +83,11 @@ class Pix2PixHDOptions(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         total = self.niter + self.niter_decay
-        if self.epochs not in (0, total, TrainConfig.epochs):
-            raise UsageError(f"--epochs: Pix2PixHD trains niter + niter_decay = {total} "
-                             "epochs; set --niter and --niter-decay instead")
-        self.epochs = total
+        if self.epochs and self.epochs != total:
+            # --epochs N: the same schedule (share of decay kept) stretched or shrunk to N.
+            self.niter_decay = round(self.epochs * self.niter_decay / total) if total else 0
+            self.niter = self.epochs - self.niter_decay
+        self.epochs = self.niter + self.niter_decay
         if self.netG not in ("global", "local"):
             raise UsageError(f"--netG: expected one of global, local, got {self.netG!r}")
         side = self.min_image_size()

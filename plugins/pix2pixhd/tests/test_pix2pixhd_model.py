@@ -79,8 +79,19 @@ def test_learning_rate_is_constant_then_decays_linearly_to_zero() -> None:
 
 def test_epochs_is_derived_from_niter() -> None:
     assert tiny_options(niter=5, niter_decay=2).epochs == 7
-    with pytest.raises(UsageError, match="--niter"):
-        tiny_options(epochs=3)
+    assert tiny_options(niter=5, niter_decay=2, epochs=7).niter == 5  # a config read back
+
+
+@pytest.mark.parametrize("epochs", [10, 3])  # 10: the engine's default, once overwritten
+def test_explicit_epochs_are_honoured(epochs: int) -> None:
+    from restorekit.cli.run import model_parser
+
+    args = model_parser(Pix2PixHD).parse_args(["--epochs", str(epochs)])
+    overrides = {k: v for k, v in vars(args).items() if k in Pix2PixHDOptions.__dataclass_fields__}
+    options = Pix2PixHD.make_options("quick", **overrides)  # niter 50 + niter_decay 50
+    assert options.epochs == epochs
+    assert Pix2PixHD(options, Pipeline()).num_epochs() == epochs
+    assert (options.niter, options.niter_decay) == (epochs - round(epochs / 2), round(epochs / 2))
 
 
 def test_enhance_keeps_odd_sizes() -> None:

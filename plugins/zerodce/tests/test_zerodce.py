@@ -21,6 +21,7 @@ import torch
 
 from restorekit import plugins
 from restorekit.cli import main
+from restorekit.errors import UsageError
 
 PLUGIN = Path(__file__).resolve().parents[1]
 
@@ -145,6 +146,18 @@ def test_bad_option_is_a_usage_error(installed: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "zerodce", "--train", "--crop-size", "8", "--runs-dir", "r"]) == 2
     assert "--crop-size" in capsys.readouterr().err
+
+
+def test_bad_precision_is_refused(installed: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from zerodce_plugin.model import ZeroDCEOptions
+
+    assert main(["run", "zerodce", "--train", "--precision", "bogus", "--runs-dir", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("restorekit: error: --precision: expected one of auto, fp32, bf16, fp16, "
+                   "got 'bogus'")
+    with pytest.raises(UsageError, match="--precision"):  # the engine's own check runs too
+        ZeroDCEOptions(precision="bogus")
 
 
 @pytest.mark.slow

@@ -98,7 +98,7 @@ class ZeroDCEOptions(TrainConfig):
                                                         "range": (0.0, 1.0)})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # the engine's checks (precision)
         if self.crop_size < self.patch:
             raise UsageError(f"--crop-size ({self.crop_size}) must be at least --patch "
                              f"({self.patch})")

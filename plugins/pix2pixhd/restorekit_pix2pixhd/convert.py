@@ -1,10 +1,12 @@
-"""``restorekit convert``: NVIDIA pix2pixHD checkpoints into a restorekit run folder.
+"""``restorekit convert pix2pixhd``: NVIDIA pix2pixHD checkpoints into a restorekit run folder.
 
-NVIDIA's ``train.py`` saves ``{which}_net_G.pth`` and ``{which}_net_D.pth``
-(``torch.save(net.state_dict())``) in its checkpoints folder. Their state-dict names match
-the networks of the model (``G`` and ``D`` of ``pix2pixhd``), so the weights are read with
-``torch.load(weights_only=True)`` (no arbitrary unpickling) and written as safetensors.
-Give the model options the NVIDIA run used (``--netG local --ngf 32 ...``, or a preset).
+The plugin registers the command through ``register_commands``: NVIDIA's file naming is
+this model's business, not the core's. NVIDIA's ``train.py`` saves ``{which}_net_G.pth``
+and ``{which}_net_D.pth`` (``torch.save(net.state_dict())``) in its checkpoints folder.
+Their state-dict names match the networks of the model (``G`` and ``D``), so the weights
+are read with ``torch.load(weights_only=True)`` (no arbitrary unpickling) and written as
+safetensors. Give the model options the NVIDIA run used (``--netG local --ngf 32 ...``,
+or a preset).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import argparse
 import typing
 from pathlib import Path
 
-from restorekit.api import Command, TrainableModel
-from restorekit.cli._common import PROG, Parser, lookup
+from restorekit import Command
+from restorekit.cli import PROG, Parser
 from restorekit.errors import CheckpointError, UsageError, one_line
-from restorekit.plugins import Registry
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="the restorekit model, e.g. pix2pixhd")
+    parser.add_argument("model", help="the restorekit model: pix2pixhd")
     parser.add_argument("source", type=Path,
                         help="NVIDIA checkpoints folder holding latest_net_G.pth "
                              "(and latest_net_D.pth)")
@@ -61,20 +62,21 @@ def read_state_dict(path: Path) -> dict[str, typing.Any]:
     return state
 
 
-def run(args: argparse.Namespace, registry: Registry) -> int:
+def run(args: argparse.Namespace, registry: typing.Any) -> int:
     from restorekit.engine import build_model, import_weights
+    from restorekit_pix2pixhd.model import Pix2PixHD
 
-    model_cls = lookup(registry.model, args.model, "convert")
-    if not model_cls.trainable:
-        raise UsageError(f"convert: model {args.model!r} has no networks to load")
+    if args.model != Pix2PixHD.name:
+        raise UsageError(f"convert: NVIDIA pix2pixHD checkpoints convert into model "
+                         f"{Pix2PixHD.name!r}, not {args.model!r}")
+    model_cls = Pix2PixHD
     parser, names = _options_parser(model_cls)
     opts = parser.parse_args(args.options)
     overrides = {n: getattr(opts, n) for n in names if hasattr(opts, n)}
     if not args.source.is_dir():
         raise UsageError(f"{args.source}: not a folder")
-    model = typing.cast(TrainableModel, model_cls(
-        model_cls.make_options(opts.preset, **{**overrides, "device": "cpu"}),
-        _pipeline(model_cls, registry)))
+    model = model_cls(model_cls.make_options(opts.preset, **{**overrides, "device": "cpu"}),
+                      _pipeline(model_cls, registry))
     import torch
 
     build_model(model, torch.device("cpu"))
@@ -96,11 +98,11 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def _pipeline(model_cls: type, registry: Registry) -> typing.Any:
+def _pipeline(model_cls: type, registry: typing.Any) -> typing.Any:
     from restorekit.pipeline import Pipeline
 
     return Pipeline.parse(model_cls.default_preprocess, registry)
 
 
 COMMAND = Command("convert", "import NVIDIA pix2pixHD checkpoints (latest_net_G.pth) as a "
-                  "run folder", configure, run)
+                  "pix2pixhd run folder", configure, run)

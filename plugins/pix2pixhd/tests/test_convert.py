@@ -58,3 +58,17 @@ def test_convert_refuses_mismatched_options_and_pickles(tmp_path: Path, monkeypa
     torch.save({"weights": object()}, evil / "latest_net_G.pth")
     assert main(["convert", "pix2pixhd", str(evil), "-o", str(tmp_path / "r2"), *QUICK]) == 1
     assert "weights-only" in capsys.readouterr().err
+
+
+def test_convert_is_the_pix2pixhd_plugins_command(tmp_path: Path, monkeypatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from restorekit.cli.commands import COMMANDS
+
+    assert "convert" not in [c.name for c in COMMANDS]  # not a core command any more
+    assert get_registry().owners["commands"]["convert"] == "pix2pixhd"
+    nvidia_checkpoints(tmp_path / "nvidia")
+    assert main(["convert", "classic", str(tmp_path / "nvidia"), "-o", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "restorekit: error: convert: NVIDIA pix2pixHD checkpoints convert into model "
+        "'pix2pixhd', not 'classic'")
+    assert not (tmp_path / "r").exists()
