@@ -404,6 +404,11 @@ class TrainableModel(Model):
         of the weights. Saved, resumed and loaded with the weights; {} by default."""
         return {}
 
+    def use_raw_weights(self) -> bool:
+        """Evaluate and enhance with the trained weights themselves instead of an average
+        of them (``run --raw-weights``); False when the model keeps no average."""
+        return False
+
     def num_epochs(self) -> int:
         """Total number of training epochs."""
         return int(self.options.epochs)

@@ -84,6 +84,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         raise UsageError(f"run {name}: --tta goes with --eval or --enhance")
     if margs.score and not margs.enhance:
         raise UsageError(f"run {name}: --score goes with --enhance (--eval always scores)")
+    if getattr(margs, "raw_weights", False) and margs.train:
+        raise UsageError(f"run {name}: --raw-weights goes with --eval or --enhance")
     margs.argv = ["run", args.model, *args.rest]
     from restorekit.engine.allocator import keep_freed_memory
 
@@ -195,6 +197,9 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
         t.add_argument("--checkpoint", type=Path, default=None, metavar="RUN_OR_FILE",
                        help="--eval/--enhance: a run folder or a .safetensors checkpoint "
                             "(default: the newest run of this model)")
+        t.add_argument("--raw-weights", action="store_true",
+                       help="--eval/--enhance: the trained weights themselves, not their "
+                            "moving average (a model trained with --ema)")
         t.add_argument("--tile", type=number(int, "--tile", (0, MAX_TILE)), default=0,
                        help="--enhance: process images in overlapping tiles of this size "
                             f"(64 to {MAX_TILE}; 0 = whole images)")
@@ -458,6 +463,9 @@ def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,
     if type(model).name != model_cls.name:
         raise UsageError(f"--checkpoint: {checkpoint} holds a {type(model).name!r} model, "
                          f"not {model_cls.name!r}")
+    if args.raw_weights and not model.use_raw_weights():
+        raise UsageError(f"--raw-weights: {checkpoint} keeps no moving average of its "
+                         f"weights (trained without --ema); its weights are the raw ones")
     return model
 
 

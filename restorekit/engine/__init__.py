@@ -14,6 +14,7 @@ from restorekit.data.tiling import enhance_tiled
 from restorekit.engine.allocator import keep_freed_memory
 from restorekit.engine.callbacks import Callback
 from restorekit.engine.config import TrainConfig, resolve_device
+from restorekit.engine.ema import WeightEMA
 from restorekit.engine.job import (
     RESUME_OVERRIDABLE,
     TrainJob,
@@ -41,6 +42,7 @@ __all__ = [
     "TrainState",
     "TrainResult",
     "Trainer",
+    "WeightEMA",
     "build_model",
     "enhance_tiled",
     "find_checkpoint",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from restorekit import Choice, FloatRange, IntRange, SearchRange, StepContext, TrainableModel
-from restorekit.engine import TrainConfig
+from restorekit.engine import TrainConfig, WeightEMA
 from restorekit.errors import UsageError
 from restorekit_pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss
 from restorekit_pix2pixhd.networks import (
@@ -76,6 +76,10 @@ class Pix2PixHDOptions(TrainConfig):
     epochs: int = field(default=0, metadata={
         "help": "training epochs: 0 = niter + niter_decay; N > 0 scales niter and niter_decay "
                 "to N epochs, keeping the share of decay", "range": (0, 100_000)})
+    ema: float = field(default=0.0, metadata={
+        "help": "decay of an exponential moving average of G's weights, updated after each "
+                "G step, saved in the checkpoints and used for evaluation and --enhance "
+                "('run --raw-weights': G itself); 0 = off", "range": (0.0, 1.0, "[)")})
     fused: bool = field(default=True, metadata={
         "help": "fused C++/CUDA residual blocks and instance norms in G and D "
                 "(restorekit.ext; RESTOREKIT_EXT)"})
@@ -178,6 +182,9 @@ class Pix2PixHD(TrainableModel):
         if o.fused:
             set_fused(self.netG, True)
             set_fused(self.netD, True)
+        # After set_fused: the average is a copy of G as it runs.
+        self.ema = WeightEMA(self.netG, o.ema) if o.ema > 0 else None
+        self.raw_weights = False
         betas = (o.beta1, 0.999)
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=o.lr, betas=betas)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=o.lr, betas=betas)
@@ -195,6 +202,13 @@ class Pix2PixHD(TrainableModel):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.optG, "D": self.optD}
+
+    def stateful(self) -> dict[str, Any]:
+        return {"ema_G": self.ema} if self.ema is not None else {}
+
+    def use_raw_weights(self) -> bool:
+        self.raw_weights = self.ema is not None
+        return self.raw_weights
 
     # -- schedule ----------------------------------------------------------------------------
     def learning_rate(self, epoch: int) -> float:
@@ -235,6 +249,8 @@ class Pix2PixHD(TrainableModel):
                 losses["G_L1"] = F.l1_loss(fake_b, real_b) * o.lambda_l1
             loss_g = sum(losses.values())
         ctx.backward_step(loss_g, "G")
+        if self.ema is not None:
+            self.ema.update()
         self.netD.requires_grad_(True)
 
         with ctx.autocast():
@@ -247,5 +263,7 @@ class Pix2PixHD(TrainableModel):
 
     # -- inference ---------------------------------------------------------------------------
     def enhance_tensor(self, low: torch.Tensor) -> torch.Tensor:
-        out = run_generator(self.netG, low * 2 - 1)
+        """G's output, or its weight average's (``--ema``) unless :meth:`use_raw_weights`."""
+        net = self.netG if self.ema is None or self.raw_weights else self.ema.module
+        out = run_generator(net, low * 2 - 1)
         return ((out.float() + 1) / 2).clamp(0, 1)

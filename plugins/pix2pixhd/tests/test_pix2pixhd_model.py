@@ -188,3 +188,49 @@ def test_resize_upsampling_trains() -> None:
     assert "model.11.conv.weight" in model.netG.state_dict()
     with pytest.raises(UsageError, match="--upsample"):
         tiny_options(upsample="deconv")
+
+
+def test_ema_resumes_exactly_and_is_what_eval_and_enhance_use(
+        lol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--ema: the average of G is saved in every checkpoint, resumed bit-exactly, and used
+    by --eval/--enhance unless --raw-weights."""
+    runs = tmp_path / "runs"
+    common = ["run", "pix2pixhd", "--train", "--data", str(lol), "--runs-dir", str(runs),
+              "--device", "cpu", *TINY, "--ema", "0.5"]
+    assert main([*common, "--name", "full"]) == 0
+    assert main([*common, "--name", "cut", "--max-steps", "3"]) == 0
+    assert main(["run", "pix2pixhd", "--train", "--resume", "--name", "cut",
+                 "--runs-dir", str(runs)]) == 0
+    full, cut = weights(runs / "full"), weights(runs / "cut")
+    averaged = [k for k in full if k.startswith("part.ema_G.")]
+    assert averaged and full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full if not k.startswith("rng."))
+    assert any(not torch.equal(full[k], full["net.G." + k.removeprefix("part.ema_G.")])
+               for k in averaged)
+
+    from restorekit.engine import load_trained
+    from restorekit.plugins import get_registry
+
+    model = load_trained(runs / "full", get_registry(), device="cpu")
+    low = torch.rand(1, 3, 32, 32) * 0.2
+    with torch.no_grad():
+        ema_out = model.enhance_tensor(low)
+        assert torch.equal(ema_out, ((model.ema.module(low * 2 - 1) + 1) / 2).clamp(0, 1))
+        assert model.use_raw_weights()
+        assert not torch.equal(model.enhance_tensor(low), ema_out)
+
+    scores = {}
+    for extra in ([], ["--raw-weights"]):
+        capsys.readouterr()
+        assert main(["run", "pix2pixhd", "--eval", "--checkpoint", str(runs / "full"),
+                     "--data", str(lol), "--json", *extra]) == 0
+        scores[len(extra)] = json.loads(capsys.readouterr().out)["rows"]["pix2pixhd"]["psnr"]
+    assert scores[0] != scores[1]
+
+    assert main([*common[:-2], "--name", "plain", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", "pix2pixhd", "--eval", "--checkpoint", str(runs / "plain"),
+                 "--data", str(lol), "--raw-weights"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"restorekit: error: --raw-weights: {runs / 'plain'} keeps no moving average of its "
+        f"weights (trained without --ema); its weights are the raw ones")
