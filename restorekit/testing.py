@@ -22,6 +22,7 @@ wait for a GPU), e.g. to check that a training step never does.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -167,6 +168,30 @@ class _DispatchReads(TorchDispatchMode):
         if packet is torch.ops.aten.copy_:
             return args[0].device.type == "cpu" and args[1].device.type != "cpu"
         return False
+
+
+class Hung(BaseException):
+    """Raised by :func:`deadline` (a BaseException: the CLI's last-resort handler, which
+    catches ``Exception``, must not turn it into an error line)."""
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail with :class:`Hung` instead of hanging (e.g. blocked opening a FIFO): SIGALRM
+    interrupts the main thread after ``seconds``; a no-op where there is no SIGALRM."""
+    def expire(signum: int, frame: object) -> None:
+        raise Hung(f"still running after {seconds} s (blocked opening a FIFO?)")
+
+    if not hasattr(signal, "SIGALRM"):  # not POSIX: no FIFOs either
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def make_venv(path: str | Path, with_pip: bool = True) -> Path:

@@ -7,15 +7,13 @@ options, checkpoints and outputs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -347,29 +345,6 @@ def test_two_inputs_for_one_output_name(tick, tmp_path: Path,
     assert not (tmp_path / "o").exists()
 
 
-class Hung(BaseException):
-    """Raised by :func:`deadline` (a BaseException: the CLI's last-resort handler, which
-    catches ``Exception``, must not turn it into an error line)."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail instead of hanging: SIGALRM interrupts a blocked ``open()`` of a FIFO."""
-    def expire(signum: int, frame: object) -> None:
-        raise Hung(f"still running after {seconds} s (blocked opening a FIFO?)")
-
-    if not hasattr(signal, "SIGALRM"):  # not POSIX: no FIFOs either
-        yield
-        return
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _special_files(root: Path) -> None:
     """in/fifo.png (a FIFO), in/socket.png (a bound AF_UNIX socket), in/null.png (a link
     to /dev/null, a character device), beside a real in/a.png; cwd is ``root``."""
@@ -391,7 +366,7 @@ def test_special_files_are_refused_not_opened(tick, tmp_path: Path,
     """Was: `mkfifo in/fifo.png` hung `preprocess` and `--enhance` forever in open()."""
     _special_files(tmp_path)
     before = snapshot(tmp_path)
-    with deadline(60):
+    with testing.deadline(60):
         for name, kind in SPECIAL.items():
             path = Path("in") / name
             for argv in (["preprocess", str(path), "-o", "out", "--preprocess", "gamma"],
@@ -885,7 +860,7 @@ def test_bad_inputs(tick, tmp_path: Path, capsys: pytest.CaptureFixture[str],
             setup(tmp_path)
     before = snapshot(tmp_path, skip=("runs", "out"))
     capsys.readouterr()
-    with deadline(60):  # a FIFO input hung in open() forever (each row takes about 1 s)
+    with testing.deadline(60):  # a FIFO input hung in open() forever (each row takes about 1 s)
         code = main(argv)
     err = capsys.readouterr().err
     assert code != 0, err

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ from PIL import Image as PILImage
 
 from restorekit.data import io, list_images, read_image, to_image, to_tensor, write_image
 from restorekit.errors import DataError, ImageReadError, UsageError
+from restorekit.testing import deadline
 
 
 def _random_image(h: int = 24, w: int = 36, seed: int = 0) -> np.ndarray:
@@ -389,28 +387,6 @@ def test_tiff_colour_spaces(tmp_path: Path) -> None:
 
 
 # -- only regular files are opened (issue 19) ---------------------------------------------------
-class Hung(BaseException):
-    """Raised by :func:`deadline` (a BaseException, so no ``except Exception`` hides it)."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail instead of hanging: SIGALRM interrupts a blocked ``open()`` of a FIFO."""
-    def expire(signum: int, frame: object) -> None:
-        raise Hung(f"still running after {seconds} s (blocked opening a FIFO?)")
-
-    if not hasattr(signal, "SIGALRM"):  # not POSIX: no FIFOs either
-        yield
-        return
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def special_files(folder: Path) -> dict[str, str]:
     """A FIFO, a socket and a link to /dev/null named like images in ``folder``: the name
     -> the kind the error line names."""
