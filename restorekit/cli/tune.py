@@ -17,6 +17,8 @@ from restorekit.errors import UsageError
 from restorekit.plugins import Registry
 
 STUDIES_DIR = Path("studies")
+DEFAULT_TOP = 3
+"""How many of the best trials of a search ``--repeats`` trains again."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="TOML or JSON file narrowing or fixing the declared search space")
     w.add_argument("--grid-preprocess", default=None, metavar="SPECS",
                    help="preprocessing ablation: the preset once per pipeline, e.g. "
-                        "\"none;autogamma;clahe;autogamma,denoise\"")
+                        "\"none;autogamma;clahe;autogamma,denoise\" (with --repeats K: "
+                        "each pipeline with the same K seeds, the preset's hyperparameters)")
+    k = parser.add_argument_group("repeats after the search")
+    k.add_argument("--repeats", type=number(int, "--repeats", (0, 1000)), default=0,
+                   metavar="K",
+                   help="train the top trials and the preset (or every pipeline of "
+                        "--grid-preprocess) again with the same K seeds each (derived from "
+                        "--seed), and report paired 95 %% intervals and a verdict")
+    k.add_argument("--repeat-top", type=number(int, "--repeat-top", (1, 1000)), default=None,
+                   metavar="N",
+                   help=f"with --repeats: how many of the best trials of a search are "
+                        f"repeated (default {DEFAULT_TOP})")
     d = parser.add_argument_group("data")
     d.add_argument("--data", type=Path, default=None,
                    help="paired data folder (default: the embedded low-light set)")
@@ -85,6 +98,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     if args.report or args.export_best:
         if args.model:
             raise UsageError("tune: --report/--export-best take a study, not a model")
+        if args.repeats or args.repeat_top is not None:
+            raise UsageError("--repeats: give it with the command that runs the study "
+                             "(MODEL ...), not with --report/--export-best")
         name = args.report or args.export_best
         study = tune.load_study(name, args.storage, args.studies_dir)
         if args.export_best:
@@ -121,6 +137,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         limits=limits)
     if args.trials < 0 or (args.trials == 0 and grid is None):
         raise UsageError("tune: --trials N (N > 0) is needed")
+    if args.repeat_top is not None and (grid is not None or not args.repeats):
+        raise UsageError("--repeat-top: only with --repeats K in a search (a "
+                         "--grid-preprocess ablation repeats every pipeline)")
     keep_freed_memory()
     try:
         study = tune.run_study(settings, registry)
@@ -133,12 +152,21 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
 
 def _finish(study: Any, registry: Registry, args: argparse.Namespace, final: bool) -> int:
     from restorekit import tune
+    from restorekit.tune import repeats
     from restorekit.tune.study import ATTR, study_folder
 
     attrs = study.user_attrs.get(ATTR, {})
+    folder = study_folder(study, args.studies_dir)
+    device = args.device or "auto"
     if final:
         if tune.is_finished(study, args.trials or 0):
-            tune.final_evaluation(study, registry, device=args.device or "auto")
+            if args.repeats:  # validation only; the test split after all of them
+                repeats.run_repeats(study, registry, folder, args.repeats,
+                                    args.repeat_top or DEFAULT_TOP, args.seed,
+                                    skip_bad=args.skip_bad, device=device)
+            tune.final_evaluation(study, registry, device=device)
+            repeats.evaluate_tests(study, registry, device=device)
+            repeats.classic_evaluation(study, registry)
         else:
             print(f"{PROG}: tune: trials are still running in another worker (or "
                   f"--timeout ended this one early); the test split is evaluated when the "
@@ -146,13 +174,17 @@ def _finish(study: Any, registry: Registry, args: argparse.Namespace, final: boo
                   file=sys.stderr)
     elif tune.is_finished(study, 0):
         tune.final_evaluation(study, registry)
-    folder = study_folder(study, args.studies_dir)
+        repeats.evaluate_tests(study, registry)
+        repeats.classic_evaluation(study, registry)
     report = tune.write_study_report(study, folder)
     text = tune.tables(study, registry)
     if text:
         print(text)
     if attrs.get("mode") == "grid":
         print("(preprocessing ablation: the same configuration once per pipeline)")
+    more = repeats.summary_text(study, registry)
+    if more:
+        print(more)
     print(f"report: {report}")
     return 0
 

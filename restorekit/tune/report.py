@@ -20,10 +20,13 @@ from restorekit.atomic import atomic_path, atomic_write_text
 from restorekit.engine.report import Raw, cell, table
 from restorekit.engine.rundir import RunDir
 from restorekit.evaluate import DEFAULT_METRICS
+from restorekit.tune import repeats
 from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label, short
 
 REPORT = RunDir.REPORT  # a study folder's report is named like a run folder's
 PICTURES = ("history.png", "importances.png", "intermediate.png", "preprocess.png")
+IMPORTANCE_TRIALS = 10
+"""Parameter importances are drawn from this many complete trials on (fewer say nothing)."""
 
 
 def _save(draw: Callable[[], Any], path: Path) -> str | None:
@@ -103,18 +106,19 @@ def write_study_report(study: Any, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     attrs = study.user_attrs.get(ATTR, {})
     metric = attrs.get("metric", "value")
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     notes = {
         "history.png": _save(lambda: plots.plot_optimization_history(study,
                                                                      target_name=metric),
                              folder / "history.png"),
         "importances.png": _save(lambda: plots.plot_param_importances(study),
-                                 folder / "importances.png"),
+                                 folder / "importances.png")
+        if len(complete) >= IMPORTANCE_TRIALS else _no_importances(folder, len(complete)),
         "intermediate.png": _save(lambda: plots.plot_intermediate_values(study),
                                   folder / "intermediate.png"),
         "preprocess.png": _save(_preprocess_chart(study, metric), folder / "preprocess.png"),
     }
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     test = study.user_attrs.get(TEST_ATTR, {})
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>",
              f"<p>model <b>{cell(attrs.get('model'))}</b>, preset {cell(attrs.get('preset'))}"
@@ -129,21 +133,30 @@ def write_study_report(study: Any, folder: Path) -> Path:
     if complete:
         best = study.best_trial
         parts.append(f"<h2>Best: trial {best.number}, {metric} {best.value:.4f}</h2>")
-        params = [[k, v] for k, v in best.params.items()]
-        params.append(["preprocess", best.user_attrs.get("preprocess", "") or "none"])
-        parts.append(table(["parameter", "value"], params))
+        parts.append(_best_table(study, best))
         parts.append(_scores_table(study))
+    parts += _repeats_section(study)
     parts.append("<h2>Preprocessing</h2>")
+    if attrs.get("mode") == "grid":
+        parts.append("<p>An ablation: every pipeline with the preset's hyperparameters.</p>")
+    else:
+        parts.append("<p>In a search each pipeline's row is the best trial that used it, "
+                     "with its own hyperparameters: pipeline effects are confounded with "
+                     "hyperparameters (an ablation that isolates preprocessing: "
+                     "<code>--grid-preprocess</code> with <code>--repeats</code>).</p>")
     rows = []
     for spec, t in preprocess_rows(study):
         scores = t.user_attrs.get("val", {})
         tested = test.get(str(t.number), {})
-        rows.append([spec, t.number, t.value, scores.get("ssim"), scores.get("ciede2000"),
-                     tested.get(metric), tested.get("ssim"), tested.get("ciede2000")])
+        rows.append([spec, t.number, _score(scores, metric), _score(scores, "ssim"),
+                     _score(scores, "ciede2000"), _score(tested, metric),
+                     _score(tested, "ssim"), _score(tested, "ciede2000")])
     parts.append(table(["pipeline", "trial", f"val {metric}", "val ssim", "val ciede2000",
                          f"test {metric}", "test ssim", "test ciede2000"], rows))
+    parts += _classic_section(study)
     for name, title in (("history.png", "Optimisation history"),
-                        ("importances.png", "Parameter importances"),
+                        ("importances.png",
+                         f"Parameter importances ({len(complete)} complete trials)"),
                         ("intermediate.png", "Validation during training (pruning)"),
                         ("preprocess.png", "Preprocessing pipelines")):
         parts.append(f"<h2>{title}</h2>")
@@ -172,10 +185,79 @@ def _scores_table(study: Any) -> str:
     for t in reported_trials(study):
         val = t.user_attrs.get("val", {})
         tested = test.get(str(t.number), {})
-        rows.append([row_label(study, t), *(val.get(n) for n in DEFAULT_METRICS),
-                     *(tested.get(n) for n in DEFAULT_METRICS)])
+        rows.append([row_label(study, t), *(_score(val, n) for n in DEFAULT_METRICS),
+                     *(_score(tested, n) for n in DEFAULT_METRICS)])
     return table(["trial", *(f"val {n}" for n in DEFAULT_METRICS),
-                  *(f"test {n}" for n in DEFAULT_METRICS)], rows)
+                  *(f"test {n}" for n in DEFAULT_METRICS)], rows) + _INTERVAL_NOTE
+
+
+_INTERVAL_NOTE = ("<p>[low, high]: 95 % bootstrap interval of the mean over the images, where "
+                  "the record has one.</p>")
+
+
+def _score(record: dict[str, Any], name: str) -> Any:
+    """``mean [low, high]`` of a record with ``intervals`` (an evaluation's record), else
+    the plain value (or None)."""
+    value = record.get(name)
+    interval = (record.get("intervals") or {}).get(name)
+    if value is None or not interval:
+        return value
+    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _best_table(study: Any, best: Any) -> str:
+    """The best trial's option values beside the preset's, from their stored
+    configurations: the searched options and every option where they differ."""
+    preset = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")
+              and t.user_attrs.get("config")]
+    mine = best.user_attrs.get("config") or {}
+    theirs = preset[0].user_attrs["config"] if preset else {}
+    options, other = mine.get("options", {}), theirs.get("options", {})
+    searched = set(study.user_attrs.get(ATTR, {}).get("space", {}).get("model", {}))
+    names = [k for k in options if k in searched or (other and other.get(k) != options[k])]
+    rows = [[k, short(options[k]), short(other[k]) if k in other else None] for k in names]
+    rows.append(["preprocess", mine.get("preprocess") or "none",
+                 (theirs.get("preprocess") or "none") if theirs else None])
+    extra = [f"{k}={short(v)}" for k, v in best.params.items()
+             if k not in options and not k.startswith("preprocess")]
+    note = f"<p>searched as: {html.escape(', '.join(extra))}</p>" if extra else ""
+    header = f"the preset (trial {preset[0].number})" if preset else "the preset"
+    return table(["option", f"trial {best.number}", header], rows) + note
+
+
+def _no_importances(folder: Path, complete: int) -> str:
+    (folder / "importances.png").unlink(missing_ok=True)
+    return (f"parameter importances need at least {IMPORTANCE_TRIALS} complete trials; this "
+            f"study has {complete}")
+
+
+def _classic_section(study: Any) -> list[str]:
+    classic = study.user_attrs.get(repeats.CLASSIC_ATTR)
+    if not classic:
+        return []
+    rows = [[label, *(_score(classic[split].get(label, {}), n)
+                      for split in ("val", "test") for n in DEFAULT_METRICS)]
+            for label in classic.get("pipelines", {})]
+    return ["<h2>Classic baselines</h2>",
+            "<p>Each pipeline alone (the <code>classic</code> model, nothing learned), on the "
+            "validation and the test split.</p>",
+            table(["baseline", *(f"val {n}" for n in DEFAULT_METRICS),
+                   *(f"test {n}" for n in DEFAULT_METRICS)], rows) + _INTERVAL_NOTE]
+
+
+def _repeats_section(study: Any) -> list[str]:
+    if repeats.plan(study) is None:
+        return []
+    parts = ["<h2>Repeats</h2>"]
+    line = repeats.verdict(study)
+    parts.append(f"<p><b>Verdict:</b> {html.escape(line)}</p>" if line else
+                 "<p>No verdict yet: the repeats are not done.</p>")
+    for split, name in repeats.SPLITS.items():
+        header, body = repeats.table_rows(study, split)
+        if body:
+            parts += [f"<h3>{name}</h3>", table(header, body)]
+    parts += [f"<p>{html.escape(n)}</p>" for n in repeats.notes(study)]
+    return parts
 
 
 def _trial_row(t: Any, folder: Path) -> list[Any]:

@@ -497,7 +497,7 @@ def final_evaluation(study: Any, registry: Registry, device: str = "auto") -> di
             continue
         model = load_trained(run, registry, device=device)
         scores[str(t.number)] = evaluate.evaluate(test, model.enhance, metrics,
-                                                  desc=f"test, trial {t.number}")
+                                                  desc=f"test, trial {t.number}").record()
     study.set_user_attr(TEST_ATTR, scores)
     return scores
 
