@@ -170,7 +170,8 @@ def _finish(study: Any, registry: Registry, args: argparse.Namespace, final: boo
         else:
             print(f"{PROG}: tune: trials are still running in another worker (or "
                   f"--timeout ended this one early); the test split is evaluated when the "
-                  f"study is done: run '{PROG} tune --report {study.study_name}' then",
+                  f"study is done: run '{PROG} tune --report {study.study_name}' then"
+                  + (" (for --repeats: this command again)" if args.repeats else ""),
                   file=sys.stderr)
     elif tune.is_finished(study, 0):
         tune.final_evaluation(study, registry)
@@ -181,10 +182,11 @@ def _finish(study: Any, registry: Registry, args: argparse.Namespace, final: boo
     if text:
         print(text)
     if attrs.get("mode") == "grid":
-        print("(preprocessing ablation: the same configuration once per pipeline)")
+        print("(preprocessing ablation: the preset's hyperparameters for every pipeline, "
+              "once each; with --repeats K also with the same K seeds each)")
     more = repeats.summary_text(study, registry)
     if more:
-        print(more)
+        print("\n" + more)
     print(f"report: {report}")
     return 0
 
