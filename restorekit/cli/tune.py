@@ -161,9 +161,15 @@ def _finish(study: Any, registry: Registry, args: argparse.Namespace, final: boo
     if final:
         if tune.is_finished(study, args.trials or 0):
             if args.repeats:  # validation only; the test split after all of them
-                repeats.run_repeats(study, registry, folder, args.repeats,
-                                    args.repeat_top or DEFAULT_TOP, args.seed,
-                                    skip_bad=args.skip_bad, device=device)
+                try:
+                    repeats.run_repeats(study, registry, folder, args.repeats,
+                                        args.repeat_top or DEFAULT_TOP, args.seed,
+                                        skip_bad=args.skip_bad, device=device)
+                except KeyboardInterrupt:
+                    print(f"{PROG}: tune: interrupted; the finished repeats are stored. Run "
+                          f"the same command to continue study {study.study_name!r}",
+                          file=sys.stderr)
+                    return 130
             tune.final_evaluation(study, registry, device=device)
             repeats.evaluate_tests(study, registry, device=device)
             repeats.classic_evaluation(study, registry)

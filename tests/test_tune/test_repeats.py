@@ -28,12 +28,30 @@ def _config(record: dict) -> dict:
 
 def test_repeats_give_paired_intervals_and_a_verdict_on_validation_and_test(
         tiny_space: Path, lol: Path, tmp_path: Path, tune_argv,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     studies = tmp_path / "studies"
     argv = tune_argv(tiny_space, studies, "--data", str(lol), "--trials", "2",
                      "--repeats", "2", "--repeat-top", "1")
-    assert main(argv) == 0
+    train, calls = repeats.TrainJob.train, []
+
+    def interrupted_second_repeat(self, model, run, **kwargs):
+        if run.path.parent.name == "repeats":
+            calls.append(run.path.name)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # Ctrl-C during the second repeat
+        return train(self, model, run, **kwargs)
+
+    monkeypatch.setattr(repeats.TrainJob, "train", interrupted_second_repeat)
+    assert main(argv) == 130
+    assert "the finished repeats are stored. Run the same command to continue" in \
+        capsys.readouterr().err
+    stored = repeats.repeats_of(_load(studies, "pix2pixhd"))
+    assert len(stored) == 1 and "test" not in next(iter(stored.values()))
+    monkeypatch.setattr(repeats.TrainJob, "train", train)
+
+    assert main(argv) == 0  # the same command trains the three missing repeats
     captured = capsys.readouterr()
+    assert captured.err.count("tune: repeat of") == 3
     study = _load(studies, "pix2pixhd")
     # Repeats are not trials: --trials counts the search only, the best is a search trial.
     assert len(study.trials) == 2 and study.best_trial.number in (0, 1)
