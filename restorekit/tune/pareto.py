@@ -110,9 +110,9 @@ def make_sampler(spec: str, seed: int | None) -> Any:
 class StepTimer(Callback):
     """Measures a trial's mean training step time: the training loop's wall time per epoch
     (from the loader's start to the last step's losses read back), evaluations and
-    checkpoints excluded, over its steps. The trial's first step (the process's and the
-    device's warm-up: the first trial of a process paid twice as much in a CPU study) is
-    left out unless it is the only one."""
+    checkpoints excluded, over its steps. The trial's first step (the warm-up of the process
+    and the device, which the first trial of a process pays most) is left out unless it is
+    the only one."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
