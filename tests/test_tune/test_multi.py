@@ -13,6 +13,9 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from restorekit.cli import main
+from restorekit.plugins import get_registry
+from restorekit.tune.pareto import MAX_REPORTED, front_note
+from restorekit.tune.study import ATTR, reported_trials, row_label, tables
 
 
 def _load(studies: Path) -> optuna.Study:
@@ -112,3 +115,22 @@ def test_objectives_errors_are_one_line(tmp_path: Path,
     assert main(["tune", "--report", "x", "--trial", "1"]) == 2
     assert "--trial N goes with --export-best" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no study was made
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_long_front_is_capped_for_the_test_split() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["psnr", "step_time"])
+    study.set_user_attr(ATTR, {"mode": "search", "preset": "lol"})
+    study.add_trial(optuna.trial.create_trial(values=[10.0, 9.0],  # the preset, dominated
+                                              user_attrs={"baseline": True}))
+    for i in range(7):  # better PSNR costs more time: every one of them is on the front
+        study.add_trial(optuna.trial.create_trial(values=[20.0 + i, 1.0 + i]))
+    reported = [t.number for t in reported_trials(study)]
+    assert MAX_REPORTED == 5 and reported == [7, 6, 5, 4, 3, 0]  # best PSNR first, the preset
+    assert "7 trial(s)" in front_note(study) and "its first 5 by psnr and the preset" in \
+        front_note(study)
+    assert row_label(study, study.trials[0]) == "trial 0 (preset lol)"
+    assert row_label(study, study.trials[1]) == "trial 1 (Pareto front)"
+    text = tables(study, get_registry())
+    assert all(f"trial {n} (Pareto front)" in text for n in range(1, 8))
