@@ -41,9 +41,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "studies/NAME/study.db)")
     s.add_argument("--studies-dir", type=Path, default=STUDIES_DIR,
                    help="folder holding the study folders (trials, report)")
-    s.add_argument("--metric", default="psnr", metavar="NAME",
+    s.add_argument("--metric", default=None, metavar="NAME",
                    help="objective on the validation split (default psnr; the metric's "
                         "direction is used)")
+    s.add_argument("--objectives", default=None, metavar="NAMES",
+                   help="a multi-objective study instead of --metric: two or more metrics "
+                        "(each with its direction) or step_time (the trial's mean training "
+                        "step time, lower is better), e.g. psnr,ssim or psnr,step_time; the "
+                        "report shows the Pareto front (no pruning)")
+    s.add_argument("--sampler", default="tpe", metavar="NAME",
+                   help="tpe (default) or nsga2[:POPULATION] (NSGA-II, for --objectives; its "
+                        "first generation, 50 trials by default, is random)")
     s.add_argument("--pruner", default="median",
                    help="median (default), hyperband, none or threshold:VALUE")
     s.add_argument("--seed", type=number(int, "--seed", (0, 2**32 - 1)), default=None,
@@ -88,13 +96,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--export-best", default=None, metavar="STUDY",
                    help="write the best trial's configuration (for 'restorekit run MODEL "
                         "--train --config FILE') to -o FILE")
+    r.add_argument("--trial", type=number(int, "--trial", (0, None)), default=None,
+                   metavar="N",
+                   help="with --export-best: export trial N (needed with --objectives: a "
+                        "trial of the Pareto front)")
     r.add_argument("-o", "--output", type=Path, default=None, metavar="FILE")
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
     """Run or continue a study, or report on one, or export its best configuration."""
     from restorekit import tune
+    from restorekit.tune.pareto import parse_objectives, parse_sampler
+    from restorekit.tune.study import row_label
 
+    if args.trial is not None and not args.export_best:
+        raise UsageError("tune: --trial N goes with --export-best STUDY")
     if args.report or args.export_best:
         if args.model:
             raise UsageError("tune: --report/--export-best take a study, not a model")
@@ -106,9 +122,13 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         if args.export_best:
             if args.output is None:
                 raise UsageError("tune --export-best: give -o FILE")
-            config = tune.export_best(study, args.output)
-            print(f"best trial {config['tune']['trial']} ({config['tune']['metric']} "
-                  f"{config['tune']['value']:.4f}) -> {args.output}; train it again with: "
+            config = tune.export_best(study, args.output, trial=args.trial)
+            values = config["tune"].get("values") or {config["tune"]["metric"]:
+                                                      config["tune"]["value"]}
+            exported = study.trials[config["tune"]["trial"]]
+            print(f"{row_label(study, exported)}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                  + f" -> {args.output}; train it again with: "
                   f"{PROG} run {config['model']} --train --config {args.output}")
             return 0
         return _finish(study, registry, args, final=False)
@@ -127,12 +147,21 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
             raise UsageError("--grid-preprocess: a pipeline is listed twice")
     limits = {k: v for k, v in (("max_steps", args.max_steps), ("max_minutes", args.max_minutes),
                                 ("device", args.device)) if v is not None}
+    if grid is not None and args.sampler != "tpe":
+        raise UsageError("--sampler: --grid-preprocess runs each pipeline once (a grid "
+                         "sampler); leave --sampler out")
+    if args.objectives is not None and args.metric is not None:
+        raise UsageError("tune: --metric NAME is one objective, --objectives NAMES several; "
+                         "give one of them")
+    objectives = parse_objectives(args.objectives) if args.objectives is not None else None
+    parse_sampler(args.sampler)  # a bad --sampler fails before the study is made
     default_name = model_cls.name + ("-preprocess" if grid is not None else "")
     settings = tune.TuneSettings(
         model=model_cls.name, trials=args.trials, study=args.study or default_name,
         studies_dir=args.studies_dir, storage=args.storage, timeout_min=args.timeout,
         data=str(args.data) if args.data is not None else None, skip_bad=args.skip_bad,
-        preset=args.preset, space_file=args.space, metric=args.metric, pruner=args.pruner,
+        preset=args.preset, space_file=args.space, metric=args.metric or "psnr",
+        objectives=objectives, sampler=args.sampler, pruner=args.pruner,
         grid=grid, holdout=Holdout(args.val_fraction, args.val_seed), seed=args.seed,
         limits=limits)
     if args.trials < 0 or (args.trials == 0 and grid is None):

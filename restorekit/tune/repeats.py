@@ -61,9 +61,14 @@ def ranked(study: Any) -> list[Any]:
     (the study's best trial is the first)."""
     from optuna.trial import TrialState
 
-    higher = study.user_attrs.get(ATTR, {}).get("higher_is_better", True)
+    from restorekit.tune.pareto import value_of
+
+    attrs = study.user_attrs.get(ATTR, {})
+    higher, metric = attrs.get("higher_is_better", True), attrs.get("metric", "")
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    return sorted(done, key=lambda t: (-t.value if higher else t.value, t.number))
+    # A multi-objective study ranks by its first objective (the metric that picks checkpoints).
+    return sorted(done, key=lambda t: (-value_of(study, t, metric) if higher
+                                       else value_of(study, t, metric), t.number))
 
 
 @dataclass

@@ -4,7 +4,8 @@ Everything is read from the study (any Optuna storage), so ``restorekit tune --r
 can rebuild it at any time, also while workers are still running. The pictures are PNGs
 next to the HTML: ``history.png`` (optimisation history), ``importances.png``
 (parameter importances), ``intermediate.png`` (validation curves used for pruning) and
-``preprocess.png`` (the preprocessing table as bars).
+``preprocess.png`` (the preprocessing table as bars); a multi-objective study adds
+``pareto.png`` (the Pareto front, for 2 or 3 objectives) and the table of the trials on it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,20 @@ from restorekit.engine.report import Raw, cell, table
 from restorekit.engine.rundir import RunDir
 from restorekit.evaluate import DEFAULT_METRICS
 from restorekit.tune import repeats
+from restorekit.tune.pareto import (
+    best_trials,
+    front_note,
+    is_multi,
+    objective_names,
+    objectives_text,
+    value_cell,
+    value_of,
+)
 from restorekit.tune.study import ATTR, TEST_ATTR, TRIALS, row_label, short
 
 REPORT = RunDir.REPORT  # a study folder's report is named like a run folder's
-PICTURES = ("history.png", "importances.png", "intermediate.png", "preprocess.png")
+PICTURES = ("history.png", "importances.png", "intermediate.png", "preprocess.png",
+            "pareto.png")
 IMPORTANCE_TRIALS = 10
 """Parameter importances are drawn from this many complete trials on (fewer say nothing)."""
 
@@ -61,15 +72,20 @@ def preprocess_rows(study: Any) -> list[tuple[str, Any]]:
     from optuna.trial import TrialState
 
     higher = study.user_attrs.get(ATTR, {}).get("higher_is_better", True)
+    metric = study.user_attrs.get(ATTR, {}).get("metric", "value")
+
+    def value(t: Any) -> float:
+        return value_of(study, t, metric)
+
     best: dict[str, Any] = {}
     for t in study.get_trials(deepcopy=False):
         if t.state != TrialState.COMPLETE:
             continue
         spec = t.user_attrs.get("preprocess", "") or "none"
         old = best.get(spec)
-        if old is None or (t.value > old.value if higher else t.value < old.value):
+        if old is None or (value(t) > value(old) if higher else value(t) < value(old)):
             best[spec] = t
-    return sorted(best.items(), key=lambda kv: -kv[1].value if higher else kv[1].value)
+    return sorted(best.items(), key=lambda kv: -value(kv[1]) if higher else value(kv[1]))
 
 
 def _preprocess_chart(study: Any, metric: str) -> Callable[[], Any]:
@@ -83,8 +99,8 @@ def _preprocess_chart(study: Any, metric: str) -> Callable[[], Any]:
         fig, ax = plt.subplots()
         labels = [spec for spec, _ in rows]
         ys = range(len(rows))
-        ax.barh([y + 0.2 for y in ys], [t.value for _, t in rows], height=0.4,
-                label="validation")
+        ax.barh([y + 0.2 for y in ys], [value_of(study, t, metric) for _, t in rows],
+                height=0.4, label="validation")
         tested = [test.get(str(t.number), {}).get(metric) for _, t in rows]
         if any(v is not None for v in tested):
             ax.barh([y - 0.2 for y in ys], [v or 0 for v in tested], height=0.4, label="test")
@@ -107,8 +123,11 @@ def write_study_report(study: Any, folder: Path) -> Path:
     attrs = study.user_attrs.get(ATTR, {})
     metric = attrs.get("metric", "value")
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    multi = is_multi(study)
+    # A multi-objective study's history and preprocessing show its (first) metric.
+    target = (lambda t: value_of(study, t, metric)) if multi else None
     notes = {
-        "history.png": _save(lambda: plots.plot_optimization_history(study,
+        "history.png": _save(lambda: plots.plot_optimization_history(study, target=target,
                                                                      target_name=metric),
                              folder / "history.png"),
         "importances.png": _save(lambda: plots.plot_param_importances(study),
@@ -118,19 +137,26 @@ def write_study_report(study: Any, folder: Path) -> Path:
                                   folder / "intermediate.png"),
         "preprocess.png": _save(_preprocess_chart(study, metric), folder / "preprocess.png"),
     }
+    if multi:
+        notes["pareto.png"] = _save(_pareto_chart(study), folder / "pareto.png")
     trials = study.get_trials(deepcopy=False)
     test = study.user_attrs.get(TEST_ATTR, {})
+    objective = (f"objectives: validation <b>{html.escape(objectives_text(study))}</b>"
+                 if multi else f"objective: validation <b>{cell(metric)}</b> ("
+                 f"{'higher' if attrs.get('higher_is_better', True) else 'lower'} is better)")
     parts = [f"<h1>Study {html.escape(study.study_name)}</h1>",
              f"<p>model <b>{cell(attrs.get('model'))}</b>, preset {cell(attrs.get('preset'))}"
-             f", objective: validation <b>{cell(metric)}</b> ("
-             f"{'higher' if attrs.get('higher_is_better', True) else 'lower'} is better), "
+             f", {objective}, "
              f"{attrs.get('mode', 'search')}; data {cell(attrs.get('data') or 'embedded')}"
              f", validation split {cell(json.dumps(attrs.get('holdout')))}; "
              f"{len(trials)} trials: "
              + ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}"
                          for s in TrialState if any(t.state == s for t in trials))
              + "</p>"]
-    if complete:
+    if complete and multi:
+        parts += _pareto_section(study, notes["pareto.png"])
+        parts.append(_scores_table(study))
+    elif complete:
         best = study.best_trial
         parts.append(f"<h2>Best: trial {best.number}, {metric} {best.value:.4f}</h2>")
         parts.append(_best_table(study, best))
@@ -165,7 +191,8 @@ def write_study_report(study: Any, folder: Path) -> Path:
         else:
             parts.append(f"<p>(no picture: {html.escape(notes[name])})</p>")
     parts.append("<h2>All trials</h2>")
-    parts.append(table(["trial", "state", metric, "seconds", "parameters", "preprocess",
+    values = " / ".join(objective_names(study)) if multi else metric
+    parts.append(table(["trial", "state", values, "seconds", "parameters", "preprocess",
                          "note", "run"], [_trial_row(t, folder) for t in trials]))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>study "
             f"{html.escape(study.study_name)}</title><style>body{{font-family:sans-serif;"
@@ -175,6 +202,35 @@ def write_study_report(study: Any, folder: Path) -> Path:
     path = folder / REPORT
     atomic_write_text(path, page)
     return path
+
+
+def _pareto_chart(study: Any) -> Callable[[], Any]:
+    def draw() -> Any:
+        from optuna.visualization import matplotlib as plots
+
+        names = objective_names(study)
+        if len(names) > 3:
+            raise ValueError(f"{len(names)} objectives; a picture of the front needs 2 or 3")
+        return plots.plot_pareto_front(study, target_names=names)
+
+    return draw
+
+
+def _pareto_section(study: Any, picture_note: str | None) -> list[str]:
+    """The trials on the Pareto front with every objective value, and ``pareto.png``."""
+    front = best_trials(study)
+    rows = [[row_label(study, t), *t.values, _params(t), t.user_attrs.get("preprocess", "")
+             or "none"] for t in front]
+    parts = [f"<h2>Pareto front: trial{'s' if len(front) > 1 else ''} "
+             f"{', '.join(str(t.number) for t in front)}</h2>",
+             f"<p>{html.escape(front_note(study))}.</p>",
+             table(["trial", *objectives_text(study).split(", "), "parameters", "preprocess"],
+                   rows)]
+    if picture_note is None:
+        parts.append('<img src="pareto.png" alt="Pareto front">')
+    else:
+        parts.append(f"<p>(no picture of the front: {html.escape(picture_note)})</p>")
+    return parts
 
 
 def _scores_table(study: Any) -> str:
@@ -262,8 +318,7 @@ def _repeats_section(study: Any) -> list[str]:
 
 def _trial_row(t: Any, folder: Path) -> list[Any]:
     seconds = t.duration.total_seconds() if t.duration is not None else None
-    params = ", ".join(f"{k}={short(v)}" for k, v in t.params.items()
-                       if not k.startswith("preprocess"))
+    params = _params(t)
     note = t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned") or ""
     if t.user_attrs.get("baseline"):
         note = ("the preset; " + note).rstrip("; ")
@@ -273,6 +328,10 @@ def _trial_row(t: Any, folder: Path) -> list[Any]:
     link: Any = ""
     if run.report.is_file():
         link = Raw(f'<a href="{TRIALS}/{t.number:04d}/{RunDir.REPORT}">report</a>')
-    value = t.value if t.value is not None else None
-    return [t.number, t.state.name, value, None if seconds is None else round(seconds),
+    return [t.number, t.state.name, value_cell(t), None if seconds is None else round(seconds),
             params, t.user_attrs.get("preprocess", "") or "none", note, link]
+
+
+def _params(t: Any) -> str:
+    return ", ".join(f"{k}={short(v)}" for k, v in t.params.items()
+                     if not k.startswith("preprocess"))

@@ -31,6 +31,18 @@ from restorekit.engine import TrainJob, TrainResult, load_trained, write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
 from restorekit.plugins import Registry
+from restorekit.tune.pareto import (
+    MAX_REPORTED,
+    Objective,
+    StepTimer,
+    best_trials,
+    front_table,
+    is_multi,
+    make_sampler,
+    objective_names,
+    objective_values,
+    resolve_objectives,
+)
 from restorekit.tune.pruning import PruningCallback
 from restorekit.tune.space import (
     Space,
@@ -67,6 +79,10 @@ class TuneSettings:
     preset: str | None = None
     space_file: Path | None = None
     metric: str = "psnr"
+    objectives: list[str] | None = None
+    """Two or more objectives (``--objectives``) instead of ``metric``: a multi-objective
+    study; ``metric`` becomes the first metric among them (checkpoint choice, report)."""
+    sampler: str = "tpe"
     pruner: str = "median"
     grid: list[str] | None = None
     holdout: Holdout = field(default_factory=Holdout)
@@ -213,6 +229,8 @@ class _Context:
     train_pairs: PairSet
     val_pairs: PairSet
     bar: Any = None
+    objectives: list[Objective] = field(default_factory=list)
+    """The objectives of a multi-objective study (empty for one objective)."""
 
 
 def _trial_config(ctx: _Context, options: dict[str, Any], preprocess: str) -> dict[str, Any]:
@@ -227,10 +245,10 @@ def _print(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _objective(ctx: _Context) -> Callable[[Any], float]:
+def _objective(ctx: _Context) -> Callable[[Any], float | tuple[float, ...]]:
     optuna = _optuna()
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Any) -> float | tuple[float, ...]:
         s = ctx.settings
         run = RunDir(ctx.folder / TRIALS / f"{trial.number:04d}")
         trial.set_user_attr("run", str(run.path.resolve()))
@@ -268,10 +286,12 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
                + (" (the preset)" if trial.user_attrs.get("baseline") else "")
                + f": {shown or 'preset values'}; preprocess {str(preprocess) or 'none'!r}")
 
-        started = time.monotonic()
+        started, timer = time.monotonic(), StepTimer()
+        # Optuna prunes single-objective studies only.
+        pruning = [] if ctx.objectives else [PruningCallback(trial, ctx.metric.name)]
         job = TrainJob(ctx.registry, data=s.data, holdout=s.holdout,
                        train_pairs=ctx.train_pairs, eval_pairs=ctx.val_pairs, eval_split="val",
-                       metrics=ctx.metrics, callbacks=[PruningCallback(trial, ctx.metric.name)],
+                       metrics=ctx.metrics, callbacks=[*pruning, timer],
                        extra={"study": s.study, "trial": trial.number})
         try:
             result: TrainResult = job.train(model, run, overwrite=True)
@@ -285,6 +305,7 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
             return _failed(trial, one_line(exc))
         trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
         trial.set_user_attr("steps", result.step)
+        trial.set_user_attr("step_time", timer.step_time)
         if result.stopped == "interrupted":
             trial.set_user_attr("interrupted", True)
             raise KeyboardInterrupt
@@ -292,6 +313,15 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
         trial.set_user_attr("val", result.metrics)
         if value is None or not math.isfinite(value):
             return _failed(trial, f"no finite validation {ctx.metric.name} ({value})")
+        if ctx.objectives:
+            values = objective_values(ctx.objectives, result.metrics, timer.step_time)
+            shown = ", ".join(f"{o.name} {v:.4f}" for o, v in zip(ctx.objectives, values,
+                                                                  strict=True))
+            if not all(math.isfinite(v) for v in values):
+                return _failed(trial, f"an objective is not finite ({shown})")
+            _print(f"tune: trial {trial.number}: validation {shown} ({result.stopped}, "
+                   f"{result.step} steps)")
+            return values
         _print(f"tune: trial {trial.number}: validation {ctx.metric.name} {value:.4f} "
                f"({result.stopped}, {result.step} steps)")
         return float(value)
@@ -319,6 +349,7 @@ def _rebuild_report(run: RunDir, metrics: Sequence[AnyMetric]) -> None:
 # -- running a study --------------------------------------------------------------------------
 def _settings_attr(settings: TuneSettings, metric: AnyMetric, space: Space) -> dict[str, Any]:
     return {"model": settings.model, "preset": settings.preset, "metric": metric.name,
+            "objectives": settings.objectives,
             "higher_is_better": metric.higher_is_better, "data": settings.data,
             "holdout": settings.holdout.to_dict(),
             "mode": "grid" if settings.grid is not None else "search",
@@ -327,27 +358,32 @@ def _settings_attr(settings: TuneSettings, metric: AnyMetric, space: Space) -> d
 
 
 def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
-               warmup_epochs: int = 1) -> Any:
-    """Create the study, or load it and check it is the same kind of study."""
+               warmup_epochs: int = 1, objectives: Sequence[Objective] = ()) -> Any:
+    """Create the study (one direction per objective: ``metric``'s, or each of
+    ``objectives``'), or load it and check it is the same kind of study."""
     optuna = _optuna()
     storage = open_storage(settings.storage, settings.folder)
     direction = "maximize" if metric.higher_is_better else "minimize"
     higher = metric.higher_is_better
+    directions = [o.direction for o in objectives] or [direction]
+    names = [o.name for o in objectives] or [metric.name]
     sampler: Any
     if settings.grid is not None:
         sampler = optuna.samplers.GridSampler({"preprocess": settings.grid}, seed=0)
         pruner = optuna.pruners.NopPruner()
     else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed)
-        pruner = _pruner(settings.pruner, higher, warmup_epochs)
+        sampler = make_sampler(settings.sampler, settings.seed)
+        pruner = _pruner(settings.pruner, higher, warmup_epochs) if not objectives else \
+            optuna.pruners.NopPruner()
     study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
-                                pruner=pruner, direction=direction, load_if_exists=True)
+                                pruner=pruner, directions=directions, load_if_exists=True)
     stored = study.user_attrs.get(ATTR)
     mine = _settings_attr(settings, metric, space)
     if stored is None:
         study.set_user_attr(ATTR, mine)
+        study.set_metric_names(names)  # what optuna-dashboard and plain Optuna show
         return study
-    for key in ("model", "metric", "mode", "data", "holdout", "grid"):
+    for key in ("model", "metric", "objectives", "mode", "data", "holdout", "grid"):
         if stored.get(key) != mine.get(key):
             raise UsageError(f"--study {settings.study}: this study was made with {key} "
                              f"{stored.get(key)!r}, not {mine.get(key)!r}; use another "
@@ -381,10 +417,15 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
     if settings.preset is not None and settings.preset not in model_cls.presets:
         raise UsageError(f"--preset: model {settings.model!r} has no preset "
                          f"{settings.preset!r} (known: {', '.join(sorted(model_cls.presets))})")
+    objectives = resolve_objectives(registry, settings.objectives) \
+        if settings.objectives else []
+    if objectives:  # the first metric among them chooses each trial's best checkpoint
+        settings.metric = next(o.name for o in objectives if o.metric is not None)
     metric = _metric(registry, settings.metric)
     metrics = evaluate.default_metrics(registry)
-    if metric.name not in [m.name for m in metrics]:
-        metrics.insert(0, metric)
+    for m in [metric, *(o.metric for o in objectives if o.metric is not None)]:
+        if m.name not in [known.name for known in metrics]:
+            metrics.insert(0, m)
     space = build_space(model_cls, settings.preset, registry, settings.space_file)
     if settings.grid is not None:
         for spec in settings.grid:  # every pipeline must parse before the first trial
@@ -397,13 +438,14 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
     # Prune a trial only after a quarter of the base configuration's epochs.
     base = model_cls.make_options(None, **preset_values(model_cls, settings.preset, space.fixed))
     study = open_study(settings, metric, space,
-                       warmup_epochs=max(1, int(getattr(base, "epochs", 4)) // 4))
+                       warmup_epochs=max(1, int(getattr(base, "epochs", 4)) // 4),
+                       objectives=objectives)
     train_pairs = open_pairs(settings.data, "train", skip_bad=settings.skip_bad,
                              holdout=settings.holdout)
     val_pairs = open_pairs(settings.data, "val", skip_bad=settings.skip_bad,
                            holdout=settings.holdout)
     ctx = _Context(settings, registry, model_cls, space, metrics, metric, settings.folder,
-                   train_pairs, val_pairs)
+                   train_pairs, val_pairs, objectives=objectives)
     _requeue(study, settings)
     done = counted(study)
     _print(f"tune: study {settings.study!r} ({storage_url(settings.storage, settings.folder)}):"
@@ -411,6 +453,11 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
            f"{settings.preset}, objective validation {metric.name} "
            f"({'higher' if metric.higher_is_better else 'lower'} is better) on "
            f"{val_pairs.describe()}")
+    if objectives:
+        _print("tune: objectives " + ", ".join(f"{o.name} {'↑' if o.higher_is_better else '↓'}"
+                                               for o in objectives)
+               + ": the report shows their Pareto front; pruning is off (Optuna does not "
+                 "prune multi-objective studies)")
     if done < settings.trials:
         bar = tqdm(total=settings.trials, initial=done, desc=f"study {settings.study}",
                    unit="trial", dynamic_ncols=True)
@@ -451,7 +498,8 @@ def _requeue(study: Any, settings: TuneSettings) -> None:
 # -- the end of a study -----------------------------------------------------------------------
 def reported_trials(study: Any) -> list[Any]:
     """The trials the test split is evaluated for: every completed pipeline of a grid; else
-    the best trial and the preset's."""
+    the best trial (the first :data:`MAX_REPORTED` of a Pareto front by the first objective)
+    and the preset's."""
     from optuna.trial import TrialState
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -459,9 +507,9 @@ def reported_trials(study: Any) -> list[Any]:
         return []
     if study.user_attrs.get(ATTR, {}).get("mode") == "grid":
         return sorted(done, key=lambda t: t.number)
-    best = study.best_trial
-    chosen = [best] + [t for t in done if t.user_attrs.get("baseline") and
-                       t.number != best.number]
+    best = best_trials(study)[:MAX_REPORTED]
+    chosen = best + [t for t in done if t.user_attrs.get("baseline") and
+                     t.number not in {b.number for b in best}]
     return chosen
 
 
@@ -518,6 +566,8 @@ def tables(study: Any, registry: Registry) -> str:
         if str(t.number) in test and all(m.name in test[str(t.number)] for m in metrics):
             rows_test[label] = test[str(t.number)]
     out = []
+    if is_multi(study) and best_trials(study):
+        out += [front_table(study, lambda t: row_label(study, t)), ""]
     if rows_val:
         out += ["validation split:", evaluate.format_table(rows_val, metrics)]
     if rows_test:
@@ -532,26 +582,44 @@ def row_label(study: Any, trial: Any) -> str:
     if attrs.get("mode") == "grid":
         return f"{trial.params.get('preprocess', '?')} (trial {trial.number})"
     tags = []
-    if trial.number == study.best_trial.number:
-        tags.append("best")
+    if trial.number in {t.number for t in best_trials(study)}:
+        tags.append("Pareto front" if is_multi(study) else "best")
     if trial.user_attrs.get("baseline"):
         tags.append(f"preset {attrs.get('preset')}")
     return f"trial {trial.number} ({', '.join(tags)})" if tags else f"trial {trial.number}"
 
 
-def export_best(study: Any, output: Path) -> dict[str, Any]:
-    """Write the best trial's configuration (a run's ``config.json`` format) to ``output``."""
+def export_best(study: Any, output: Path, trial: int | None = None) -> dict[str, Any]:
+    """Write the best trial's configuration (a run's ``config.json`` format) to ``output``:
+    the best trial, or completed trial number ``trial`` (needed for a multi-objective study:
+    a trial of its Pareto front)."""
     from optuna.trial import TrialState
 
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+    front = best_trials(study)
+    if not front:
         raise UsageError(f"--export-best: study {study.study_name!r} has no completed trial")
-    best = study.best_trial
+    numbers = f"{'the Pareto front' if is_multi(study) else 'the best'}: " \
+        + ", ".join(str(t.number) for t in front)
+    if trial is None and is_multi(study):
+        raise UsageError(f"--export-best: study {study.study_name!r} has several objectives; "
+                         f"choose a trial with --trial N ({numbers})")
+    best = front[0]
+    if trial is not None:
+        chosen = [t for t in study.get_trials(deepcopy=False)
+                  if t.number == trial and t.state == TrialState.COMPLETE]
+        if not chosen:
+            raise UsageError(f"--trial {trial}: study {study.study_name!r} has no completed "
+                             f"trial {trial} ({numbers})")
+        best = chosen[0]
     config = dict(best.user_attrs.get("config") or {})
     if not config:
         raise TuneError(f"--export-best: trial {best.number} has no stored configuration")
-    config["tune"] = {"study": study.study_name, "trial": best.number, "value": best.value,
+    config["tune"] = {"study": study.study_name, "trial": best.number,
+                      "value": None if is_multi(study) else best.value,
                       "metric": study.user_attrs.get(ATTR, {}).get("metric"),
                       "params": best.params}
+    if is_multi(study):  # every objective's value, by name
+        config["tune"]["values"] = dict(zip(objective_names(study), best.values, strict=True))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     return config
