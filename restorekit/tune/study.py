@@ -470,14 +470,14 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         # Until the study has its trials and no preset waits: a dead worker's preset is
         # queued again, and a trial whose worker died leaves room for another.
         while True:
-            if workers.taken(study) < settings.trials or _waiting(study):
+            if workers.taken(study) < settings.trials or _preset_waits(study):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
                 study.optimize(objective, timeout=left, callbacks=[after_trial])
             workers.settle(study, _print)
             _requeue(study, settings)
-            if not _waiting(study) and workers.taken(study) >= settings.trials:
+            if not _preset_waits(study) and workers.taken(study) >= settings.trials:
                 break
     finally:
         bar.close()
@@ -485,10 +485,12 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
     return study
 
 
-def _waiting(study: Any) -> bool:
+def _preset_waits(study: Any) -> bool:
+    """A preset's trial is queued (it runs even when the study has its trials)."""
     from optuna.trial import TrialState
 
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return any(t.user_attrs.get("baseline")
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _keep_checkpoints(study: Any, settings: TuneSettings) -> None:
