@@ -106,6 +106,8 @@ def test_a_dead_process_on_this_host_fails_its_trial_at_once_and_its_preset_is_r
     assert workers.fail_dead(study, said.append) == []  # once
 
 
+@pytest.mark.filterwarnings("ignore:Argument ``heartbeat_interval``",
+                            "ignore:Heartbeat of storage is supposed")
 def test_a_silent_worker_elsewhere_is_failed_after_three_heartbeats(tmp_path: Path) -> None:
     storage = _rdb(tmp_path / "s.db", heartbeat=1)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -263,3 +265,14 @@ def test_a_postgresql_study_opens_in_plain_optuna_with_the_stored_url(
             optuna.load_study(study_name="lab", storage=postgres_url)
         err = capsys.readouterr().err
         assert "postgresql:// does not open as written; using postgresql+psycopg2://" in err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--keep-checkpoints", "0"),
+                                             ("--heartbeat", "0")])
+def test_bad_worker_flags_are_one_line(flag: str, value: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", "pix2pixhd", "--trials", "1", "--studies-dir", str(tmp_path),
+                 flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"restorekit: error: {flag}: ") and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
