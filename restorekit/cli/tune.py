@@ -37,8 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "--grid-preprocess)")
     s.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage shared by several workers: sqlite:///FILE, "
-                        "postgresql://..., mysql://... or journal:FILE (default: "
-                        "studies/NAME/study.db)")
+                        "postgresql+psycopg2://USER@HOST/DB (the form plain Optuna and "
+                        "optuna-dashboard open as written), mysql+pymysql://... or "
+                        "journal:FILE (default: studies/NAME/study.db)")
+    s.add_argument("--heartbeat", type=number(int, "--heartbeat", (1, 3600)),
+                   default=None, metavar="SEC",
+                   help="a running trial's heartbeat (database storages) every SEC seconds; "
+                        "a trial silent for three is failed as 'worker died' (default 10)")
     s.add_argument("--studies-dir", type=Path, default=STUDIES_DIR,
                    help="folder holding the study folders (trials, report)")
     s.add_argument("--metric", default=None, metavar="NAME",
@@ -55,7 +60,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--pruner", default="median",
                    help="median (default), hyperband, none or threshold:VALUE")
     s.add_argument("--seed", type=number(int, "--seed", (0, 2**32 - 1)), default=None,
-                   help="sampler seed (default: random)")
+                   help="sampler seed (default: random); each trial's suggestions are "
+                        "seeded by it and the trial's number, so workers never repeat "
+                        "each other")
+    s.add_argument("--keep-checkpoints", type=number(int, "--keep-checkpoints", (1, None)),
+                   default=None, metavar="K",
+                   help="delete the checkpoints of all trials but the best K complete ones "
+                        "and the preset's (only in the study's trial folders on this "
+                        "machine; default: keep all)")
     w = parser.add_argument_group("what is searched")
     w.add_argument("--preset", default=None,
                    help="the model preset trials start from (default: as 'restorekit run')")
@@ -108,7 +120,9 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     from restorekit import tune
     from restorekit.tune.pareto import parse_objectives, parse_sampler
     from restorekit.tune.study import row_label
+    from restorekit.tune.workers import HEARTBEAT_S
 
+    args.heartbeat = args.heartbeat or HEARTBEAT_S
     if args.trial is not None and not args.export_best:
         raise UsageError("tune: --trial N goes with --export-best STUDY")
     if args.report or args.export_best:
@@ -118,7 +132,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
             raise UsageError("--repeats: give it with the command that runs the study "
                              "(MODEL ...), not with --report/--export-best")
         name = args.report or args.export_best
-        study = tune.load_study(name, args.storage, args.studies_dir)
+        study = tune.load_study(name, args.storage, args.studies_dir, args.heartbeat)
         if args.export_best:
             if args.output is None:
                 raise UsageError("tune --export-best: give -o FILE")
@@ -163,7 +177,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         preset=args.preset, space_file=args.space, metric=args.metric or "psnr",
         objectives=objectives, sampler=args.sampler, pruner=args.pruner,
         grid=grid, holdout=Holdout(args.val_fraction, args.val_seed), seed=args.seed,
-        limits=limits)
+        limits=limits, heartbeat=args.heartbeat, keep_checkpoints=args.keep_checkpoints)
     if args.trials < 0 or (args.trials == 0 and grid is None):
         raise UsageError("tune: --trials N (N > 0) is needed")
     if args.repeat_top is not None and (grid is not None or not args.repeats):

@@ -104,7 +104,9 @@ def make_sampler(spec: str, seed: int | None) -> Any:
     name, size = parse_sampler(spec)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=size, seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    from restorekit.tune import workers
+
+    return workers.sampler(seed)  # reseeded per trial: workers never repeat suggestions
 
 
 class StepTimer(Callback):

@@ -31,6 +31,7 @@ from restorekit.engine import TrainJob, TrainResult, load_trained, write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
 from restorekit.plugins import Registry
+from restorekit.tune import workers
 from restorekit.tune.pareto import (
     MAX_REPORTED,
     Objective,
@@ -51,6 +52,7 @@ from restorekit.tune.space import (
     sample_model,
     sample_pipeline,
 )
+from restorekit.tune.workers import BACKSTOP, HEARTBEAT_S, counted
 
 STUDY_DB = "study.db"
 TRIALS = "trials"
@@ -89,6 +91,10 @@ class TuneSettings:
     seed: int | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     """Per-trial ``max_steps``, ``max_minutes``, ``device`` (only those given)."""
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats (RDB storages)."""
+    keep_checkpoints: int | None = None
+    """Keep the checkpoints of the best K complete trials only (None: keep all)."""
 
     @property
     def folder(self) -> Path:
@@ -108,15 +114,30 @@ def _optuna() -> Any:
 
 
 def storage_url(storage: str | None, folder: Path) -> str:
-    """``storage``, or the SQLite file in the study folder."""
+    """``storage`` in the form plain Optuna and optuna-dashboard open as written (see
+    :func:`_with_driver`), or the SQLite file in the study folder."""
     if storage:
-        return storage
+        return _with_driver(storage)
     return f"sqlite:///{(folder / STUDY_DB).resolve()}"
 
 
-def open_storage(storage: str | None, folder: Path, create: bool = True) -> Any:
-    """An Optuna storage: an RDB URL (SQLite, PostgreSQL, MySQL, with heartbeats, so a
-    killed worker's trial is failed later) or ``journal:FILE`` (a journal file)."""
+def shown_url(url: str) -> str:
+    """``url`` with any password hidden, for messages and the study's attributes."""
+    if url.startswith("journal:"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        return make_url(url).render_as_string(hide_password=True)
+    return url
+
+
+def open_storage(storage: str | None, folder: Path, create: bool = True,
+                 heartbeat: int = HEARTBEAT_S) -> Any:
+    """An Optuna storage: an RDB URL (SQLite, PostgreSQL, MySQL, with a heartbeat every
+    ``heartbeat`` seconds, so a killed worker's trial is failed after three) or
+    ``journal:FILE`` (a journal file: no heartbeats; a dead worker on the same machine is
+    still found by its process id)."""
     optuna = _optuna()
     if storage and storage.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -131,44 +152,62 @@ def open_storage(storage: str | None, folder: Path, create: bool = True) -> Any:
             raise UsageError(f"no study in {folder} (no {STUDY_DB}; give --storage URL or "
                              f"--studies-dir)")
         folder.mkdir(parents=True, exist_ok=True)
-    url = _with_driver(storage_url(storage, folder))
+    url = storage_url(storage, folder)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
     last: Exception | None = None
     for attempt in range(5):  # two workers creating the tables at once: one retries
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
-                                              grace_period=180)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                grace_period=BACKSTOP * heartbeat, heartbeat_stale_trial_callback=_requeue_preset)
         except ImportError as exc:
-            raise UsageError(f"--storage {url}: a database driver is missing "
+            raise UsageError(f"--storage {shown_url(url)}: a database driver is missing "
                              f"({one_line(exc)})") from None
         except Exception as exc:  # sqlalchemy errors: bad URL, server down, races
             last = exc
             time.sleep(0.5 + attempt)
-    raise TuneError(f"--storage {url}: cannot open the study storage ({one_line(last)})")
+    raise TuneError(f"--storage {shown_url(url)}: cannot open the study storage "
+                    f"({one_line(last)})")
 
 
 def _with_driver(url: str) -> str:
-    """``postgresql://`` with whichever driver is installed (SQLAlchemy 2.1 assumes psycopg 3,
-    2.0 psycopg2)."""
+    """``postgresql://`` names the driver SQLAlchemy assumes (psycopg 3 in SQLAlchemy 2.1,
+    psycopg2 in 2.0); where only psycopg2 is installed, the URL that works as written, in
+    restorekit, plain Optuna and optuna-dashboard alike, is ``postgresql+psycopg2://``: that
+    form is used, said once, and stored with the study."""
     if not url.startswith("postgresql://"):
         return url
     import importlib.util
 
     if importlib.util.find_spec("psycopg") is None and \
             importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+        fixed = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        from restorekit.errors import warn
+
+        warn(f"--storage: psycopg (3) is not installed, so postgresql:// does not open as "
+             f"written; using {shown_url(fixed)} (give this form to optuna and "
+             f"optuna-dashboard)", once=True)
+        return fixed
     return url
 
 
-def load_study(name: str, storage: str | None, studies_dir: Path) -> Any:
+def _requeue_preset(study: Any, trial: Any) -> None:
+    """Optuna's own heartbeat check failed a dead worker's trial (a backstop: restorekit's
+    :func:`~restorekit.tune.workers.fail_dead` normally comes first): queue a preset again."""
+    if trial.user_attrs.get("baseline"):
+        study.enqueue_trial({}, user_attrs={"baseline": True})
+
+
+def load_study(name: str, storage: str | None, studies_dir: Path,
+               heartbeat: int = HEARTBEAT_S) -> Any:
     """An existing study by name (its folder under ``studies_dir``, or ``name`` a folder)."""
     optuna = _optuna()
     folder = studies_dir / name
     if not storage and Path(name).is_dir() and (Path(name) / STUDY_DB).is_file():
         folder, name = Path(name), Path(name).name
-    store = open_storage(storage, folder, create=False)
+    store = open_storage(storage, folder, create=False, heartbeat=heartbeat)
     try:
         study = optuna.load_study(study_name=name, storage=store)
     except KeyError:
@@ -182,16 +221,6 @@ def study_folder(study: Any, studies_dir: Path) -> Path:
     if stored and Path(stored).is_dir():
         return Path(stored)
     return studies_dir / study.study_name
-
-
-def counted(study: Any) -> int:
-    """Trials that count towards ``--trials``: complete, pruned, or failed with a reason
-    (interrupted and killed trials do not count; the next run replaces them)."""
-    from optuna.trial import TrialState
-
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs))
 
 
 def _pruner(spec: str, higher: bool, warmup_epochs: int = 1) -> Any:
@@ -354,7 +383,8 @@ def _settings_attr(settings: TuneSettings, metric: AnyMetric, space: Space) -> d
             "holdout": settings.holdout.to_dict(),
             "mode": "grid" if settings.grid is not None else "search",
             "grid": settings.grid, "space": space.describe(), "limits": settings.limits,
-            "folder": str(settings.folder.resolve())}
+            "folder": str(settings.folder.resolve()),
+            "storage": shown_url(storage_url(settings.storage, settings.folder))}
 
 
 def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
@@ -362,7 +392,7 @@ def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
     """Create the study (one direction per objective: ``metric``'s, or each of
     ``objectives``'), or load it and check it is the same kind of study."""
     optuna = _optuna()
-    storage = open_storage(settings.storage, settings.folder)
+    storage = open_storage(settings.storage, settings.folder, heartbeat=settings.heartbeat)
     direction = "maximize" if metric.higher_is_better else "minimize"
     higher = metric.higher_is_better
     directions = [o.direction for o in objectives] or [direction]
@@ -375,13 +405,23 @@ def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
         sampler = make_sampler(settings.sampler, settings.seed)
         pruner = _pruner(settings.pruner, higher, warmup_epochs) if not objectives else \
             optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=settings.study, storage=storage, sampler=sampler,
-                                pruner=pruner, directions=directions, load_if_exists=True)
+    try:  # one worker creates the study (atomically) and queues the preset
+        study = optuna.create_study(study_name=settings.study, storage=storage,
+                                    sampler=sampler, pruner=pruner, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+        created = False
     stored = study.user_attrs.get(ATTR)
     mine = _settings_attr(settings, metric, space)
+    if study.metric_names is None:  # optuna-dashboard shows "psnr", not "Objective 0"
+        study.set_metric_names(names)
     if stored is None:
         study.set_user_attr(ATTR, mine)
-        study.set_metric_names(names)  # what optuna-dashboard and plain Optuna show
+    if created and settings.grid is None:
+        study.enqueue_trial({}, user_attrs={"baseline": True})
+    if stored is None:
         return study
     for key in ("model", "metric", "objectives", "mode", "data", "holdout", "grid"):
         if stored.get(key) != mine.get(key):
@@ -446,9 +486,11 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
                            holdout=settings.holdout)
     ctx = _Context(settings, registry, model_cls, space, metrics, metric, settings.folder,
                    train_pairs, val_pairs, objectives=objectives)
+    workers.fail_dead(study, _print)
     _requeue(study, settings)
     done = counted(study)
-    _print(f"tune: study {settings.study!r} ({storage_url(settings.storage, settings.folder)}):"
+    _print(f"tune: study {settings.study!r} "
+           f"({shown_url(storage_url(settings.storage, settings.folder))}):"
            f" {done} of {settings.trials} trials done; {model_cls.name} preset "
            f"{settings.preset}, objective validation {metric.name} "
            f"({'higher' if metric.higher_is_better else 'lower'} is better) on "
@@ -458,35 +500,75 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
                                                for o in objectives)
                + ": the report shows their Pareto front; pruning is off (Optuna does not "
                  "prune multi-objective studies)")
-    if done < settings.trials:
-        bar = tqdm(total=settings.trials, initial=done, desc=f"study {settings.study}",
-                   unit="trial", dynamic_ncols=True)
+    bar = tqdm(total=settings.trials, initial=min(done, settings.trials),
+               desc=f"study {settings.study}", unit="trial", dynamic_ncols=True)
 
-        def stop_when_done(study: Any, trial: Any) -> None:
-            bar.n = min(counted(study), settings.trials)
-            bar.refresh()
-            if counted(study) >= settings.trials:
-                study.stop()
+    def after_trial(study: Any, trial: Any) -> None:
+        bar.n = min(counted(study), settings.trials)
+        bar.refresh()
+        _keep_checkpoints(study, settings)
+        if workers.taken(study) >= settings.trials:
+            study.stop()
 
-        try:
-            study.optimize(_objective(ctx), timeout=settings.timeout_min * 60 or None,
-                           callbacks=[stop_when_done])
-        finally:
-            bar.close()
+    objective = workers.guarded(_objective(ctx), settings.trials, _print)
+    deadline = time.monotonic() + settings.timeout_min * 60 if settings.timeout_min else None
+    try:
+        # Until the study has its trials and no preset waits: a dead worker's preset is
+        # queued again, and a trial whose worker died leaves room for another.
+        while True:
+            if workers.taken(study) < settings.trials or _preset_waits(study):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                study.optimize(objective, timeout=left, callbacks=[after_trial])
+            workers.settle(study, _print)
+            _requeue(study, settings)
+            if not _preset_waits(study) and workers.taken(study) >= settings.trials:
+                break
+    finally:
+        bar.close()
+    _keep_checkpoints(study, settings)
     return study
 
 
+def _preset_waits(study: Any) -> bool:
+    """A preset's trial is queued (it runs even when the study has its trials)."""
+    from optuna.trial import TrialState
+
+    return any(t.user_attrs.get("baseline")
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _keep_checkpoints(study: Any, settings: TuneSettings) -> None:
+    """``--keep-checkpoints K``: delete the checkpoints of the trials outside the best K (the
+    presets' and the reported trials' stay)."""
+    if settings.keep_checkpoints is None:
+        return
+    needed = [t.number for t in reported_trials(study)]
+    removed = workers.keep_best_checkpoints(study, settings.keep_checkpoints,
+                                            settings.folder / TRIALS, needed)
+    if removed:
+        _print(f"tune: removed the checkpoints of trial(s) "
+               f"{', '.join(str(n) for n in removed)} (--keep-checkpoints "
+               f"{settings.keep_checkpoints})")
+
+
 def _requeue(study: Any, settings: TuneSettings) -> None:
-    """A new search starts with the preset itself; a grid re-runs interrupted pipelines."""
+    """A search whose preset was interrupted runs it again (a dead worker's preset is queued
+    by :func:`~restorekit.tune.workers.fail_dead`, a new study's by :func:`open_study`); a
+    grid re-runs interrupted pipelines."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     if settings.grid is None:
-        if not trials:
+        presets = [t for t in trials if t.user_attrs.get("baseline")
+                   and (t.state != TrialState.FAIL
+                        or ("fail_reason" in t.user_attrs and not workers.replaced(t)))]
+        if trials and not presets:
             study.enqueue_trial({}, user_attrs={"baseline": True})
         return
     ok = {t.params.get("preprocess") for t in trials if t.state != TrialState.FAIL
-          or "fail_reason" in t.user_attrs}
+          or ("fail_reason" in t.user_attrs and not workers.replaced(t))}
     waiting = {t.params.get("preprocess") for t in trials if t.state == TrialState.WAITING}
     for t in trials:
         spec = t.params.get("preprocess")
@@ -514,9 +596,11 @@ def reported_trials(study: Any) -> list[Any]:
 
 
 def is_finished(study: Any, trials: int) -> bool:
-    """Enough trials count and none is running (another worker may still improve it)."""
+    """Enough trials count and none is running or waiting (another worker may still improve
+    the study); the trials of dead workers are failed first (they are not running)."""
     from optuna.trial import TrialState
 
+    workers.fail_dead(study, _print)
     running = [t for t in study.get_trials(deepcopy=False)
                if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     return counted(study) >= trials and not running
@@ -539,9 +623,12 @@ def final_evaluation(study: Any, registry: Registry, device: str = "auto") -> di
     for t in todo:
         run = Path(t.user_attrs.get("run", ""))
         if not RunDir(run).has_checkpoint():
-            _print(f"tune: trial {t.number}: its run folder {run} is not on this machine "
-                   f"(host {t.user_attrs.get('host', '?')}); run 'restorekit tune --report' "
-                   f"there to evaluate it")
+            where = "has no checkpoint" if run.is_dir() else \
+                f"is not on this machine ({workers.host()})"
+            _print(f"tune: trial {t.number}: its run folder {run} (host "
+                   f"{t.user_attrs.get('host', '?')}) {where}; run 'restorekit tune --report "
+                   f"{study.study_name}' on host {t.user_attrs.get('host', '?')} to evaluate "
+                   f"it on the test split")
             continue
         model = load_trained(run, registry, device=device)
         scores[str(t.number)] = evaluate.evaluate(test, model.enhance, metrics,
