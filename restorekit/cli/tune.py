@@ -63,18 +63,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="share of the training pairs held out for validation (default 0.2)")
     d.add_argument("--val-seed", type=number(int, "--val-seed", (0, 2**32 - 1)), default=0,
                    help="seed choosing the validation pairs (default 0)")
-    t = parser.add_argument_group("limits of every trial")
+    t = parser.add_argument_group("length and limits of every trial")
+    t.add_argument("--trial-epochs", type=number(int, "--trial-epochs", (1, 100_000)),
+                   default=0, metavar="N",
+                   help="train each trial N epochs with its whole schedule scaled to them "
+                        "(learning-rate decay, evaluations, the pruner's warm-up: a quarter "
+                        "of N); --export-best still writes the full-length schedule "
+                        "(default: every trial trains the full schedule)")
     t.add_argument("--max-steps", type=number(int, "--max-steps", (0, None)), default=None,
-                   metavar="N")
+                   metavar="N",
+                   help="hard limit: stop each trial after N steps, cutting its schedule "
+                        "where it is (a learning rate that decays later never does); "
+                        "--trial-epochs shortens it instead")
     t.add_argument("--max-minutes", type=number(float, "--max-minutes", (0.0, None)), default=None,
-                   metavar="MIN")
-    t.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+                   metavar="MIN",
+                   help="hard limit: stop each trial after MIN minutes, cutting its schedule "
+                        "like --max-steps")
+    t.add_argument("--device", default=None,
+                   help="auto, cpu, cuda or cuda:N (not part of an exported configuration)")
     r = parser.add_argument_group("reading a study")
     r.add_argument("--report", default=None, metavar="STUDY",
                    help="rebuild STUDY's report.html and print its tables")
     r.add_argument("--export-best", default=None, metavar="STUDY",
                    help="write the best trial's configuration (for 'restorekit run MODEL "
                         "--train --config FILE') to -o FILE")
+    r.add_argument("--keep-limits", action="store_true",
+                   help="with --export-best: the best trial's own options (its --trial-epochs "
+                        "length, --max-steps, --max-minutes and --device) instead of the "
+                        "full-length schedule without limits")
     r.add_argument("-o", "--output", type=Path, default=None, metavar="FILE")
 
 
@@ -82,6 +98,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     """Run or continue a study, or report on one, or export its best configuration."""
     from restorekit import tune
 
+    if args.keep_limits and not args.export_best:
+        raise UsageError("tune: --keep-limits goes with --export-best STUDY")
     if args.report or args.export_best:
         if args.model:
             raise UsageError("tune: --report/--export-best take a study, not a model")
@@ -90,10 +108,12 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         if args.export_best:
             if args.output is None:
                 raise UsageError("tune --export-best: give -o FILE")
-            config = tune.export_best(study, args.output)
+            config = tune.export_best(study, args.output, keep_limits=args.keep_limits)
+            length = f"{config['options'].get('epochs', '?')} epochs" + (
+                " (the trial's own length and limits)" if args.keep_limits else "")
             print(f"best trial {config['tune']['trial']} ({config['tune']['metric']} "
-                  f"{config['tune']['value']:.4f}) -> {args.output}; train it again with: "
-                  f"{PROG} run {config['model']} --train --config {args.output}")
+                  f"{config['tune']['value']:.4f}) -> {args.output}: {length}; train it again "
+                  f"with: {PROG} run {config['model']} --train --config {args.output}")
             return 0
         return _finish(study, registry, args, final=False)
     if not args.model:
@@ -118,7 +138,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         data=str(args.data) if args.data is not None else None, skip_bad=args.skip_bad,
         preset=args.preset, space_file=args.space, metric=args.metric, pruner=args.pruner,
         grid=grid, holdout=Holdout(args.val_fraction, args.val_seed), seed=args.seed,
-        limits=limits)
+        limits=limits, trial_epochs=args.trial_epochs)
     if args.trials < 0 or (args.trials == 0 and grid is None):
         raise UsageError("tune: --trials N (N > 0) is needed")
     keep_freed_memory()

@@ -31,6 +31,7 @@ from restorekit.engine import TrainJob, TrainResult, load_trained, write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
 from restorekit.plugins import Registry
+from restorekit.tune import schedule
 from restorekit.tune.pruning import PruningCallback
 from restorekit.tune.space import (
     Space,
@@ -73,6 +74,9 @@ class TuneSettings:
     seed: int | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     """Per-trial ``max_steps``, ``max_minutes``, ``device`` (only those given)."""
+    trial_epochs: int = 0
+    """Train each trial this many epochs, its whole schedule scaled to them (0: the full
+    schedule); see :mod:`restorekit.tune.schedule`."""
 
     @property
     def folder(self) -> Path:
@@ -253,15 +257,19 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
             base = preset_values(ctx.model_cls, s.preset, ctx.space.fixed)
             values = ctx.model_cls.options_from_search(base, params)
             # The trial's best checkpoint is chosen by the study's objective.
-            options = ctx.model_cls.make_options(None, **{**values, **s.limits,
-                                                          "best_metric": ctx.metric.name})
+            full, options = schedule.trial_options(
+                ctx.model_cls, {**values, "best_metric": ctx.metric.name}, s.trial_epochs,
+                s.limits)
             model = ctx.model_cls(options, preprocess)
         except (RestorekitError, ValueError, TypeError) as exc:
             return _failed(trial, f"bad configuration: {one_line(exc)}")
         from restorekit.engine.state import capture_options
 
         trial.set_user_attr("preprocess", str(preprocess))
-        trial.set_user_attr("config", _trial_config(ctx, capture_options(model), str(preprocess)))
+        # --export-best: the full-length configuration; --keep-limits: the trial's own.
+        trial.set_user_attr("config", _trial_config(ctx, schedule.exported(full),
+                                                    str(preprocess)))
+        trial.set_user_attr("trial_options", capture_options(model))
         shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items()
                           if not k.startswith("preprocess"))
         _print(f"tune: trial {trial.number}"
@@ -323,6 +331,7 @@ def _settings_attr(settings: TuneSettings, metric: AnyMetric, space: Space) -> d
             "holdout": settings.holdout.to_dict(),
             "mode": "grid" if settings.grid is not None else "search",
             "grid": settings.grid, "space": space.describe(), "limits": settings.limits,
+            "trial_epochs": settings.trial_epochs or None,
             "folder": str(settings.folder.resolve())}
 
 
@@ -347,7 +356,7 @@ def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
     if stored is None:
         study.set_user_attr(ATTR, mine)
         return study
-    for key in ("model", "metric", "mode", "data", "holdout", "grid"):
+    for key in ("model", "metric", "mode", "data", "holdout", "grid", "trial_epochs"):
         if stored.get(key) != mine.get(key):
             raise UsageError(f"--study {settings.study}: this study was made with {key} "
                              f"{stored.get(key)!r}, not {mine.get(key)!r}; use another "
@@ -394,10 +403,12 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         settings.trials = settings.trials or len(settings.grid)
     if settings.trials <= 0:
         raise UsageError("--trials: give the number of trials (> 0)")
-    # Prune a trial only after a quarter of the base configuration's epochs.
-    base = model_cls.make_options(None, **preset_values(model_cls, settings.preset, space.fixed))
-    study = open_study(settings, metric, space,
-                       warmup_epochs=max(1, int(getattr(base, "epochs", 4)) // 4))
+    # Prune a trial only after a quarter of its epochs (a fixed derived value such as
+    # Pix2PixHD's decay_fraction becomes options first).
+    base = model_cls.make_options(None, **model_cls.options_from_search(
+        preset_values(model_cls, settings.preset, space.fixed), {}))
+    warmup = schedule.warmup_epochs(int(getattr(base, "epochs", 4)), settings.trial_epochs)
+    study = open_study(settings, metric, space, warmup_epochs=warmup)
     train_pairs = open_pairs(settings.data, "train", skip_bad=settings.skip_bad,
                              holdout=settings.holdout)
     val_pairs = open_pairs(settings.data, "val", skip_bad=settings.skip_bad,
@@ -411,6 +422,11 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
            f"{settings.preset}, objective validation {metric.name} "
            f"({'higher' if metric.higher_is_better else 'lower'} is better) on "
            f"{val_pairs.describe()}")
+    if settings.trial_epochs:
+        _print(f"tune: each trial trains {settings.trial_epochs} epochs, its schedule of "
+               f"{getattr(base, 'epochs', '?')} epochs scaled to them"
+               + (f"; the median pruner waits {warmup} epoch(s)"
+                  if settings.grid is None and settings.pruner == "median" else ""))
     if done < settings.trials:
         bar = tqdm(total=settings.trials, initial=done, desc=f"study {settings.study}",
                    unit="trial", dynamic_ncols=True)
@@ -539,8 +555,10 @@ def row_label(study: Any, trial: Any) -> str:
     return f"trial {trial.number} ({', '.join(tags)})" if tags else f"trial {trial.number}"
 
 
-def export_best(study: Any, output: Path) -> dict[str, Any]:
-    """Write the best trial's configuration (a run's ``config.json`` format) to ``output``."""
+def export_best(study: Any, output: Path, keep_limits: bool = False) -> dict[str, Any]:
+    """Write the best trial's configuration (a run's ``config.json`` format) to ``output``:
+    its full-length schedule without per-trial limits and device, or with ``keep_limits``
+    the options the trial trained with (its length, limits and device)."""
     from optuna.trial import TrialState
 
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
@@ -549,9 +567,12 @@ def export_best(study: Any, output: Path) -> dict[str, Any]:
     config = dict(best.user_attrs.get("config") or {})
     if not config:
         raise TuneError(f"--export-best: trial {best.number} has no stored configuration")
+    if keep_limits:
+        config["options"] = best.user_attrs.get("trial_options", config["options"])
     config["tune"] = {"study": study.study_name, "trial": best.number, "value": best.value,
                       "metric": study.user_attrs.get(ATTR, {}).get("metric"),
-                      "params": best.params}
+                      "params": best.params, "keep_limits": keep_limits,
+                      "trial_epochs": study.user_attrs.get(ATTR, {}).get("trial_epochs")}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     return config
