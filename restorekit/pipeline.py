@@ -7,12 +7,17 @@ checked against the preprocessor's declared ``ranges``.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from restorekit._version import __version__
 from restorekit.api import Preprocessor, check_range
 from restorekit.errors import PluginError, UsageError
 from restorekit.plugins import Registry
@@ -40,6 +45,7 @@ class Pipeline:
 
     def __init__(self, steps: tuple[Step, ...] | list[Step] = ()) -> None:
         self.steps = tuple(steps)
+        self._key: str | None = None
 
     @classmethod
     def parse(cls, spec: str | None, registry: Registry) -> Pipeline:
@@ -57,6 +63,24 @@ class Pipeline:
                 raise UsageError(f"--preprocess: {step}: {exc}") from None
             image = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
         return image
+
+    def cache_key(self) -> str | None:
+        """What identifies this pipeline's output for a given image, for caches of
+        preprocessed images (:class:`restorekit.data.cache.PreprocessedLows`): each step's
+        preprocessor (name, plugin, function and a hash of its module's source) with all
+        its parameter values, and the versions of restorekit, numpy and scikit-image.
+        None when a step is not ``deterministic`` (never cached)."""
+        if any(not step.preprocessor.deterministic for step in self.steps):
+            return None
+        if self._key is None:
+            lines = [f"restorekit {__version__}", f"numpy {np.__version__}",
+                     f"scikit-image {_version('scikit-image')}"]
+            for step in self.steps:
+                pre = step.preprocessor
+                params = ", ".join(f"{k}={v!r}" for k, v in sorted(step.params.items()))
+                lines.append(f"{pre.name} (plugin {pre.plugin!r}, {_code(pre.fn)}): {params}")
+            self._key = "\n".join(lines)
+        return self._key
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -115,6 +139,26 @@ def _convert(name: str, key: str, raw: str, default: Any) -> Any:
         raise UsageError(f"--preprocess: {name}:{key} expects {type(default).__name__}, "
                          f"got {raw!r}") from None
     return raw
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _code(fn: Any) -> str:
+    """``module.name`` of ``fn`` and a hash of its module's source file (when it has one):
+    a preprocessor whose code changed is another preprocessor to a cache."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    try:
+        source = inspect.getsourcefile(fn)
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source \
+            else "no source"
+    except (TypeError, OSError):
+        digest = "no source"
+    return f"{name} {digest}"
 
 
 def _format(value: Any) -> str:

@@ -43,6 +43,8 @@ from restorekit.tune.space import (
 
 STUDY_DB = "study.db"
 TRIALS = "trials"
+CACHE = "cache"
+"""Preprocessed training images of folder data, by pipeline (see restorekit.data.cache)."""
 ATTR = "restorekit"
 """Study user attribute holding the study's settings (model, preset, metric, data, ...)."""
 TEST_ATTR = "test"
@@ -409,8 +411,10 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         preset_values(model_cls, settings.preset, space.fixed), {}))
     warmup = schedule.warmup_epochs(int(getattr(base, "epochs", 4)), settings.trial_epochs)
     study = open_study(settings, metric, space, warmup_epochs=warmup)
+    # A deterministic pipeline runs once per training image of folder data, for every trial
+    # with that pipeline (STUDY/cache).
     train_pairs = open_pairs(settings.data, "train", skip_bad=settings.skip_bad,
-                             holdout=settings.holdout)
+                             holdout=settings.holdout, cache_dir=settings.folder / CACHE)
     val_pairs = open_pairs(settings.data, "val", skip_bad=settings.skip_bad,
                            holdout=settings.holdout)
     ctx = _Context(settings, registry, model_cls, space, metrics, metric, settings.folder,
