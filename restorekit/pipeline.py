@@ -19,9 +19,13 @@ import numpy as np
 
 from restorekit._version import __version__
 from restorekit.api import Preprocessor, check_range
+from restorekit.data.cache import ImageCache
 from restorekit.errors import PluginError, UsageError
 from restorekit.plugins import Registry
 from restorekit.types import Image
+
+MEMO_BYTES = 512 * 2**20
+"""What :meth:`Pipeline.remember` keeps by default (about 180 images of 400x600)."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -46,6 +50,7 @@ class Pipeline:
     def __init__(self, steps: tuple[Step, ...] | list[Step] = ()) -> None:
         self.steps = tuple(steps)
         self._key: str | None = None
+        self._memo: ImageCache | None = None
 
     @classmethod
     def parse(cls, spec: str | None, registry: Registry) -> Pipeline:
@@ -55,7 +60,27 @@ class Pipeline:
         steps = [_parse_step(part.strip(), registry) for part in spec.split(",")]
         return cls(steps)
 
+    def remember(self, max_bytes: int = MEMO_BYTES) -> Pipeline:
+        """Keep the outputs of up to ``max_bytes`` of distinct inputs (told apart by their
+        bytes), so that an image preprocessed again, such as a validation image at every
+        evaluation of a training run, is computed once. Only a pipeline with a
+        :meth:`cache_key` remembers. Returns the pipeline."""
+        self._memo = ImageCache(max_bytes) if self.cache_key() is not None else None
+        return self
+
     def __call__(self, image: Image) -> Image:
+        if self._memo is None:
+            return self._run(image)
+        data = np.ascontiguousarray(image)
+        key = (data.shape, data.dtype.str, hashlib.blake2b(data.data, digest_size=16).digest())
+        found = self._memo.get(key)
+        if found is not None:
+            return found[0]
+        out = self._run(image)
+        self._memo.put(key, out)
+        return out
+
+    def _run(self, image: Image) -> Image:
         for step in self.steps:
             try:
                 out = step.preprocessor.apply(image, **step.params)
@@ -81,6 +106,13 @@ class Pipeline:
                 lines.append(f"{pre.name} (plugin {pre.plugin!r}, {_code(pre.fn)}): {params}")
             self._key = "\n".join(lines)
         return self._key
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (a DataLoader worker's) remembers afresh, within the same budget."""
+        state = dict(self.__dict__)
+        if self._memo is not None:
+            state["_memo"] = ImageCache(self._memo.max_bytes)
+        return state
 
     def __bool__(self) -> bool:
         return bool(self.steps)

@@ -25,7 +25,8 @@ from restorekit.types import Image
 
 
 class ImageCache:
-    """A dict cache of tuples of images bounded by bytes (oldest entries evicted).
+    """A dict cache of tuples of images bounded by bytes (the least recently used entries
+    are evicted).
 
     Images that are exact 8-bit values are stored as uint8 (4x smaller); others as they
     are. :meth:`get` returns fresh copies.
@@ -51,9 +52,10 @@ class ImageCache:
 
     def get(self, key: Hashable) -> tuple[Image, ...] | None:
         """Copies of the images stored under ``key``, or None."""
-        hit = self.items.get(key)
+        hit = self.items.pop(key, None)
         if hit is None:
             return None
+        self.items[key] = hit  # the most recently used now
         return tuple(self._unpack(image) for image in hit)
 
     def put(self, key: Hashable, *images: Image) -> None:

@@ -255,7 +255,8 @@ def _objective(ctx: _Context) -> Callable[[Any], float]:
                 pipeline = sample_pipeline(trial, ctx.space)
             from restorekit.pipeline import Pipeline
 
-            preprocess = Pipeline.parse(pipeline, ctx.registry)
+            # Validation images are preprocessed once per trial, not at every evaluation.
+            preprocess = Pipeline.parse(pipeline, ctx.registry).remember()
             base = preset_values(ctx.model_cls, s.preset, ctx.space.fixed)
             values = ctx.model_cls.options_from_search(base, params)
             # The trial's best checkpoint is chosen by the study's objective.

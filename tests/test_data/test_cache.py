@@ -135,3 +135,26 @@ def test_a_step_that_is_not_deterministic_runs_for_every_crop(
     _crops(folder, pipeline, cache=tmp_path / "cache", epochs=1)
     assert CALLS.count("jitter") == 12 and CALLS.count("lift") == 12
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_remembering_pipeline_preprocesses_each_distinct_image_once(registry) -> None:
+    import pickle
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.uniform(0, 1, (6, 5, 3)).astype(np.float32) for _ in range(2))
+    plain = Pipeline.parse("lift", registry)
+    remembering = Pipeline.parse("lift", registry).remember()
+    expected = [plain(a), plain(b)]
+    CALLS.clear()
+    got = [remembering(image) for image in (a, b, a.copy(), b, a)]
+    assert len(CALLS) == 2  # one per distinct image (a validation image at every evaluation)
+    assert all(np.array_equal(g, expected[i % 2]) and g.dtype == np.float32
+               for i, g in enumerate([got[0], got[1], got[2]]))
+    got[0][:] = 0  # a caller changing its output does not change what is remembered
+    assert np.array_equal(remembering(a), expected[0])
+    copy = pickle.loads(pickle.dumps(remembering))  # e.g. a DataLoader worker's
+    assert copy._memo is not None and not copy._memo.items
+    jitter = Pipeline.parse("jitter", registry).remember()
+    CALLS.clear()
+    jitter(a), jitter(a)
+    assert CALLS == ["jitter", "jitter"]  # a random step is never remembered
