@@ -427,6 +427,11 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
            f"{settings.preset}, objective validation {metric.name} "
            f"({'higher' if metric.higher_is_better else 'lower'} is better) on "
            f"{val_pairs.describe()}")
+    if settings.data is None and _may_preprocess(settings, space):
+        _print("tune: the embedded set synthesizes a new low image for every training crop, "
+               "so a preprocessing pipeline runs once per crop and cannot be cached (see "
+               "'Preprocessing in a study' in docs/benchmarks.md for what it costs); on "
+               "folder data (--data) it runs once per image")
     if settings.trial_epochs:
         _print(f"tune: each trial trains {settings.trial_epochs} epochs, its schedule of "
                f"{getattr(base, 'epochs', '?')} epochs scaled to them"
@@ -448,6 +453,15 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         finally:
             bar.close()
     return study
+
+
+def _may_preprocess(settings: TuneSettings, space: Space) -> bool:
+    """Whether a trial of the study may have a preprocessing pipeline."""
+    if settings.grid is not None:
+        return any(spec != "none" for spec in settings.grid)
+    if space.pipeline is not None:
+        return bool(space.pipeline)
+    return space.max_steps > 0 and bool(space.candidates)
 
 
 def _requeue(study: Any, settings: TuneSettings) -> None:

@@ -158,3 +158,23 @@ def test_a_remembering_pipeline_preprocesses_each_distinct_image_once(registry) 
     CALLS.clear()
     jitter(a), jitter(a)
     assert CALLS == ["jitter", "jitter"]  # a random step is never remembered
+
+
+def test_a_study_says_that_the_embedded_set_preprocesses_every_crop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("optuna")
+    from restorekit.cli import main
+    from restorekit.tune import study as study_module
+
+    def interrupted(ctx):  # the message comes before the first trial; stop there
+        def objective(trial):
+            raise KeyboardInterrupt
+        return objective
+
+    monkeypatch.setattr(study_module, "_objective", interrupted)
+    note = "so a preprocessing pipeline runs once per crop and cannot be cached"
+    for grid, said in (("none;clahe", True), ("none", False)):
+        assert main(["tune", "pix2pixhd", "--grid-preprocess", grid, "--device", "cpu",
+                     "--studies-dir", str(tmp_path), "--study", grid]) == 130
+        assert (note in capsys.readouterr().err) is said
