@@ -72,8 +72,10 @@ def main() -> int:
                         help="also folder data without the cache (slow: once per crop)")
     parser.add_argument("--out", type=Path, default=None, help="keep the studies here")
     args = parser.parse_args()
+    from restorekit import ext
     from restorekit.pipeline import Pipeline
 
+    ext.load()  # the fused extension is built (or loaded) before the first timed trial
     out = args.out or Path(tempfile.mkdtemp(prefix="rk-preprocess-cache-"))
     studies = out / "studies"
     data = write_folder(out / "data")

@@ -178,3 +178,27 @@ def test_a_study_says_that_the_embedded_set_preprocesses_every_crop(
         assert main(["tune", "pix2pixhd", "--grid-preprocess", grid, "--device", "cpu",
                      "--studies-dir", str(tmp_path), "--study", grid]) == 130
         assert (note in capsys.readouterr().err) is said
+
+
+def test_a_study_keeps_each_pipelines_training_images_in_its_cache_folder(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    optuna = pytest.importorskip("optuna")
+    from restorekit.cli import main
+
+    space = tmp_path / "tiny.toml"
+    space.write_text("[model]\nngf = 4\nn_downsample_global = 2\nn_blocks_global = 1\n"
+                     "ndf = 4\nn_layers_D = 2\nnum_D = 1\ncrop_size = 16\nbatch_size = 2\n"
+                     "samples_per_epoch = 4\nniter = 1\nniter_decay = 0\nfused = false\n"
+                     "num_samples = 1\n")
+    studies = tmp_path / "studies"
+    assert main(["tune", "pix2pixhd", "--space", str(space), "--data", str(folder),
+                 "--grid-preprocess", "gamma:gamma=1.5", "--device", "cpu",
+                 "--studies-dir", str(studies), "--study", "grid"]) == 0
+    trial = optuna.load_study(study_name="grid",
+                              storage=f"sqlite:///{studies / 'grid' / 'study.db'}").trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    # 3 pairs: 2 train the model (1 is the validation split), each cached once.
+    entries = list((studies / "grid" / "cache").glob("*/*.npy"))
+    assert len(entries) == 2
+    assert "gamma (plugin " in (entries[0].parent / "pipeline.txt").read_text()
+    assert "gamma=1.5" in (entries[0].parent / "pipeline.txt").read_text()
