@@ -206,6 +206,11 @@ class Preprocessor:
     search: Mapping[str, SearchRange] = field(default_factory=dict, compare=False)
     """Where ``restorekit tune`` searches each parameter (a ``FloatRange``, ``IntRange`` or
     ``Choice`` by parameter name); parameters not named here keep their default."""
+    deterministic: bool = True
+    """Whether ``fn`` always returns the same image for the same image and parameters.
+    Training on folder data runs a pipeline of deterministic steps once per image and
+    keeps its output (in memory, and on disk in a study's ``STUDY/cache``); set False for a
+    transform that draws random numbers, so that it runs for every training crop."""
 
     def apply(self, image: Image, **params: Any) -> Image:
         """``fn(image, **params)``; a crash becomes one line naming the plugin."""

@@ -7,16 +7,25 @@ checked against the preprocessor's declared ``ranges``.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from restorekit._version import __version__
 from restorekit.api import Preprocessor, check_range
+from restorekit.data.cache import ImageCache
 from restorekit.errors import PluginError, UsageError
 from restorekit.plugins import Registry
 from restorekit.types import Image
+
+MEMO_BYTES = 512 * 2**20
+"""What :meth:`Pipeline.remember` keeps by default (about 180 images of 400x600)."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -40,6 +49,8 @@ class Pipeline:
 
     def __init__(self, steps: tuple[Step, ...] | list[Step] = ()) -> None:
         self.steps = tuple(steps)
+        self._key: str | None = None
+        self._memo: ImageCache | None = None
 
     @classmethod
     def parse(cls, spec: str | None, registry: Registry) -> Pipeline:
@@ -49,7 +60,27 @@ class Pipeline:
         steps = [_parse_step(part.strip(), registry) for part in spec.split(",")]
         return cls(steps)
 
+    def remember(self, max_bytes: int = MEMO_BYTES) -> Pipeline:
+        """Keep the outputs of up to ``max_bytes`` of distinct inputs (told apart by their
+        bytes), so that an image preprocessed again, such as a validation image at every
+        evaluation of a training run, is computed once. Only a pipeline with a
+        :meth:`cache_key` remembers. Returns the pipeline."""
+        self._memo = ImageCache(max_bytes) if self.cache_key() is not None else None
+        return self
+
     def __call__(self, image: Image) -> Image:
+        if self._memo is None:
+            return self._run(image)
+        data = np.ascontiguousarray(image)
+        key = (data.shape, data.dtype.str, hashlib.blake2b(data.data, digest_size=16).digest())
+        found = self._memo.get(key)
+        if found is not None:
+            return found[0]
+        out = self._run(image)
+        self._memo.put(key, out)
+        return out
+
+    def _run(self, image: Image) -> Image:
         for step in self.steps:
             try:
                 out = step.preprocessor.apply(image, **step.params)
@@ -57,6 +88,31 @@ class Pipeline:
                 raise UsageError(f"--preprocess: {step}: {exc}") from None
             image = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
         return image
+
+    def cache_key(self) -> str | None:
+        """What identifies this pipeline's output for a given image, for caches of
+        preprocessed images (:class:`restorekit.data.cache.PreprocessedLows`): each step's
+        preprocessor (name, plugin, function and a hash of its module's source) with all
+        its parameter values, and the versions of restorekit, numpy and scikit-image.
+        None when a step is not ``deterministic`` (never cached)."""
+        if any(not step.preprocessor.deterministic for step in self.steps):
+            return None
+        if self._key is None:
+            lines = [f"restorekit {__version__}", f"numpy {np.__version__}",
+                     f"scikit-image {_version('scikit-image')}"]
+            for step in self.steps:
+                pre = step.preprocessor
+                params = ", ".join(f"{k}={v!r}" for k, v in sorted(step.params.items()))
+                lines.append(f"{pre.name} (plugin {pre.plugin!r}, {_code(pre.fn)}): {params}")
+            self._key = "\n".join(lines)
+        return self._key
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (a DataLoader worker's) remembers afresh, within the same budget."""
+        state = dict(self.__dict__)
+        if self._memo is not None:
+            state["_memo"] = ImageCache(self._memo.max_bytes)
+        return state
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -115,6 +171,26 @@ def _convert(name: str, key: str, raw: str, default: Any) -> Any:
         raise UsageError(f"--preprocess: {name}:{key} expects {type(default).__name__}, "
                          f"got {raw!r}") from None
     return raw
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def _code(fn: Any) -> str:
+    """``module.name`` of ``fn`` and a hash of its module's source file (when it has one):
+    a preprocessor whose code changed is another preprocessor to a cache."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    try:
+        source = inspect.getsourcefile(fn)
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source \
+            else "no source"
+    except (TypeError, OSError):
+        digest = "no source"
+    return f"{name} {digest}"
 
 
 def _format(value: Any) -> str:

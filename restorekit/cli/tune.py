@@ -96,12 +96,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="share of the training pairs held out for validation (default 0.2)")
     d.add_argument("--val-seed", type=number(int, "--val-seed", (0, 2**32 - 1)), default=0,
                    help="seed choosing the validation pairs (default 0)")
-    t = parser.add_argument_group("limits of every trial")
+    t = parser.add_argument_group("length and limits of every trial")
+    t.add_argument("--trial-epochs", type=number(int, "--trial-epochs", (1, 100_000)),
+                   default=0, metavar="N",
+                   help="train each trial N epochs with its whole schedule scaled to them "
+                        "(learning-rate decay, evaluations, the pruner's warm-up: a quarter "
+                        "of N); --export-best still writes the full-length schedule "
+                        "(default: every trial trains the full schedule)")
     t.add_argument("--max-steps", type=number(int, "--max-steps", (0, None)), default=None,
-                   metavar="N")
+                   metavar="N",
+                   help="hard limit: stop each trial after N steps, cutting its schedule "
+                        "where it is (a learning rate that decays later never does); "
+                        "--trial-epochs shortens it instead")
     t.add_argument("--max-minutes", type=number(float, "--max-minutes", (0.0, None)), default=None,
-                   metavar="MIN")
-    t.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+                   metavar="MIN",
+                   help="hard limit: stop each trial after MIN minutes, cutting its schedule "
+                        "like --max-steps")
+    t.add_argument("--device", default=None,
+                   help="auto, cpu, cuda or cuda:N (not part of an exported configuration)")
     r = parser.add_argument_group("reading a study")
     r.add_argument("--report", default=None, metavar="STUDY",
                    help="rebuild STUDY's report.html and print its tables")
@@ -112,6 +124,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    metavar="N",
                    help="with --export-best: export trial N (needed with --objectives: a "
                         "trial of the Pareto front)")
+    r.add_argument("--keep-limits", action="store_true",
+                   help="with --export-best: the best trial's own options (its --trial-epochs "
+                        "length, --max-steps, --max-minutes and --device) instead of the "
+                        "full-length schedule without limits")
     r.add_argument("-o", "--output", type=Path, default=None, metavar="FILE")
 
 
@@ -125,6 +141,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
     args.heartbeat = args.heartbeat or HEARTBEAT_S
     if args.trial is not None and not args.export_best:
         raise UsageError("tune: --trial N goes with --export-best STUDY")
+    if args.keep_limits and not args.export_best:
+        raise UsageError("tune: --keep-limits goes with --export-best STUDY")
     if args.report or args.export_best:
         if args.model:
             raise UsageError("tune: --report/--export-best take a study, not a model")
@@ -136,13 +154,16 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         if args.export_best:
             if args.output is None:
                 raise UsageError("tune --export-best: give -o FILE")
-            config = tune.export_best(study, args.output, trial=args.trial)
+            config = tune.export_best(study, args.output, trial=args.trial,
+                                      keep_limits=args.keep_limits)
             values = config["tune"].get("values") or {config["tune"]["metric"]:
                                                       config["tune"]["value"]}
             exported = study.trials[config["tune"]["trial"]]
+            length = f"{config['options'].get('epochs', '?')} epochs" + (
+                " (the trial's own length and limits)" if args.keep_limits else "")
             print(f"{row_label(study, exported)}: "
                   + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                  + f" -> {args.output}; train it again with: "
+                  + f" -> {args.output}: {length}; train it again with: "
                   f"{PROG} run {config['model']} --train --config {args.output}")
             return 0
         return _finish(study, registry, args, final=False)
@@ -177,7 +198,8 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         preset=args.preset, space_file=args.space, metric=args.metric or "psnr",
         objectives=objectives, sampler=args.sampler, pruner=args.pruner,
         grid=grid, holdout=Holdout(args.val_fraction, args.val_seed), seed=args.seed,
-        limits=limits, heartbeat=args.heartbeat, keep_checkpoints=args.keep_checkpoints)
+        limits=limits, heartbeat=args.heartbeat, keep_checkpoints=args.keep_checkpoints,
+        trial_epochs=args.trial_epochs)
     if args.trials < 0 or (args.trials == 0 and grid is None):
         raise UsageError("tune: --trials N (N > 0) is needed")
     if args.repeat_top is not None and (grid is not None or not args.repeats):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from restorekit.data.cache import ImageCache, PreprocessedLows
 from restorekit.data.io import image_size, list_images, read_image, to_tensor
 from restorekit.data.lowlight import DEFAULT_MODEL, LowLightModel
 from restorekit.errors import DataError, UsageError, brief, warn
@@ -97,6 +98,13 @@ class PairSet(abc.ABC):
         low, high = self.pair(i, rng)
         return _random_crop(low, high, size, rng, self.label(i))
 
+    def preprocessed_pair(self, i: int, preprocess: Callable[[Image], Image],
+                          rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        """Pair ``i`` with ``preprocess`` applied to its whole low image: here at every
+        call (a synthesized low image differs each time); folder data keeps it."""
+        low, high = self.pair(i, rng)
+        return preprocess(low), high
+
 
 def _random_crop(low: Image, high: Image, size: int, rng: np.random.Generator,
                  label: str) -> tuple[Image, Image]:
@@ -108,64 +116,29 @@ def _random_crop(low: Image, high: Image, size: int, rng: np.random.Generator,
 
 
 # -- folders ---------------------------------------------------------------------------------
-class _Cache:
-    """A dict cache of decoded images bounded by bytes (oldest entries evicted).
-
-    Images that are exact 8-bit values are stored as uint8 (4x smaller).
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.nbytes = 0
-
-    @staticmethod
-    def _pack(image: Image) -> np.ndarray:
-        q = np.round(image * 255).astype(np.uint8)
-        if np.array_equal(q.astype(np.float32) / np.float32(255), image):
-            return q
-        return image.copy()
-
-    @staticmethod
-    def _unpack(stored: np.ndarray) -> Image:
-        if stored.dtype == np.uint8:
-            return stored.astype(np.float32) / np.float32(255)
-        return stored.copy()
-
-    def get(self, key: int) -> tuple[Image, Image] | None:
-        hit = self.items.get(key)
-        if hit is None:
-            return None
-        return self._unpack(hit[0]), self._unpack(hit[1])
-
-    def put(self, key: int, low: Image, high: Image) -> None:
-        entry = (self._pack(low), self._pack(high))
-        size = entry[0].nbytes + entry[1].nbytes
-        if size > self.max_bytes:
-            return
-        while self.items and self.nbytes + size > self.max_bytes:
-            old = self.items.pop(next(iter(self.items)))
-            self.nbytes -= old[0].nbytes + old[1].nbytes
-        self.items[key] = entry
-        self.nbytes += size
-
-
 class FolderPairs(PairSet):
     """Pairs of images in two folders, matched by file stem, loaded lazily and cached.
 
     ``skip_bad=True`` skips (with one warning line each) files without a twin and
     pairs whose files are unreadable or differ in size (checked up front from the
     file headers); otherwise those raise ``DataError``/``ImageReadError``.
+
+    A deterministic preprocessing pipeline runs once per low image
+    (:meth:`preprocessed_pair`): its output is kept in memory (``cache_mb`` more) and,
+    with ``cache_dir``, on disk for other processes (see
+    :class:`restorekit.data.cache.PreprocessedLows`).
     """
 
     def __init__(self, root_low: str | os.PathLike[str], root_high: str | os.PathLike[str],
                  *, skip_bad: bool = False, title: str | None = None,
-                 cache_mb: int = 2048) -> None:
+                 cache_mb: int = 2048, cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.root_low = Path(root_low)
         self.root_high = Path(root_high)
         self.title = title or str(self.root_low.parent.name or self.root_low)
         self.skipped = 0
-        self._cache = _Cache(cache_mb * 2**20)
+        self._cache = ImageCache(cache_mb * 2**20)
+        self._stamps: dict[int, tuple[int, int]] = {}
+        self._preprocessed = PreprocessedLows(cache_mb * 2**20, cache_dir)
         low = self._by_stem(self.root_low)
         high = self._by_stem(self.root_high)
         if not low:
@@ -237,13 +210,25 @@ class FolderPairs(PairSet):
         """Load (or take from the cache) pair ``i``; ``rng`` is not used."""
         cached = self._cache.get(i)
         if cached is not None:
-            return cached
+            low, high = cached
+            return low, high
+        stat = os.stat(self.low_paths[i])  # what the low image's cache entries are keyed by
         low = read_image(self.low_paths[i])
         high = read_image(self.high_paths[i])
         if low.shape != high.shape:
             raise DataError(_size_message(self.low_paths[i], low.shape[:2],
                                           self.high_paths[i], high.shape[:2]))
+        self._stamps[i] = (stat.st_size, stat.st_mtime_ns)
         self._cache.put(i, low, high)
+        return low, high
+
+    def preprocessed_pair(self, i: int, preprocess: Callable[[Image], Image],
+                          rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        """Pair ``i`` with ``preprocess`` applied to its whole low image once per file and
+        pipeline (a deterministic :class:`restorekit.pipeline.Pipeline`; anything else at
+        every call); ``rng`` is not used."""
+        low, high = self.pair(i)
+        low = self._preprocessed.get(preprocess, self.low_paths[i], self._stamps[i], low)
         return low, high
 
     def label(self, i: int) -> str:
@@ -423,6 +408,11 @@ class SubsetPairs(PairSet):
             return super().crop(i, size, rng)
         return self.base.crop(self.indices[i], size, rng)
 
+    def preprocessed_pair(self, i: int, preprocess: Callable[[Image], Image],
+                          rng: np.random.Generator | None = None) -> tuple[Image, Image]:
+        return self.base.preprocessed_pair(self.indices[i], preprocess,
+                                           None if self.fixed else rng)
+
     def label(self, i: int) -> str:
         return self.base.label(self.indices[i])
 
@@ -453,12 +443,15 @@ def _low_high(folder: Path | None) -> tuple[Path, Path] | None:
 
 
 def open_pairs(data: str | os.PathLike[str] | None, split: str = "train", *, seed: int = 0,
-               skip_bad: bool = False, holdout: Holdout | None = None) -> PairSet:
+               skip_bad: bool = False, holdout: Holdout | None = None,
+               cache_dir: str | os.PathLike[str] | None = None) -> PairSet:
     """The paired data set ``data`` (None: the embedded default) for ``split``.
 
     ``split`` is ``"train"``, ``"val"`` or ``"test"``. ``"val"`` holds the training pairs
     that ``holdout`` (default :class:`Holdout()`) picks; ``"train"`` with a ``holdout``
     leaves them out. See the module docstring for the accepted folder layouts.
+    ``cache_dir``: where folder data keeps preprocessed low images on disk, shared by
+    processes (a study's ``STUDY/cache``; None: in memory only).
     """
     _check_split(split)
     if split == "val" or (split == "train" and holdout is not None):
@@ -466,7 +459,7 @@ def open_pairs(data: str | os.PathLike[str] | None, split: str = "train", *, see
         if data is None:  # validation lows are fixed, independent of the training seed
             base = EmbeddedPairs("train", _VAL_SEED + holdout.seed if split == "val" else seed)
         else:
-            base = _open_pairs(data, "train", skip_bad)
+            base = _open_pairs(data, "train", skip_bad, cache_dir)
         chosen = holdout.indices(len(base))
         if split == "val":
             return SubsetPairs(base, chosen, "validation split", fixed=True)
@@ -474,10 +467,11 @@ def open_pairs(data: str | os.PathLike[str] | None, split: str = "train", *, see
         return SubsetPairs(base, rest, "training pairs without the validation split")
     if data is None:
         return EmbeddedPairs(split, seed)
-    return _open_pairs(data, split, skip_bad)
+    return _open_pairs(data, split, skip_bad, cache_dir)
 
 
-def _open_pairs(data: str | os.PathLike[str], split: str, skip_bad: bool) -> PairSet:
+def _open_pairs(data: str | os.PathLike[str], split: str, skip_bad: bool,
+                cache_dir: str | os.PathLike[str] | None = None) -> PairSet:
     root = Path(data).expanduser()
     if not root.exists():
         raise DataError(f"{root}: no such data folder")
@@ -491,16 +485,19 @@ def _open_pairs(data: str | os.PathLike[str], split: str, skip_bad: bool) -> Pai
         if dirs is None:
             raise DataError(f"{root}: LOL layout without {wanted}/low and {wanted}/high "
                             f"(needed for split {split!r})")
-        return FolderPairs(*dirs, skip_bad=skip_bad, title=f"LOL {wanted}")
+        return FolderPairs(*dirs, skip_bad=skip_bad, title=f"LOL {wanted}",
+                           cache_dir=cache_dir)
     split_dirs = _low_high(_subdir(root, split))
     if split_dirs is not None:
-        return FolderPairs(*split_dirs, skip_bad=skip_bad, title=f"{root.name} {split}")
+        return FolderPairs(*split_dirs, skip_bad=skip_bad, title=f"{root.name} {split}",
+                           cache_dir=cache_dir)
     if _subdir(root, "train") is not None or _subdir(root, "test") is not None:
         raise DataError(f"{root}: no {split}/low and {split}/high folders "
                         f"(needed for split {split!r})")
     dirs = _low_high(root)
     if dirs is not None:
-        return FolderPairs(*dirs, skip_bad=skip_bad, title=root.name or str(root))
+        return FolderPairs(*dirs, skip_bad=skip_bad, title=root.name or str(root),
+                           cache_dir=cache_dir)
     raise DataError(f"{root}: no paired data found; expected {LAYOUTS}")
 
 
@@ -512,8 +509,10 @@ class TrainCrops(Dataset):
     for synthesis (embedded data), the crop position and flips, so an item depends
     only on (seed, epoch, i), never on the order items are drawn in: resumed training
     sees exactly the data uninterrupted training would. ``preprocess`` is applied to
-    the whole low image before cropping. Call ``set_epoch`` before each epoch (in
-    every DataLoader worker process, e.g. with non-persistent workers).
+    the whole low image before cropping: once per image on folder data (a deterministic
+    pipeline, cached), for every crop where each crop's low image is synthesized afresh
+    (the embedded set). Call ``set_epoch`` before each epoch (in every DataLoader worker
+    process, e.g. with non-persistent workers).
     """
 
     def __init__(self, pairs: PairSet, crop_size: int, *, samples_per_epoch: int = 0,
@@ -549,9 +548,12 @@ class TrainCrops(Dataset):
         if not self.preprocess and isinstance(self.pairs, PairSet):
             low, high = self.pairs.crop(j, self.crop_size, rng)
         else:  # preprocessors see whole images, in training as in inference
-            low, high = self.pairs.pair(j, rng)
-            if self.preprocess:
-                low = self.preprocess(low)
+            if self.preprocess and isinstance(self.pairs, PairSet):
+                low, high = self.pairs.preprocessed_pair(j, self.preprocess, rng)
+            else:
+                low, high = self.pairs.pair(j, rng)
+                if self.preprocess:
+                    low = self.preprocess(low)
             label = self.pairs.label(j) if hasattr(self.pairs, "label") else self.pairs.names[j]
             low, high = _random_crop(low, high, self.crop_size, rng, label)
         if self.hflip and rng.uniform() < 0.5:

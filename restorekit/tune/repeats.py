@@ -161,6 +161,9 @@ def run_repeats(study: Any, registry: Registry, folder: Path, count: int, top: i
         config = trial.user_attrs.get("config")
         if not config:
             raise UsageError(f"--repeats: trial {trial.number} has no stored configuration")
+        # A repeat trains what the trial trained (its --trial-epochs length and limits), not
+        # the full-length schedule that --export-best writes.
+        config = {**config, "options": trial.user_attrs.get("trial_options", config["options"])}
         run = RunDir(folder / REPEATS / key)
         _print(f"tune: repeat of {row_label(study, trial)} with seed {s} -> {run.path}")
         started = time.monotonic()

@@ -31,7 +31,7 @@ from restorekit.engine import TrainJob, TrainResult, load_trained, write_report
 from restorekit.engine.rundir import RunDir
 from restorekit.errors import PluginError, RestorekitError, UsageError, one_line
 from restorekit.plugins import Registry
-from restorekit.tune import workers
+from restorekit.tune import schedule, workers
 from restorekit.tune.pareto import (
     MAX_REPORTED,
     Objective,
@@ -56,6 +56,8 @@ from restorekit.tune.workers import BACKSTOP, HEARTBEAT_S, counted
 
 STUDY_DB = "study.db"
 TRIALS = "trials"
+CACHE = "cache"
+"""Preprocessed training images of folder data, by pipeline (see restorekit.data.cache)."""
 ATTR = "restorekit"
 """Study user attribute holding the study's settings (model, preset, metric, data, ...)."""
 TEST_ATTR = "test"
@@ -95,6 +97,9 @@ class TuneSettings:
     """Seconds between a running trial's heartbeats (RDB storages)."""
     keep_checkpoints: int | None = None
     """Keep the checkpoints of the best K complete trials only (None: keep all)."""
+    trial_epochs: int = 0
+    """Train each trial this many epochs, its whole schedule scaled to them (0: the full
+    schedule); see :mod:`restorekit.tune.schedule`."""
 
     @property
     def folder(self) -> Path:
@@ -296,19 +301,24 @@ def _objective(ctx: _Context) -> Callable[[Any], float | tuple[float, ...]]:
                 pipeline = sample_pipeline(trial, ctx.space)
             from restorekit.pipeline import Pipeline
 
-            preprocess = Pipeline.parse(pipeline, ctx.registry)
+            # Validation images are preprocessed once per trial, not at every evaluation.
+            preprocess = Pipeline.parse(pipeline, ctx.registry).remember()
             base = preset_values(ctx.model_cls, s.preset, ctx.space.fixed)
             values = ctx.model_cls.options_from_search(base, params)
             # The trial's best checkpoint is chosen by the study's objective.
-            options = ctx.model_cls.make_options(None, **{**values, **s.limits,
-                                                          "best_metric": ctx.metric.name})
+            full, options = schedule.trial_options(
+                ctx.model_cls, {**values, "best_metric": ctx.metric.name}, s.trial_epochs,
+                s.limits)
             model = ctx.model_cls(options, preprocess)
         except (RestorekitError, ValueError, TypeError) as exc:
             return _failed(trial, f"bad configuration: {one_line(exc)}")
         from restorekit.engine.state import capture_options
 
         trial.set_user_attr("preprocess", str(preprocess))
-        trial.set_user_attr("config", _trial_config(ctx, capture_options(model), str(preprocess)))
+        # --export-best: the full-length configuration; --keep-limits: the trial's own.
+        trial.set_user_attr("config", _trial_config(ctx, schedule.exported(full),
+                                                    str(preprocess)))
+        trial.set_user_attr("trial_options", capture_options(model))
         shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items()
                           if not k.startswith("preprocess"))
         _print(f"tune: trial {trial.number}"
@@ -383,6 +393,7 @@ def _settings_attr(settings: TuneSettings, metric: AnyMetric, space: Space) -> d
             "holdout": settings.holdout.to_dict(),
             "mode": "grid" if settings.grid is not None else "search",
             "grid": settings.grid, "space": space.describe(), "limits": settings.limits,
+            "trial_epochs": settings.trial_epochs or None,
             "folder": str(settings.folder.resolve()),
             "storage": shown_url(storage_url(settings.storage, settings.folder))}
 
@@ -423,7 +434,8 @@ def open_study(settings: TuneSettings, metric: AnyMetric, space: Space,
         study.enqueue_trial({}, user_attrs={"baseline": True})
     if stored is None:
         return study
-    for key in ("model", "metric", "objectives", "mode", "data", "holdout", "grid"):
+    for key in ("model", "metric", "objectives", "mode", "data", "holdout", "grid",
+                "trial_epochs"):
         if stored.get(key) != mine.get(key):
             raise UsageError(f"--study {settings.study}: this study was made with {key} "
                              f"{stored.get(key)!r}, not {mine.get(key)!r}; use another "
@@ -475,13 +487,16 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         settings.trials = settings.trials or len(settings.grid)
     if settings.trials <= 0:
         raise UsageError("--trials: give the number of trials (> 0)")
-    # Prune a trial only after a quarter of the base configuration's epochs.
-    base = model_cls.make_options(None, **preset_values(model_cls, settings.preset, space.fixed))
-    study = open_study(settings, metric, space,
-                       warmup_epochs=max(1, int(getattr(base, "epochs", 4)) // 4),
-                       objectives=objectives)
+    # Prune a trial only after a quarter of its epochs (a fixed derived value such as
+    # Pix2PixHD's decay_fraction becomes options first).
+    base = model_cls.make_options(None, **model_cls.options_from_search(
+        preset_values(model_cls, settings.preset, space.fixed), {}))
+    warmup = schedule.warmup_epochs(int(getattr(base, "epochs", 4)), settings.trial_epochs)
+    study = open_study(settings, metric, space, warmup_epochs=warmup, objectives=objectives)
+    # A deterministic pipeline runs once per training image of folder data, for every trial
+    # with that pipeline (STUDY/cache).
     train_pairs = open_pairs(settings.data, "train", skip_bad=settings.skip_bad,
-                             holdout=settings.holdout)
+                             holdout=settings.holdout, cache_dir=settings.folder / CACHE)
     val_pairs = open_pairs(settings.data, "val", skip_bad=settings.skip_bad,
                            holdout=settings.holdout)
     ctx = _Context(settings, registry, model_cls, space, metrics, metric, settings.folder,
@@ -500,6 +515,16 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
                                                for o in objectives)
                + ": the report shows their Pareto front; pruning is off (Optuna does not "
                  "prune multi-objective studies)")
+    if settings.data is None and _may_preprocess(settings, space):
+        _print("tune: the embedded set synthesizes a new low image for every training crop, "
+               "so a preprocessing pipeline runs once per crop and cannot be cached (see "
+               "'Preprocessing in a study' in docs/benchmarks.md for what it costs); on "
+               "folder data (--data) it runs once per image")
+    if settings.trial_epochs:
+        _print(f"tune: each trial trains {settings.trial_epochs} epochs, its schedule of "
+               f"{getattr(base, 'epochs', '?')} epochs scaled to them"
+               + (f"; the median pruner waits {warmup} epoch(s)"
+                  if settings.grid is None and settings.pruner == "median" else ""))
     bar = tqdm(total=settings.trials, initial=min(done, settings.trials),
                desc=f"study {settings.study}", unit="trial", dynamic_ncols=True)
 
@@ -551,6 +576,15 @@ def _keep_checkpoints(study: Any, settings: TuneSettings) -> None:
         _print(f"tune: removed the checkpoints of trial(s) "
                f"{', '.join(str(n) for n in removed)} (--keep-checkpoints "
                f"{settings.keep_checkpoints})")
+
+
+def _may_preprocess(settings: TuneSettings, space: Space) -> bool:
+    """Whether a trial of the study may have a preprocessing pipeline."""
+    if settings.grid is not None:
+        return any(spec != "none" for spec in settings.grid)
+    if space.pipeline is not None:
+        return bool(space.pipeline)
+    return space.max_steps > 0 and bool(space.candidates)
 
 
 def _requeue(study: Any, settings: TuneSettings) -> None:
@@ -676,10 +710,13 @@ def row_label(study: Any, trial: Any) -> str:
     return f"trial {trial.number} ({', '.join(tags)})" if tags else f"trial {trial.number}"
 
 
-def export_best(study: Any, output: Path, trial: int | None = None) -> dict[str, Any]:
+def export_best(study: Any, output: Path, trial: int | None = None,
+                keep_limits: bool = False) -> dict[str, Any]:
     """Write the best trial's configuration (a run's ``config.json`` format) to ``output``:
     the best trial, or completed trial number ``trial`` (needed for a multi-objective study:
-    a trial of its Pareto front)."""
+    a trial of its Pareto front); its full-length schedule without per-trial limits and
+    device, or with ``keep_limits`` the options the trial trained with (its length, limits
+    and device)."""
     from optuna.trial import TrialState
 
     front = best_trials(study)
@@ -701,10 +738,13 @@ def export_best(study: Any, output: Path, trial: int | None = None) -> dict[str,
     config = dict(best.user_attrs.get("config") or {})
     if not config:
         raise TuneError(f"--export-best: trial {best.number} has no stored configuration")
+    if keep_limits:
+        config["options"] = best.user_attrs.get("trial_options", config["options"])
     config["tune"] = {"study": study.study_name, "trial": best.number,
                       "value": None if is_multi(study) else best.value,
                       "metric": study.user_attrs.get(ATTR, {}).get("metric"),
-                      "params": best.params}
+                      "params": best.params, "keep_limits": keep_limits,
+                      "trial_epochs": study.user_attrs.get(ATTR, {}).get("trial_epochs")}
     if is_multi(study):  # every objective's value, by name
         config["tune"]["values"] = dict(zip(objective_names(study), best.values, strict=True))
     output.parent.mkdir(parents=True, exist_ok=True)

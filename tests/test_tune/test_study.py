@@ -121,8 +121,9 @@ def test_the_exported_best_configuration_retrains_to_the_same_validation_psnr(
     assert main(tune_argv(tiny_space, studies, "--data", str(lol), "--trials", "2")) == 0
     best = _load(studies).best_trial
     out = tmp_path / "best.json"
+    # --keep-limits: the trial's own --max-steps (without it: the full schedule, no limits).
     assert main(["tune", "--export-best", "pix2pixhd", "--studies-dir", str(studies),
-                 "-o", str(out)]) == 0
+                 "-o", str(out), "--keep-limits"]) == 0
     config = json.loads(out.read_text())
     run_config = json.loads((Path(best.user_attrs["run"]) / "config.json").read_text())
     assert config["options"] == run_config["options"]  # the format of a run's config.json
