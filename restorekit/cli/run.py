@@ -327,6 +327,7 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
     from restorekit.data import Holdout
     from restorekit.engine import TrainJob, run_folder
     from restorekit.engine.callbacks import select_metric
+    from restorekit.evaluate import FILE_METRICS
 
     start = time.perf_counter()
     if args.resume:
@@ -357,13 +358,14 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
         elif preset is None and args.data is None:
             preset = model_cls.embedded_preset
         if args.val_fraction is not None or args.val_seed is not None:
-            fraction = 0.2 if args.val_fraction is None else args.val_fraction
-            seed = args.val_seed or 0
+            base = job.holdout or Holdout()  # what --config or the default says
+            fraction = base.fraction if args.val_fraction is None else args.val_fraction
+            seed = base.seed if args.val_seed is None else args.val_seed
             job.holdout = Holdout(fraction, seed) if fraction > 0 else None
         options = model_cls.make_options(preset, **overrides)
         # An unknown or directionless --select-metric: one line before any work.
         select_metric(getattr(options, "select_metric", ""), job.metrics or [],
-                      known=[m.name for m in registry.metrics()])
+                      known=[m.name for m in registry.metrics()] + list(FILE_METRICS))
         preprocess = _pipeline(model_cls, args.preprocess, registry)
         # Before the first collective that depends on them: ranks started with other options
         # (a node launched by hand with another --data, another config file) stop here, all
@@ -396,12 +398,13 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
     if chosen:
         where = result.best_checkpoint or result.checkpoint
         print(f"{chosen} ({where}; --checkpoint RUN uses the last checkpoint)")
-    if result.test:
-        rows = result.test["checkpoints"]
-        scores = "; ".join(f"{which} checkpoint " + ", ".join(
-            f"{m.name} {rows[which][m.name]:.4f}" for m in job.metrics or [])
-            for which in rows)
-        print(f"test split ({result.test['pairs']} pairs, evaluated once): {scores}")
+    if result.test:  # the full table is printed above
+        rows = result.test["results"]
+        names = [m.name for m in job.metrics or []]
+        name = result.best.metric if result.best else "psnr" if "psnr" in names else names[0]
+        scores = ", ".join(f"{which} checkpoint {rows[which][name]:.4f}" for which in rows)
+        print(f"test {name} ({result.test['pairs']} pairs, evaluated once after training): "
+              f"{scores}")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
 

@@ -288,7 +288,10 @@ class FinalTest(Callback):
     the selected one (``checkpoints/best``, chosen on the validation split; none with no
     validation split), beside the identity and classic baselines on the same pairs.
     Written to the run folder's ``test.json`` (:meth:`RunDir.write_final`), printed and
-    kept as ``record``. Nothing else reads the test pairs. Rank 0 only."""
+    kept as ``record``: ``{"split": "test", "data", "pairs", "stopped", "selection"`` (see
+    :func:`restorekit.engine.report.selection`), ``"results": {"last", "best"}`` (each an
+    evaluation's record with its ``epoch`` and ``step``), ``"baselines"}``. Nothing else
+    reads the test pairs. Rank 0 only."""
 
     def __init__(self, pairs: Any, metrics: Sequence[AnyMetric], registry: Registry) -> None:
         self.pairs = pairs
@@ -331,7 +334,7 @@ class FinalTest(Callback):
         self.record = {
             "split": "test", "data": getattr(self.pairs, "describe", lambda: "")(),
             "pairs": len(self.pairs), "stopped": stopped, "selection": chosen,
-            "checkpoints": checkpoints,
+            "results": checkpoints,
             "baselines": {k: row.record() for k, row in baselines.items()}}
         run.write_final(self.record)
         tqdm.write(f"test split ({count_pairs(len(self.pairs))}), evaluated once after "

@@ -214,7 +214,7 @@ def _final_table(final: Mapping[str, Any] | None,
         return ("<p>Not yet: the test split is evaluated once, when training ends "
                 "(completed or a limit reached).</p>")
     rows = {f"{which} checkpoint (epoch {r.get('epoch')}, step {r.get('step')})": r
-            for which, r in (final.get("checkpoints") or {}).items()}
+            for which, r in (final.get("results") or {}).items()}
     rows.update(final.get("baselines") or {})
     names = [n for n in higher_is_better] or sorted(
         {k for row in rows.values() for k, v in row.items()

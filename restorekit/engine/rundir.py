@@ -5,8 +5,9 @@ Layout::
     config.json          what was trained on what (model, options, preprocess, data, versions)
     checkpoints/         last.safetensors (+ .json sidecar), best.safetensors, latest.json
     losses.jsonl         loss terms every ``log_every`` steps
-    metrics.jsonl        test metrics after each evaluation
-    baselines.json       identity and best-classic rows, computed once per run
+    metrics.jsonl        validation metrics after each evaluation (per-image values too)
+    baselines.json       identity and best-classic rows on the validation split, once per run
+    test.json            the test split, evaluated once when training ended (last and best)
     samples/             epoch_NNN.png sample grids (low | enhanced | ground truth)
     report.html          with losses.svg and metrics.svg
     tensorboard/         event files, with ``--tensorboard``

@@ -7,7 +7,8 @@ A checkpoint (the container is :mod:`restorekit.engine.checkpoint`) holds:
 * the loop's counters (``epoch``, ``step``, ``step_in_epoch``), the loss window in progress,
   the GradScalers (fp16), the RNG states (``rng.torch``, ``rng.cuda.<i>``, python and numpy in
   the JSON), the number of processes it was saved with, the last evaluation's metrics and
-  the best-by-metric record ``{"metric", "higher_is_better", "value", "step"}``;
+  the best-by-metric record on the validation split ``{"metric", "higher_is_better",
+  "value", "step"}``;
 * registered stateful parts (``parts``; tensors ``part.<name>.<path>``): anything with
   ``state_dict()``/``load_state_dict()`` that a model lists in ``TrainableModel.stateful()``
   (a learning-rate scheduler, an EMA of the weights) or that :meth:`TrainState.register`

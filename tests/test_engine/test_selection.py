@@ -65,10 +65,11 @@ FAST = ["--data", "data", "--epochs", "3", "--batch-size", "1", "--crop-size", "
         "--metrics", "psnr,mae"]
 
 
-def write_pairs(folder: Path, prefix: str, count: int) -> None:
+def write_pairs(folder: Path, prefix: str, count: int, size: tuple[int, int] = (24, 24)
+                ) -> None:
     rng = np.random.default_rng(len(prefix) + count)
     for i in range(count):
-        high = rng.uniform(0.2, 0.9, (24, 24, 3)).astype(np.float32)
+        high = rng.uniform(0.2, 0.9, (*size, 3)).astype(np.float32)
         write_image(folder / "high" / f"{prefix}{i}.png", high)
         write_image(folder / "low" / f"{prefix}{i}.png", high * 0.2)
 
@@ -152,10 +153,13 @@ def test_selection_never_reads_the_test_split(dim, tmp_path: Path, test_reads,
     final = run.read_final()
     assert final is not None and final["split"] == "test" and final["pairs"] == 2
     assert final["selection"]["split"] == "val" and final["selection"]["pairs"] == 1
-    assert final["checkpoints"]["last"]["step"] == records[-1]["step"]
-    assert final["checkpoints"]["best"]["epoch"] == chosen["epoch"]
-    assert {Path(k).stem for k in final["checkpoints"]["best"]["images"]} == {"t0", "t1"}
-    assert "test split (2 pairs, evaluated once): last checkpoint psnr" in out
+    assert final["results"]["last"]["step"] == records[-1]["step"]
+    assert final["results"]["best"]["epoch"] == chosen["epoch"]
+    assert {Path(k).stem for k in final["results"]["best"]["images"]} == {"t0", "t1"}
+    tested = final["results"]
+    assert (f"test psnr (2 pairs, evaluated once after training): last checkpoint "
+            f"{tested['last']['psnr']:.4f}, best checkpoint {tested['best']['psnr']:.4f}"
+            in out)
     report = run.report.read_text()
     assert html_text(line) in report
     assert "Test split (final evaluation)" in report and "psnr (validation)" in report
@@ -181,7 +185,7 @@ def test_the_best_row_is_the_best_checkpoint_evaluated_on_test(dim, tmp_path: Pa
     for which in ("last", "best"):
         model = load_trained(run.checkpoint_path(which), dim, device="cpu")
         expected = evaluate(test, model.enhance, model_metrics(dim), progress=False)
-        assert final["checkpoints"][which]["mae"] == pytest.approx(expected["mae"])
+        assert final["results"][which]["mae"] == pytest.approx(expected["mae"])
 
 
 def model_metrics(registry) -> list:
@@ -243,11 +247,13 @@ def test_val_fraction_0_means_no_selection(dim, tmp_path: Path, test_reads,
     config = run.read_config()
     assert config["extra"]["holdout"] is None and config["train_pairs"] == 5
     final = run.read_final()
-    assert final is not None and list(final["checkpoints"]) == ["last"]
+    assert final is not None and list(final["results"]) == ["last"]
     assert final["selection"] == {"split": None, "pairs": 0}
     line = ("no validation split (--val-fraction 0): no checkpoint was selected; the result "
             "is the last checkpoint")
     assert line in out and line in run.report.read_text()
+    assert (f"test psnr (2 pairs, evaluated once after training): last checkpoint "
+            f"{final['results']['last']['psnr']:.4f}\n") in out
     assert [r for r in test_reads if not r[1]] == [] and test_reads
 
 
@@ -270,7 +276,7 @@ def test_resume_keeps_the_holdout(dim, tmp_path: Path,
     assert records[:len(first)] == first and records[-1]["epoch"] == 3
     assert all(set(r["images"]) == set(first[0]["images"]) for r in records)
     final = run.read_final()
-    assert final is not None and final["checkpoints"]["last"]["step"] == 9
+    assert final is not None and final["results"]["last"]["step"] == 9
 
 
 # -- old names -----------------------------------------------------------------------------------
@@ -305,3 +311,65 @@ def test_evaluation_records_keep_the_per_image_values() -> None:
     assert record["psnr"] == 21.0 and record["images"] == {"a": {"psnr": 20.0},
                                                           "b": {"psnr": 22.0}}
     assert json.loads(json.dumps(record)) == record
+
+
+# -- a study ----------------------------------------------------------------------------------
+def test_a_study_tests_each_reported_trials_selected_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial evaluates only the validation split; the final evaluation reads the test
+    split once, with the trial's best checkpoint, and keeps the per-image values."""
+    pytest.importorskip("optuna")
+    import importlib.util
+
+    import optuna
+
+    from restorekit.tune import study as study_module
+
+    spec = importlib.util.spec_from_file_location(
+        "tune_fixtures", Path(__file__).parents[1] / "test_tune" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    space = tmp_path / "tiny.toml"
+    space.write_text(fixtures.TINY_MODEL)
+    lol = tmp_path / "LOL"  # 5 training pairs (1 for validation), 2 test pairs
+    write_pairs(lol / "our485", "p", 5, (40, 48))
+    write_pairs(lol / "eval15", "t", 2, (40, 48))
+    reads: list[str] = []
+    read = pairs_module.FolderPairs.pair
+
+    def pair(self, i, rng=None):
+        reads.append(self.title)
+        return read(self, i, rng)
+
+    final = study_module.final_evaluation
+    loaded: list[str] = []
+
+    def spying_final(*args, **kwargs):
+        reads.append("FINAL EVALUATION")
+        return final(*args, **kwargs)
+
+    def spying_load(checkpoint, *args, **kwargs):
+        loaded.append(Path(checkpoint).name)
+        return load_trained(checkpoint, *args, **kwargs)
+
+    import restorekit.tune
+
+    load_trained = study_module.load_trained
+    monkeypatch.setattr(pairs_module.FolderPairs, "pair", pair)
+    monkeypatch.setattr(restorekit.tune, "final_evaluation", spying_final)
+    monkeypatch.setattr(study_module, "final_evaluation", spying_final)
+    monkeypatch.setattr(study_module, "load_trained", spying_load)
+    studies = tmp_path / "studies"
+    assert main(["tune", "pix2pixhd", "--space", str(space), "--studies-dir", str(studies),
+                 "--max-steps", "2", "--device", "cpu", "--seed", "0", "--data", str(lol),
+                 "--trials", "1"]) == 0
+    cut = reads.index("FINAL EVALUATION")
+    assert "LOL eval15" not in reads[:cut] and "LOL eval15" in reads[cut:]
+    assert loaded == ["best.safetensors"]
+    study = optuna.load_study(study_name="pix2pixhd",
+                              storage=f"sqlite:///{studies / 'pix2pixhd' / 'study.db'}")
+    tested = study.user_attrs["test"]["0"]
+    assert tested["checkpoint"] == "best" and len(tested["images"]) == 2
+    val = study.trials[0].user_attrs["val"]
+    assert len(val["images"]) == 1 and val["psnr"] == pytest.approx(study.trials[0].value)
