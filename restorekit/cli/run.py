@@ -140,7 +140,8 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                         "default: the embedded synthetic low-light set")
     g.add_argument("--split", choices=("train", "val", "test"), default="test",
                    help="split scored by --eval (default: test; val: the validation split "
-                        "that 'restorekit tune' selects on, with its default holdout)")
+                        "that --train and 'restorekit tune' select on, with the default "
+                        "holdout: 20%% of the training pairs, seed 0)")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and log) unusable pairs instead of stopping")
     g.add_argument("--preprocess", default=None, metavar="SPEC",
@@ -190,7 +191,7 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
         t.add_argument("--resume", action="store_true",
                        help="continue the run NAME (default: the newest run of this model) "
                             "from its last checkpoint")
-        t.add_argument("--val-fraction", default=None,
+        t.add_argument("--val-fraction", default=None, metavar="F",
                        type=number(float, "--val-fraction", (0.0, 1.0, "[)")),
                        help="--train: share of the training pairs held out as the validation "
                             "split, which every evaluation during training, the best "
@@ -198,7 +199,7 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                             "them); 0: no validation, the last checkpoint is the result; the "
                             "test split is evaluated once, when training ends (default 0.2, "
                             "or the holdout of --config)")
-        t.add_argument("--val-seed", default=None,
+        t.add_argument("--val-seed", default=None, metavar="SEED",
                        type=number(int, "--val-seed", (0, 2**32 - 1)),
                        help="--train: seed choosing the validation pairs (default 0)")
         t.add_argument("--config", type=Path, default=None, metavar="FILE",
