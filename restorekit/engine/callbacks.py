@@ -312,7 +312,7 @@ class FinalTest(Callback):
         chosen = selection(run)
         epoch = state.epoch + (1 if state.step_in_epoch else 0)
         last, _ = run_model(trainer, self.pairs, self.metrics, desc="test, last checkpoint")
-        checkpoints = {"last": {"epoch": epoch, "step": state.step, **last.record()}}
+        results = {"last": {"epoch": epoch, "step": state.step, **last.record()}}
         rows = {f"last checkpoint (epoch {epoch})": last}
         best = run.checkpoint_path(RunDir.BEST)
         if chosen and chosen.get("step") is not None and best.is_file():
@@ -326,15 +326,15 @@ class FinalTest(Callback):
                 finally:  # the model as training left it
                     if trainer.checkpoint is not None:
                         restore_model(load(trainer.checkpoint), trainer.model)
-            checkpoints["best"] = {"epoch": chosen.get("epoch"), "step": chosen["step"],
-                                   **tested.record()}
+            results["best"] = {"epoch": chosen.get("epoch"), "step": chosen["step"],
+                               **tested.record()}
             rows[f"best checkpoint (epoch {chosen.get('epoch')})"] = tested
         baselines = evaluate.classic_baselines(self.pairs, self.metrics, self.registry)
         rows.update(baselines)
         self.record = {
             "split": "test", "data": getattr(self.pairs, "describe", lambda: "")(),
             "pairs": len(self.pairs), "stopped": stopped, "selection": chosen,
-            "results": checkpoints,
+            "results": results,
             "baselines": {k: row.record() for k, row in baselines.items()}}
         run.write_final(self.record)
         tqdm.write(f"test split ({count_pairs(len(self.pairs))}), evaluated once after "
