@@ -159,13 +159,13 @@ class TrainJob:
             return open_pairs(self.data, split, seed=seed, skip_bad=self.skip_bad,
                               holdout=self.holdout)
 
-        train = opened("train")
-        try:
-            val = opened("val") if self.holdout is not None else None
-        except DataError as exc:  # too few pairs to hold some out
-            raise DataError(f"{exc}; train without a validation split with "
-                            f"--val-fraction 0") from None
-        return train, val, opened(self.test_split) if self.test_split else None
+        if self.holdout is not None:
+            count = len(open_pairs(self.data, "train", seed=seed, skip_bad=self.skip_bad))
+            if count < 2:
+                raise DataError(f"a validation split needs at least 2 training pairs (got "
+                                f"{count}); train without one with --val-fraction 0")
+        val = opened("val") if self.holdout is not None else None
+        return opened("train"), val, opened(self.test_split) if self.test_split else None
 
     def _config(self, model: TrainableModel, train: Any, val: Any, test: Any,
                 device: torch.device, precision: str, world_size: int) -> dict[str, Any]:

@@ -373,3 +373,15 @@ def test_a_study_tests_each_reported_trials_selected_checkpoint(
     assert tested["checkpoint"] == "best" and len(tested["images"]) == 2
     val = study.trials[0].user_attrs["val"]
     assert len(val["images"]) == 1 and val["psnr"] == pytest.approx(study.trials[0].value)
+
+
+def test_too_few_training_pairs_for_a_validation_split_is_one_line(
+        dim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_pairs(tmp_path / "one" / "train", "p", 1)
+    write_pairs(tmp_path / "one" / "test", "t", 1)
+    argv = ["run", "dim", "--train", "--name", "o", *FAST, "--data", "one"]
+    assert main(argv) != 0
+    assert one_error(capsys) == (
+        "restorekit: error: a validation split needs at least 2 training pairs (got 1); "
+        "train without one with --val-fraction 0")
+    assert main([*argv, "--val-fraction", "0", "--overwrite"]) == 0
