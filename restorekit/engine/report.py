@@ -261,6 +261,7 @@ def write_report(run: RunDir | str | Path,
     final = metrics[-1] if metrics else None
     chosen = selection(run)
     chosen_text = selection_text(chosen)
+    unvalidated = chosen is not None and not chosen.get("split")  # --val-fraction 0
     parts = [
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
@@ -274,10 +275,12 @@ def write_report(run: RunDir | str | Path,
         f"<p>{html.escape(chosen_text)}</p>" if chosen_text else "",
         "<h2>Test split (final evaluation)</h2>" if chosen is not None else "",
         _final_table(run.read_final(), higher_is_better) if chosen is not None else "",
-        "<h2>Validation split (last evaluation)</h2>" if validation
-        else "<h2>Final metrics</h2>",
-        _metric_table(final, baselines, higher_is_better, model_name),
-        "<h2>Validation curves</h2>" if validation else "<h2>Metric curves</h2>", metrics_svg,
+        *([] if unvalidated else [
+            "<h2>Validation split (last evaluation)</h2>" if validation
+            else "<h2>Final metrics</h2>",
+            _metric_table(final, baselines, higher_is_better, model_name),
+            "<h2>Validation curves</h2>" if validation else "<h2>Metric curves</h2>",
+            metrics_svg]),
         "<h2>Loss curves</h2>", losses_svg,
         "<h2>Samples</h2>", sample_html,
         "<h2>Configuration</h2>", table(["key", "value"], _config_rows(config)),

@@ -251,7 +251,9 @@ def test_val_fraction_0_means_no_selection(dim, tmp_path: Path, test_reads,
     assert final["selection"] == {"split": None, "pairs": 0}
     line = ("no validation split (--val-fraction 0): no checkpoint was selected; the result "
             "is the last checkpoint")
-    assert line in out and line in run.report.read_text()
+    report = run.report.read_text()
+    assert line in out and line in report
+    assert "Test split (final evaluation)" in report and "No evaluation yet" not in report
     assert (f"test psnr (2 pairs, evaluated once after training): last checkpoint "
             f"{final['results']['last']['psnr']:.4f}\n") in out
     assert [r for r in test_reads if not r[1]] == [] and test_reads
