@@ -171,10 +171,11 @@ class Evaluation(dict):
                 "count": len(self.images), "images": self.images}
 
     def record(self) -> dict[str, Any]:
-        """The means and their ``"intervals"`` (metric -> ``[low, high]`` or None): a run
-        folder's ``metrics.jsonl`` record and ``baselines.json`` row, which
+        """The means, their ``"intervals"`` (metric -> ``[low, high]`` or None) and the
+        per-image values (``"images"``: image label -> metric -> value): a run folder's
+        ``metrics.jsonl`` record and ``baselines.json`` row, a tuning trial's ``val``, which
         :func:`format_table` shows as it shows this evaluation."""
-        return {**self, "intervals": self.to_json()["interval"]}
+        return {**self, "intervals": self.to_json()["interval"], "images": self.images}
 
 
 def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,

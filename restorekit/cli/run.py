@@ -140,7 +140,8 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                         "default: the embedded synthetic low-light set")
     g.add_argument("--split", choices=("train", "val", "test"), default="test",
                    help="split scored by --eval (default: test; val: the validation split "
-                        "that 'restorekit tune' selects on, with its default holdout)")
+                        "that --train and 'restorekit tune' select on, with the default "
+                        "holdout: 20%% of the training pairs, seed 0)")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and log) unusable pairs instead of stopping")
     g.add_argument("--preprocess", default=None, metavar="SPEC",
@@ -190,6 +191,17 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
         t.add_argument("--resume", action="store_true",
                        help="continue the run NAME (default: the newest run of this model) "
                             "from its last checkpoint")
+        t.add_argument("--val-fraction", default=None, metavar="F",
+                       type=number(float, "--val-fraction", (0.0, 1.0, "[)")),
+                       help="--train: share of the training pairs held out as the validation "
+                            "split, which every evaluation during training, the best "
+                            "checkpoint and --select-metric use (the model trains without "
+                            "them); 0: no validation, the last checkpoint is the result; the "
+                            "test split is evaluated once, when training ends (default 0.2, "
+                            "or the holdout of --config)")
+        t.add_argument("--val-seed", default=None, metavar="SEED",
+                       type=number(int, "--val-seed", (0, 2**32 - 1)),
+                       help="--train: seed choosing the validation pairs (default 0)")
         t.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="--train: the model, options, preprocessing and data of FILE (a "
                             "run's config.json or 'restorekit tune --export-best' output); "
@@ -250,8 +262,9 @@ def add_model_options(parser: argparse.ArgumentParser, model_cls: type[Model]) -
         help_text = f.metadata.get("help", "")
         shown = f"{help_text} ({shown})" if help_text else shown
         shown = shown.replace("%", "%%")
+        flags = [flag, *f.metadata.get("aliases", ())]  # an old name still accepted
         if kind is bool or isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=shown)
         else:
             conv: Any = kind if kind in (int, float, str) else type(default)
@@ -259,7 +272,7 @@ def add_model_options(parser: argparse.ArgumentParser, model_cls: type[Model]) -
                 conv = number(conv, flag, f.metadata.get("range"))
             elif conv is not str:
                 conv = str
-            group.add_argument(flag, dest=f.name, type=conv, default=argparse.SUPPRESS,
+            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS,
                                help=shown)
         names.append(f.name)
     return names
@@ -312,17 +325,24 @@ def _train(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
 
 def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dict,
                 registry: Registry, dist: Any) -> int:
+    from restorekit.data import Holdout
     from restorekit.engine import TrainJob, run_folder
+    from restorekit.engine.callbacks import select_metric
+    from restorekit.evaluate import FILE_METRICS
 
     start = time.perf_counter()
     if args.resume:
         if args.preset or args.preprocess is not None:
             raise UsageError("--resume continues a run with its stored options; drop "
                              "--preset/--preprocess (or start a new run)")
+        if args.val_fraction is not None or args.val_seed is not None:
+            raise UsageError("--resume continues a run with its stored validation split; "
+                             "drop --val-fraction/--val-seed (or start a new run)")
         dist.agree(_given(model_cls, args))  # the stored options come from the main process
     run = run_folder(args.runs_dir, model_cls.name, args.name, resume=args.resume,
                      overwrite=args.overwrite)
-    job = TrainJob(registry, skip_bad=args.skip_bad, metrics=_metrics(args, registry))
+    job = TrainJob(registry, skip_bad=args.skip_bad, metrics=_metrics(args, registry),
+                   holdout=Holdout())
     if args.resume:
         result = job.resume(run, **overrides)
     else:
@@ -338,14 +358,22 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
             job.holdout = stored["holdout"]
         elif preset is None and args.data is None:
             preset = model_cls.embedded_preset
+        if args.val_fraction is not None or args.val_seed is not None:
+            base = job.holdout or Holdout()  # what --config or the default says
+            fraction = base.fraction if args.val_fraction is None else args.val_fraction
+            seed = base.seed if args.val_seed is None else args.val_seed
+            job.holdout = Holdout(fraction, seed) if fraction > 0 else None
         options = model_cls.make_options(preset, **overrides)
+        # An unknown or directionless --select-metric: one line before any work.
+        select_metric(getattr(options, "select_metric", ""), job.metrics or [],
+                      known=[m.name for m in registry.metrics()] + list(FILE_METRICS))
         preprocess = _pipeline(model_cls, args.preprocess, registry)
         # Before the first collective that depends on them: ranks started with other options
         # (a node launched by hand with another --data, another config file) stop here, all
         # with the same line.
         dist.agree({**_given(model_cls, args), "--data": job.data, "--preset": preset,
                     "--preprocess": str(preprocess),
-                    "the holdout of --config": job.holdout and job.holdout.to_dict(),
+                    "the validation split": job.holdout and job.holdout.to_dict(),
                     **{"--" + f.name.replace("_", "-"): getattr(options, f.name)
                        for f in dataclasses.fields(options)}})
         where = "the embedded synthetic low-light set" if job.data is None else job.data
@@ -363,11 +391,21 @@ def _train_here(model_cls: type[Model], args: argparse.Namespace, overrides: dic
         print(f"stopped ({result.stopped}) after step {result.step}; continue with: {hint}")
     if result.metrics:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-        print(f"final {job.eval_split} metrics: {scores}")
-    if result.best is not None and result.best_checkpoint is not None:
-        print(f"best {job.eval_split} {result.best.metric} during training "
-              f"{result.best.value:.4f} at step {result.best.step} ({result.best_checkpoint}; "
-              "--checkpoint RUN uses the last checkpoint)")
+        print(f"last validation metrics: {scores}")
+    from restorekit.engine import RunDir
+    from restorekit.engine.report import selection, selection_text
+
+    chosen = selection_text(selection(RunDir(result.run_dir)))
+    if chosen:
+        where = result.best_checkpoint or result.checkpoint
+        print(f"{chosen} ({where}; --checkpoint RUN uses the last checkpoint)")
+    if result.test:  # the full table is printed above
+        rows = result.test["results"]
+        names = [m.name for m in job.metrics or []]
+        name = result.best.metric if result.best else "psnr" if "psnr" in names else names[0]
+        scores = ", ".join(f"{which} checkpoint {rows[which][name]:.4f}" for which in rows)
+        print(f"test {name} ({result.test['pairs']} pairs, evaluated once after training): "
+              f"{scores}")
     print(f"done in {took:.0f} s; report: {result.report}")
     return 0
 
@@ -384,8 +422,10 @@ def _given(model_cls: type[Model], args: argparse.Namespace) -> dict[str, Any]:
 
 def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
     """What a run's ``config.json`` (or ``tune --export-best`` output) sets for ``model_cls``:
-    ``options``, ``preprocess``, ``data_path`` and ``holdout``, each checked against its type
-    (and an option against its declared range); anything else is one line naming ``path``."""
+    ``options`` (old option names renamed), ``preprocess``, ``data_path`` and ``holdout``
+    (the validation split: None for ``null``, the default where absent), each checked
+    against its type (and an option against its declared range); anything else is one line
+    naming ``path``."""
     from restorekit.api import field_problem
     from restorekit.data import Holdout
 
@@ -408,6 +448,9 @@ def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
     def bad(key: str, problem: str) -> UsageError:
         return UsageError(f"--config: {path}: field {key!r}: {problem}")
 
+    from restorekit.engine.state import renamed_options
+
+    config["options"] = renamed_options(config["options"])
     fields = {f.name: f for f in dataclasses.fields(model_cls.Options)}
     unknown = sorted(set(config["options"]) - set(fields))
     if unknown:
@@ -430,8 +473,8 @@ def read_config_file(path: Path, model_cls: type[Model]) -> dict[str, Any]:
     data_path = extra.get("data_path")
     if not isinstance(data_path, (str, type(None))):
         raise bad("extra.data_path", f"expected a folder name or null, got {brief(data_path)}")
-    try:
-        holdout = Holdout.from_dict(extra.get("holdout"))
+    try:  # null: no validation split; absent: the default one
+        holdout = Holdout.from_dict(extra["holdout"]) if "holdout" in extra else Holdout()
     except ValueError as exc:
         raise bad("extra.holdout", str(exc)) from None
     return {"options": options, "preprocess": config.get("preprocess") or "",

@@ -12,12 +12,18 @@ callback's hook, in the order of its list (each hook does nothing by default):
 * ``on_batches_end(trainer)``: the epoch's batches are done or stopped (also on errors);
 * ``on_epoch_end(trainer, label, last, stopped)``: epoch ``label`` (1-based) is complete;
 * ``on_stop(trainer, stopped)``: a limit or an interrupt stopped an epoch halfway;
-* ``on_evaluate(trainer, label, results)``: the mean metrics of the evaluation after epoch
-  ``label`` (1-based; the epoch in progress when a limit stopped it; a tuning trial's
-  pruning raises here to stop, as Optuna's pruning callbacks do);
+* ``on_evaluate(trainer, label, results)``: the validation evaluation after epoch ``label``
+  (1-based; the epoch in progress when a limit stopped it), a
+  :class:`restorekit.evaluate.Evaluation`: the mean metrics, with per-image values and
+  intervals (a tuning trial's pruning raises here to stop, as Optuna's pruning callbacks
+  do);
 * ``on_log(trainer, group, record)``: a ``losses`` or ``metrics`` record (rank 0);
 * ``on_samples(trainer, label, grid)``: a sample grid (low | enhanced | ground truth);
 * ``on_train_end(trainer, stopped)`` and ``close()`` (always, also after an error).
+
+Every evaluation during training, the ``best`` checkpoint and anything "best" use the
+validation pairs (carved from the training pairs); the test pairs are evaluated once, by
+:class:`FinalTest`, when training ends.
 
 :meth:`Callback.stop_reason` lets a callback stop training (limits, interrupts). Writing
 to the run folder is rank 0's job: the loop calls ``on_log`` and evaluates on rank 0 only.
@@ -126,11 +132,16 @@ def sample_grid(rows: Sequence[Sequence[np.ndarray]], height: int = SAMPLE_HEIGH
     return np.concatenate(padded, axis=0).astype(np.float32)
 
 
-def best_metric(name: str, metrics: Sequence[AnyMetric]) -> AnyMetric:
-    """The metric ``--best-metric`` names among ``metrics`` ("": psnr if there, else the
-    first with a better direction); a one-line ``UsageError`` when it is not evaluated or
-    is a statistic with no better direction (mean brightness, say)."""
+def select_metric(name: str, metrics: Sequence[AnyMetric],
+                  known: Sequence[str] | None = None) -> AnyMetric:
+    """The metric ``--select-metric`` names among ``metrics`` ("": psnr if there, else the
+    first with a better direction); a one-line ``UsageError`` when it is unknown (not in
+    ``known``, the registered names, where given), not evaluated, or a statistic with no
+    better direction (mean brightness, say)."""
     by_name = {m.name: m for m in metrics}
+    if name and name not in by_name and known is not None and name not in known:
+        raise UsageError(f"--select-metric: unknown metric {name!r} (known: "
+                         f"{', '.join(sorted(known))})")
     ranked = [m.name for m in metrics if m.higher_is_better is not None]
     if not name:
         if not ranked:
@@ -138,29 +149,65 @@ def best_metric(name: str, metrics: Sequence[AnyMetric]) -> AnyMetric:
                              f"direction to choose the best checkpoint by; add one (psnr)")
         name = "psnr" if "psnr" in ranked else ranked[0]
     if name not in by_name:
-        raise UsageError(f"--best-metric: {name!r} is not evaluated (metrics: "
+        raise UsageError(f"--select-metric: {name!r} is not evaluated (metrics: "
                          f"{', '.join(by_name)}); add it to --metrics")
     if name not in ranked:
-        raise UsageError(f"--best-metric: {name!r} is a statistic with no better direction; "
+        raise UsageError(f"--select-metric: {name!r} is a statistic with no better direction; "
                          f"choose one of {', '.join(ranked) or 'psnr (add it to --metrics)'}")
     return by_name[name]
 
 
+def run_model(trainer: Trainer, pairs: Any, metrics: Sequence[AnyMetric], count: int = 0,
+              desc: str = "evaluating") -> tuple[Any, list[list[np.ndarray]]]:
+    """The trainer's model evaluated on ``pairs`` (networks in eval mode, training's RNG
+    untouched): the :class:`restorekit.evaluate.Evaluation` and the first ``count``
+    ``[low, output, ground truth]`` rows (for sample grids)."""
+    from restorekit import evaluate
+
+    rows: list[list[np.ndarray]] = []
+
+    def keep(i: int, low: np.ndarray, out: np.ndarray, high: np.ndarray) -> None:
+        if i < count:
+            rows.append([low, out, high])
+
+    model = trainer.model
+    modes = {m: m.training for net in model.networks().values() for m in net.modules()}
+    try:
+        with _preserved_rng():
+            for net in model.networks().values():
+                net.eval()
+            results = evaluate.evaluate(pairs, model.enhance, metrics, desc=desc,
+                                        on_output=keep)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return results, rows
+
+
+def count_pairs(n: int) -> str:
+    """``1 pair``, ``3 pairs``."""
+    return f"{n} pair" + ("" if n == 1 else "s")
+
+
 class Evaluation(Callback):
-    """Evaluates ``pairs`` with ``metrics`` every ``eval_every`` epochs, at the end and when
-    a limit stops training (nothing without pairs or metrics); keeps the best-by-metric
-    record; writes sample grids from the evaluation's own first outputs. Rank 0 only.
+    """Evaluates the validation ``pairs`` with ``metrics`` every ``eval_every`` epochs, at
+    the end and when a limit stops training (nothing without pairs or metrics); keeps the
+    best-by-metric record (``--select-metric``), which picks ``checkpoints/best``; writes
+    sample grids from the evaluation's own first outputs. Rank 0 only.
 
     ``baselines`` (the identity and classic rows of ``pairs``) are computed once per run
     folder and printed beside the final metrics. Each evaluation's record in
-    ``metrics.jsonl``, like each row of ``baselines.json``, holds the means and their 95 %
-    bootstrap intervals over the images (:meth:`restorekit.evaluate.Evaluation.record`).
+    ``metrics.jsonl`` (``"split": "val"``), like each row of ``baselines.json``, holds the
+    means, their 95 % bootstrap intervals and the per-image values
+    (:meth:`restorekit.evaluate.Evaluation.record`).
     """
 
-    def __init__(self, pairs: Any, metrics: Sequence[AnyMetric], registry: Registry) -> None:
+    def __init__(self, pairs: Any, metrics: Sequence[AnyMetric], registry: Registry,
+                 split: str = "val") -> None:
         self.pairs = pairs
         self.metrics = list(metrics)
         self.registry = registry
+        self.split = split
         self.baselines: dict[str, dict[str, Any]] = {}
         self.last: dict[str, Any] | None = None  # the latest evaluation's record
 
@@ -173,7 +220,7 @@ class Evaluation(Callback):
         if not self.active(trainer):
             return
         state = trainer.state
-        metric = best_metric(trainer.cfg.best_metric, self.metrics)
+        metric = select_metric(trainer.cfg.select_metric, self.metrics)
         if state.best is None or state.best.metric != metric.name:
             state.best = Best(metric.name, metric.higher_is_better)
         stored = trainer.rundir.read_baselines()
@@ -198,34 +245,19 @@ class Evaluation(Callback):
         if self.active(trainer) and stopped != "interrupted":
             self.evaluate(trainer, trainer.state.epoch + 1)
 
-    def evaluate(self, trainer: Trainer, label: int) -> dict[str, float]:
-        """Evaluate, update the best record, log, write samples; the mean metrics."""
-        from restorekit import evaluate
-
-        model, state = trainer.model, trainer.state
+    def evaluate(self, trainer: Trainer, label: int) -> Any:
+        """Evaluate, update the best record, log, write samples; the
+        :class:`restorekit.evaluate.Evaluation`."""
+        state = trainer.state
         count = min(trainer.cfg.num_samples, len(self.pairs))
-        rows: list[list[np.ndarray]] = []
-
-        def keep(i: int, low: np.ndarray, out: np.ndarray, high: np.ndarray) -> None:
-            if i < count:
-                rows.append([low, out, high])
-
-        modes = {m: m.training for net in model.networks().values() for m in net.modules()}
-        try:
-            with _preserved_rng():
-                for net in model.networks().values():
-                    net.eval()
-                results = evaluate.evaluate(self.pairs, model.enhance, self.metrics,
-                                            on_output=keep)
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
+        results, rows = run_model(trainer, self.pairs, self.metrics, count,
+                                  desc=f"evaluating ({SPLITS.get(self.split, self.split)})")
         self.last = results.record()
-        results = {k: float(v) for k, v in results.items()}
-        state.metrics = results
-        if state.best is not None and state.best.improves(results.get(state.best.metric)):
-            state.best.value, state.best.step = results[state.best.metric], state.step
-        trainer.log("metrics", {"epoch": label, "step": state.step, **self.last})
+        state.metrics = {k: float(v) for k, v in results.items()}
+        if state.best is not None and state.best.improves(state.metrics.get(state.best.metric)):
+            state.best.value, state.best.step = state.metrics[state.best.metric], state.step
+        trainer.log("metrics", {"epoch": label, "step": state.step, "split": self.split,
+                                **self.last})
         if rows:
             from restorekit.data import write_image
 
@@ -241,7 +273,73 @@ class Evaluation(Callback):
         if stopped == "completed" and trainer.state.metrics and self.baselines:
             rows = {type(trainer.model).name: self.last or trainer.state.metrics,
                     **self.baselines}
+            tqdm.write(f"{SPLITS.get(self.split, self.split)} split "
+                       f"({count_pairs(len(self.pairs))}), last evaluation:")
             tqdm.write(evaluate.format_table(rows, self.metrics))
+
+
+SPLITS = {"val": "validation", "test": "test", "train": "training"}
+"""What messages call each split."""
+
+
+class FinalTest(Callback):
+    """The final result: when training ends (completed or a limit reached; not after an
+    interrupt), the test ``pairs`` are evaluated once, with the last checkpoint and with
+    the selected one (``checkpoints/best``, chosen on the validation split; none with no
+    validation split), beside the identity and classic baselines on the same pairs.
+    Written to the run folder's ``test.json`` (:meth:`RunDir.write_final`), printed and
+    kept as ``record``: ``{"split": "test", "data", "pairs", "stopped", "selection"`` (see
+    :func:`restorekit.engine.report.selection`), ``"results": {"last", "best"}`` (each an
+    evaluation's record with its ``epoch`` and ``step``), ``"baselines"}``. Nothing else
+    reads the test pairs. Rank 0 only."""
+
+    def __init__(self, pairs: Any, metrics: Sequence[AnyMetric], registry: Registry) -> None:
+        self.pairs = pairs
+        self.metrics = list(metrics)
+        self.registry = registry
+        self.record: dict[str, Any] | None = None
+
+    def on_train_end(self, trainer: Trainer, stopped: str) -> None:
+        from restorekit import evaluate
+        from restorekit.engine.report import selection
+        from restorekit.engine.rundir import RunDir
+        from restorekit.engine.state import load, restore_model
+
+        if stopped == "interrupted" or not trainer.dist.is_main or not self.pairs \
+                or not self.metrics:
+            return
+        state, run = trainer.state, trainer.rundir
+        chosen = selection(run)
+        epoch = state.epoch + (1 if state.step_in_epoch else 0)
+        last, _ = run_model(trainer, self.pairs, self.metrics, desc="test, last checkpoint")
+        results = {"last": {"epoch": epoch, "step": state.step, **last.record()}}
+        rows = {f"last checkpoint (epoch {epoch})": last}
+        best = run.checkpoint_path(RunDir.BEST)
+        if chosen and chosen.get("step") is not None and best.is_file():
+            if chosen["step"] == state.step:  # the last checkpoint is the best one
+                tested = last
+            else:
+                restore_model(load(best), trainer.model)
+                try:
+                    tested, _ = run_model(trainer, self.pairs, self.metrics,
+                                          desc="test, best checkpoint")
+                finally:  # the model as training left it
+                    if trainer.checkpoint is not None:
+                        restore_model(load(trainer.checkpoint), trainer.model)
+            results["best"] = {"epoch": chosen.get("epoch"), "step": chosen["step"],
+                               **tested.record()}
+            rows[f"best checkpoint (epoch {chosen.get('epoch')})"] = tested
+        baselines = evaluate.classic_baselines(self.pairs, self.metrics, self.registry)
+        rows.update(baselines)
+        self.record = {
+            "split": "test", "data": getattr(self.pairs, "describe", lambda: "")(),
+            "pairs": len(self.pairs), "stopped": stopped, "selection": chosen,
+            "results": results,
+            "baselines": {k: row.record() for k, row in baselines.items()}}
+        run.write_final(self.record)
+        tqdm.write(f"test split ({count_pairs(len(self.pairs))}), evaluated once after "
+                   f"training:")
+        tqdm.write(evaluate.format_table(rows, self.metrics))
 
 
 def just_best(trainer: Trainer) -> bool:
@@ -396,7 +494,7 @@ class ProgressBar(Callback):
         best = trainer.state.best
         shown = f" (best {best.metric} {best.value:.4f})" \
             if best is not None and best.value is not None else ""
-        tqdm.write(f"epoch {label} step {trainer.state.step}: {summary}{shown}")
+        tqdm.write(f"epoch {label} step {trainer.state.step}: validation {summary}{shown}")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -460,9 +558,10 @@ class StopPolicy(Callback):
 
 
 def default_callbacks(cfg: Any, eval_pairs: Any, metrics: Sequence[AnyMetric] | None,
-                      registry: Registry) -> list[Callback]:
+                      registry: Registry, test_pairs: Any = None) -> list[Callback]:
     """The loop's usual callbacks for ``cfg`` (a ``TrainConfig``): loggers, evaluation of
-    ``eval_pairs`` (the pairs that pick the best checkpoint), checkpoints, report, limits."""
+    ``eval_pairs`` (the validation pairs, which pick the best checkpoint), the final
+    evaluation of ``test_pairs`` (None: none), checkpoints, report, limits."""
     from restorekit import evaluate
 
     metrics = list(metrics) if metrics is not None else evaluate.default_metrics(registry)
@@ -470,9 +569,10 @@ def default_callbacks(cfg: Any, eval_pairs: Any, metrics: Sequence[AnyMetric] | 
     if cfg.tensorboard:
         found.append(TensorBoard())
     return found + [Evaluation(eval_pairs, metrics, registry),
-                    Checkpointing(cfg.checkpoint_every), Report(metrics),
+                    Checkpointing(cfg.checkpoint_every), FinalTest(test_pairs, metrics, registry),
+                    Report(metrics),
                     StopPolicy(cfg.max_steps, cfg.max_minutes)]
 
 
-__all__ = ["Callback", "Checkpointing", "Evaluation", "JsonlLog", "LossLog", "ProgressBar",
-           "Report", "StopPolicy", "TensorBoard", "default_callbacks", "sample_grid"]
+__all__ = ["Callback", "Checkpointing", "Evaluation", "FinalTest", "JsonlLog", "LossLog",
+           "ProgressBar", "Report", "StopPolicy", "TensorBoard", "default_callbacks", "sample_grid"]

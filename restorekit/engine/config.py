@@ -41,9 +41,11 @@ class TrainConfig:
         "range": (0, 10**12)})
     log_every: int = field(default=10, metadata={
         "help": "log the losses every N steps (0 = never)", "range": (0, 10**12)})
-    best_metric: str = field(default="", metadata={
-        "help": "the metric whose best evaluation is kept as checkpoints/best, in its own "
-                "direction (default: psnr when evaluated, else the first metric)"})
+    select_metric: str = field(default="", metadata={
+        "help": "the metric whose best evaluation on the validation split is kept as "
+                "checkpoints/best, in its own direction (default: psnr when evaluated, else "
+                "the first metric with a direction)",
+        "aliases": ("--best-metric",)})
     num_samples: int = field(default=3, metadata={
         "help": "test images shown in the sample grids", "range": (0, 64)})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})

@@ -1,7 +1,8 @@
 """One way to start a training job, for the CLI, resume, the study and the Python API.
 
 A :class:`TrainJob` says what a job trains on (the data folder or pair sets, the
-holdout, the evaluation split and metrics, extra callbacks, extra config); its
+holdout that makes the validation split, the test split evaluated once at the end, the
+metrics, extra callbacks, extra config); its
 :meth:`~TrainJob.train` and :meth:`~TrainJob.resume` prepare and lock the run folder,
 read the checkpoint to resume from once (rank 0 reads, every rank receives), resolve the
 device and precision and set the process-wide flags they need, build the
@@ -25,7 +26,7 @@ from restorekit._version import __version__
 from restorekit.api import AnyMetric, TrainableModel
 from restorekit.data import Holdout, TrainCrops, open_pairs
 from restorekit.engine import distributed
-from restorekit.engine.callbacks import Callback, default_callbacks
+from restorekit.engine.callbacks import Callback, Evaluation, FinalTest, default_callbacks
 from restorekit.engine.config import TrainConfig, resolve_device, resolve_precision
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.state import Best, Checkpoint, capture_options, load_resumable
@@ -79,8 +80,12 @@ class TrainResult:
     """What a training job returns.
 
     ``stopped`` is ``"completed"``, ``"max_steps"``, ``"max_minutes"`` or
-    ``"interrupted"`` (Ctrl-C; continue with ``resume=True``). ``best`` is the
-    best-by-metric record and ``best_checkpoint`` its file (None before any evaluation).
+    ``"interrupted"`` (Ctrl-C; continue with ``resume=True``). ``metrics`` are the means
+    of the last validation evaluation, ``validation`` its record (with intervals and
+    per-image values); ``best`` is the best-by-metric record on the validation split and
+    ``best_checkpoint`` its file (None without a validation split or before any
+    evaluation). ``test`` is the test split's final evaluation (``test.json``; None when
+    interrupted or without test pairs).
     """
 
     run_dir: Path
@@ -92,6 +97,8 @@ class TrainResult:
     checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     report: Path | None = None
+    validation: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
 
 
 class RunFolder(Callback):
@@ -120,13 +127,15 @@ class RunFolder(Callback):
 class TrainJob:
     """What a training job trains on and how it is watched.
 
-    ``data`` (a ``--data`` folder; None: the embedded set), ``holdout`` (train without
-    these validation pairs) and ``skip_bad`` open the training pairs and the
-    ``eval_split`` pairs, unless ``train_pairs`` are given (then ``eval_pairs`` too, or
-    None for no evaluation). The evaluated pairs pick the best checkpoint; ``eval_split``
-    names them in messages. ``metrics`` default to
-    ``restorekit.evaluate.default_metrics``; ``callbacks`` run after the usual ones;
-    ``extra`` is added to ``config.json``'s ``extra``.
+    ``data`` (a ``--data`` folder; None: the embedded set), ``holdout`` and ``skip_bad``
+    open the training pairs without the validation split that ``holdout`` carves from
+    them, that validation split (None: no validation, no selection: the last checkpoint
+    is the result) and the ``test_split`` (None: none), unless ``train_pairs`` are given
+    (then ``eval_pairs`` and ``test_pairs`` too, None for none). The validation pairs are
+    evaluated during training and pick the best checkpoint; the test pairs are evaluated
+    once, when training ends (:class:`~restorekit.engine.callbacks.FinalTest`).
+    ``metrics`` default to ``restorekit.evaluate.default_metrics``; ``callbacks`` run
+    after the usual ones; ``extra`` is added to ``config.json``'s ``extra``.
     """
 
     registry: Registry
@@ -135,31 +144,42 @@ class TrainJob:
     skip_bad: bool = False
     train_pairs: Any = None
     eval_pairs: Any = None
-    eval_split: str = "test"
+    test_pairs: Any = None
+    test_split: str | None = "test"
     metrics: Sequence[AnyMetric] | None = None
     callbacks: Sequence[Callback] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     data_desc: str = ""
 
-    def _pairs(self, seed: int) -> tuple[Any, Any]:
-        if self.train_pairs is not None:  # the caller's pair sets (no eval_pairs: none)
-            return self.train_pairs, self.eval_pairs
-        opened = [open_pairs(self.data, split, seed=seed, skip_bad=self.skip_bad,
-                             holdout=self.holdout) for split in ("train", self.eval_split)]
-        return opened[0], opened[1]
+    def _pairs(self, seed: int) -> tuple[Any, Any, Any]:
+        if self.train_pairs is not None:  # the caller's pair sets (None: none)
+            return self.train_pairs, self.eval_pairs, self.test_pairs
 
-    def _config(self, model: TrainableModel, train: Any, held: Any, device: torch.device,
-                precision: str, world_size: int) -> dict[str, Any]:
-        extra: dict[str, Any] = {"data_path": self.data}
-        if self.holdout is not None:  # trains without the validation split
-            extra["holdout"] = self.holdout.to_dict()
+        def opened(split: str) -> Any:
+            return open_pairs(self.data, split, seed=seed, skip_bad=self.skip_bad,
+                              holdout=self.holdout)
+
+        if self.holdout is not None:
+            count = len(open_pairs(self.data, "train", seed=seed, skip_bad=self.skip_bad))
+            if count < 2:
+                raise DataError(f"a validation split needs at least 2 training pairs (got "
+                                f"{count}); train without one with --val-fraction 0")
+        val = opened("val") if self.holdout is not None else None
+        return opened("train"), val, opened(self.test_split) if self.test_split else None
+
+    def _config(self, model: TrainableModel, train: Any, val: Any, test: Any,
+                device: torch.device, precision: str, world_size: int) -> dict[str, Any]:
+        # extra.holdout: the validation split carved from the training pairs (None: none)
+        extra: dict[str, Any] = {"data_path": self.data,
+                                 "holdout": self.holdout and self.holdout.to_dict()}
         return {
             "model": type(model).name,
             "options": capture_options(model),
             "preprocess": str(model.preprocess),
             "data": self.data_desc or getattr(train, "describe", str)(),
             "train_pairs": len(train),
-            "test_pairs": len(held) if held is not None else 0,
+            "val_pairs": len(val) if val is not None else 0,
+            "test_pairs": len(test) if test is not None else 0,
             "restorekit_version": __version__,
             "torch_version": torch.__version__,
             "device": str(device),
@@ -221,15 +241,15 @@ class TrainJob:
                 # fp32 on TF32 tensor cores (cuDNN convolutions already default to it).
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
-            train, held = self._pairs(cfg.seed)
+            train, val, test = self._pairs(cfg.seed)
             dataset = TrainCrops(train, cfg.crop_size, samples_per_epoch=cfg.samples_per_epoch,
                                  seed=cfg.seed, preprocess=model.preprocess)
             if len(dataset) == 0:
                 raise DataError("no training pairs to train on")
-            config = self._config(model, train, held, device, precision, dist.world_size)
-            callbacks = [RunFolder(config, loaded),
-                         *default_callbacks(cfg, held, self.metrics, self.registry),
-                         *self.callbacks]
+            config = self._config(model, train, val, test, device, precision,
+                                  dist.world_size)
+            usual = default_callbacks(cfg, val, self.metrics, self.registry, test)
+            callbacks = [RunFolder(config, loaded), *usual, *self.callbacks]
             trainer = Trainer(model, dataset=dataset, rundir=run, device=device,
                               precision=precision, callbacks=callbacks, dist=dist,
                               resume_from=loaded)
@@ -237,11 +257,13 @@ class TrainJob:
             state, best = trainer.state, trainer.state.best
             best = best if best is not None and best.value is not None else None
             best_path = run.checkpoint_path(RunDir.BEST)
+            evaluation = next(c for c in usual if isinstance(c, Evaluation))
+            final = next(c for c in usual if isinstance(c, FinalTest))
             return TrainResult(run_dir=run.path, epoch=state.epoch, step=state.step,
                                stopped=stopped, metrics=dict(state.metrics), best=best,
                                checkpoint=trainer.checkpoint, report=trainer.report,
                                best_checkpoint=best_path if best and best_path.is_file()
-                               else None)
+                               else None, validation=evaluation.last, test=final.record)
         except Exception as exc:  # under torchrun: a peer's failure becomes one line naming it
             state = trainer.state if trainer is not None else None
             reported = dist.failure(exc, state.epoch if state else 0, state.step if state else 0,
@@ -255,15 +277,20 @@ class TrainJob:
             run.release()
 
 
-def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: Path,
-          registry: Registry, resume: bool = False, overwrite: bool = False,
-          data_desc: str = "", extra_config: dict[str, Any] | None = None,
+def train(model: TrainableModel, *, train_pairs: Any, run_dir: Path, test_pairs: Any = None,
+          registry: Registry, val_pairs: Any = None, resume: bool = False,
+          overwrite: bool = False, data_desc: str = "",
+          extra_config: dict[str, Any] | None = None,
           metrics: Sequence[AnyMetric] | None = None, callbacks: Sequence[Callback] = (),
           ) -> TrainResult:
     """Train ``model`` (options from ``model.options``, a :class:`TrainConfig`) into ``run_dir``.
 
-    ``train_pairs``/``test_pairs`` are ``restorekit.data`` PairSets (``test_pairs`` are
-    evaluated and pick ``checkpoints/best``); ``registry`` (e.g.
+    ``train_pairs``, ``val_pairs`` and ``test_pairs`` are ``restorekit.data`` PairSets (or
+    None): the validation pairs (e.g. ``open_pairs(data, "val")``, with ``train_pairs`` the
+    training pairs without them: ``open_pairs(data, "train", holdout=Holdout())``) are
+    evaluated during training and pick ``checkpoints/best``; the test pairs are evaluated
+    once, when training ends, with the last and the best checkpoint (``test.json``,
+    ``TrainResult.test``). ``registry`` (e.g.
     ``restorekit.plugins.get_registry()``) gives the metrics and the classic baselines'
     preprocessors. A non-empty ``run_dir`` is refused unless ``resume`` (continue from its
     latest checkpoint, bit-exactly on CPU; see also :func:`restorekit.engine.resume`) or
@@ -273,8 +300,9 @@ def train(model: TrainableModel, *, train_pairs: Any, test_pairs: Any, run_dir: 
     the usual ones; an exception one raises stops training and propagates. Raises
     ``TrainingError`` on a non-finite loss.
     """
-    job = TrainJob(registry, train_pairs=train_pairs, eval_pairs=test_pairs, metrics=metrics,
-                   callbacks=callbacks, extra=dict(extra_config or {}), data_desc=data_desc)
+    job = TrainJob(registry, train_pairs=train_pairs, eval_pairs=val_pairs,
+                   test_pairs=test_pairs, metrics=metrics, callbacks=callbacks,
+                   extra=dict(extra_config or {}), data_desc=data_desc)
     return job.train(model, RunDir(run_dir), resume=resume, overwrite=overwrite)
 
 

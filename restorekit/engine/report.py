@@ -1,7 +1,10 @@
 """A run's ``report.html`` and its ``losses.svg``/``metrics.svg`` curves (matplotlib).
 
 The charts are inlined in ``report.html`` as SVG (the sample grids are linked from
-``samples/``).
+``samples/``). The report says which split chose the best checkpoint
+(:func:`selection_text`), shows the test split's final evaluation (``test.json``: the last
+and the selected checkpoint, evaluated once when training ended) and the validation
+evaluations made during training, labelled as such.
 
 Everything is read back from the run folder through :class:`RunDir` (config, losses,
 metrics, baselines, samples), so a report can be rebuilt for any run folder with
@@ -22,7 +25,7 @@ from restorekit.atomic import atomic_write_text
 from restorekit.engine.rundir import RunDir
 
 # Keys of a losses.jsonl / metrics.jsonl line that are not curves.
-NOT_CURVES = {"epoch", "step", "time"}
+NOT_CURVES = {"epoch", "step", "time", "split"}
 ARROWS = {True: "↑", False: "↓", None: ""}  # None: a statistic with no better direction
 PANEL_INCHES = (3.8, 2.3)  # one chart panel, 380 x 230 px in a browser
 
@@ -159,6 +162,72 @@ def _estimate(record: Mapping[str, Any], name: str) -> float | str | None:
     return f"{cell(mean)} [{cell(float(interval[0]))}, {cell(float(interval[1]))}]"
 
 
+def selection(run: RunDir) -> dict[str, Any] | None:
+    """How the run chose its best checkpoint: ``{"split": "val", "pairs": N, "metric",
+    "higher_is_better", "value", "step", "epoch"}`` (the last four None before the first
+    validation), ``{"split": None, "pairs": 0}`` for a run without a validation split
+    (``--val-fraction 0``: the last checkpoint is the result), None for a run folder made
+    before validation splits (no ``val_pairs`` in its ``config.json``)."""
+    from restorekit.engine.state import read_metadata
+
+    config = run.read_config()
+    if "val_pairs" not in config:
+        return None
+    pairs = int(config.get("val_pairs") or 0)
+    if not pairs:
+        return {"split": None, "pairs": 0}
+    found: dict[str, Any] = {"split": "val", "pairs": pairs, "metric": None,
+                             "higher_is_better": None, "value": None, "step": None,
+                             "epoch": None}
+    best = run.checkpoint_path(RunDir.BEST)
+    record = read_metadata(best).get("best") if best.is_file() else None
+    if record and record.get("value") is not None:
+        found.update({k: record.get(k) for k in ("metric", "higher_is_better", "value",
+                                                 "step")})
+        found["epoch"] = next((r.get("epoch") for r in run.read_log("metrics")
+                               if r.get("step") == record.get("step")), None)
+    return found
+
+
+def selection_text(chosen: Mapping[str, Any] | None) -> str:
+    """One sentence on :func:`selection` (empty for a run made before validation splits):
+    ``best checkpoint chosen on the validation split (1 pair) by psnr: epoch 3 (step 24,
+    psnr 17.1234)``."""
+    if not chosen:
+        return ""
+    if not chosen.get("split"):
+        return ("no validation split (--val-fraction 0): no checkpoint was selected; the "
+                "result is the last checkpoint")
+    pairs = chosen["pairs"]
+    where = f"the validation split ({pairs} pair{'' if pairs == 1 else 's'})"
+    if chosen.get("value") is None:
+        return f"no evaluation on {where} yet: no best checkpoint"
+    return (f"best checkpoint chosen on {where} by {chosen['metric']}: epoch "
+            f"{chosen.get('epoch')} (step {chosen['step']}, {chosen['metric']} "
+            f"{float(chosen['value']):.4f})")
+
+
+def _final_table(final: Mapping[str, Any] | None,
+                 higher_is_better: Mapping[str, bool | None]) -> str:
+    """The test split's final evaluation (``test.json``) as a table, or a sentence."""
+    if not final:
+        return ("<p>Not yet: the test split is evaluated once, when training ends "
+                "(completed or a limit reached).</p>")
+    rows = {f"{which} checkpoint (epoch {r.get('epoch')}, step {r.get('step')})": r
+            for which, r in (final.get("results") or {}).items()}
+    rows.update(final.get("baselines") or {})
+    names = [n for n in higher_is_better] or sorted(
+        {k for row in rows.values() for k, v in row.items()
+         if k not in NOT_CURVES and _number(v) is not None})
+    header = ["", *(f"{n} {ARROWS[higher_is_better[n]]}".rstrip()
+                    if n in higher_is_better else n for n in names)]
+    body = [[label, *(_estimate(row, n) for n in names)] for label, row in rows.items()]
+    return (f"<p>{html.escape(str(final.get('data', '')))}: {final.get('pairs')} pairs, "
+            f"evaluated once when training ended ({html.escape(str(final.get('stopped')))})."
+            f" mean [low, high]: the mean over the images and its 95 % bootstrap interval."
+            f"</p>" + table(header, body))
+
+
 def write_report(run: RunDir | str | Path,
                  higher_is_better: Mapping[str, bool | None] | None = None) -> Path:
     """Write ``losses.svg``, ``metrics.svg`` and ``report.html`` in the run folder."""
@@ -170,10 +239,12 @@ def write_report(run: RunDir | str | Path,
     metrics = run.read_log("metrics")
 
     loss_panels = curves(losses, skip={k for r in losses for k in r if k.startswith("lr")})
-    metric_panels = curves(metrics)
-    hlines = {name: {label: float(row[name]) for label, row in baselines.items()
-                     if isinstance(row.get(name), (int, float))}
-              for name in metric_panels}
+    validation = bool(metrics) and all(r.get("split") == "val" for r in metrics)
+    suffix = " (validation)" if validation else ""
+    metric_panels = {f"{name}{suffix}": panel for name, panel in curves(metrics).items()}
+    hlines = {f"{name}{suffix}": {label: float(row[name]) for label, row in baselines.items()
+                                  if isinstance(row.get(name), (int, float))}
+              for name in curves(metrics)}
     losses_svg = svg_charts(loss_panels)
     metrics_svg = svg_charts(metric_panels, hlines)
     atomic_write_text(run.chart("losses"), losses_svg)
@@ -188,6 +259,9 @@ def write_report(run: RunDir | str | Path,
         f"<figcaption>{html.escape(p.stem)} (rows: low | enhanced | ground truth)"
         f"</figcaption></figure>" for p in reversed(samples)) or "<p>No samples yet.</p>"
     final = metrics[-1] if metrics else None
+    chosen = selection(run)
+    chosen_text = selection_text(chosen)
+    unvalidated = chosen is not None and not chosen.get("split")  # --val-fraction 0
     parts = [
         "<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
@@ -198,9 +272,15 @@ def write_report(run: RunDir | str | Path,
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Model <b>{html.escape(model_name)}</b>, data: "
         f"{html.escape(str(config.get('data', '')))}</p>",
-        "<h2>Final metrics</h2>",
-        _metric_table(final, baselines, higher_is_better, model_name),
-        "<h2>Metric curves</h2>", metrics_svg,
+        f"<p>{html.escape(chosen_text)}</p>" if chosen_text else "",
+        "<h2>Test split (final evaluation)</h2>" if chosen is not None else "",
+        _final_table(run.read_final(), higher_is_better) if chosen is not None else "",
+        *([] if unvalidated else [
+            "<h2>Validation split (last evaluation)</h2>" if validation
+            else "<h2>Final metrics</h2>",
+            _metric_table(final, baselines, higher_is_better, model_name),
+            "<h2>Validation curves</h2>" if validation else "<h2>Metric curves</h2>",
+            metrics_svg]),
         "<h2>Loss curves</h2>", losses_svg,
         "<h2>Samples</h2>", sample_html,
         "<h2>Configuration</h2>", table(["key", "value"], _config_rows(config)),

@@ -5,8 +5,9 @@ Layout::
     config.json          what was trained on what (model, options, preprocess, data, versions)
     checkpoints/         last.safetensors (+ .json sidecar), best.safetensors, latest.json
     losses.jsonl         loss terms every ``log_every`` steps
-    metrics.jsonl        test metrics after each evaluation
-    baselines.json       identity and best-classic rows, computed once per run
+    metrics.jsonl        validation metrics after each evaluation (per-image values too)
+    baselines.json       identity and best-classic rows on the validation split, once per run
+    test.json            the test split, evaluated once when training ended (last and best)
     samples/             epoch_NNN.png sample grids (low | enhanced | ground truth)
     report.html          with losses.svg and metrics.svg
     tensorboard/         event files, with ``--tensorboard``
@@ -80,6 +81,7 @@ class RunDir:
     LOSSES = "losses.jsonl"
     METRICS = "metrics.jsonl"
     BASELINES = "baselines.json"
+    FINAL = "test.json"
     SAMPLES = "samples"
     REPORT = "report.html"
     LOSSES_SVG = "losses.svg"
@@ -285,6 +287,19 @@ class RunDir:
     def write_baselines(self, baselines: dict[str, dict[str, float]]) -> None:
         atomic_write_text(self.baselines_path, json.dumps(baselines, indent=1) + "\n")
 
+    @property
+    def final_path(self) -> Path:
+        """``test.json``: the test split, evaluated once when training ended."""
+        return self.path / self.FINAL
+
+    def read_final(self) -> dict[str, Any] | None:
+        if not self.final_path.is_file():
+            return None
+        return json.loads(self.final_path.read_text(encoding="utf-8"))
+
+    def write_final(self, record: dict[str, Any]) -> None:
+        atomic_write_text(self.final_path, json.dumps(record, indent=1) + "\n")
+
     def log(self, which: str, record: dict[str, Any]) -> None:
         """Append one record to ``losses.jsonl`` or ``metrics.jsonl``."""
         path = self.losses_log if which == "losses" else self.metrics_log
@@ -295,7 +310,9 @@ class RunDir:
         return read_jsonl(self.losses_log if which == "losses" else self.metrics_log)
 
     def truncate_logs(self, max_step: int) -> None:
-        """Drop records logged after the checkpoint a run resumes from."""
+        """Drop records logged after the checkpoint a run resumes from, and the final test
+        evaluation (made again when the resumed run ends)."""
+        self.final_path.unlink(missing_ok=True)
         for path in (self.losses_log, self.metrics_log):
             if path.is_file():
                 kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
@@ -480,9 +497,8 @@ class RunDir:
         """A checkpoint file from a file, a run folder or its ``checkpoints/`` folder.
 
         For a folder, the newest checkpoint: the model as training left it.
-        ``best.safetensors`` was picked on the evaluation split (the test split of a plain
-        run), so it is used only when named explicitly (choosing on the test split flatters
-        the scores).
+        ``best.safetensors`` (picked on the validation split; the test split of runs made
+        before restorekit chose on validation) is used only when named explicitly.
         """
         path = Path(path)
         if path.is_file():

@@ -7,7 +7,8 @@ A checkpoint (the container is :mod:`restorekit.engine.checkpoint`) holds:
 * the loop's counters (``epoch``, ``step``, ``step_in_epoch``), the loss window in progress,
   the GradScalers (fp16), the RNG states (``rng.torch``, ``rng.cuda.<i>``, python and numpy in
   the JSON), the number of processes it was saved with, the last evaluation's metrics and
-  the best-by-metric record ``{"metric", "higher_is_better", "value", "step"}``;
+  the best-by-metric record on the validation split ``{"metric", "higher_is_better",
+  "value", "step"}``;
 * registered stateful parts (``parts``; tensors ``part.<name>.<path>``): anything with
   ``state_dict()``/``load_state_dict()`` that a model lists in ``TrainableModel.stateful()``
   (a learning-rate scheduler, an EMA of the weights) or that :meth:`TrainState.register`
@@ -39,7 +40,7 @@ from restorekit.engine import checkpoint as container
 from restorekit.engine.optimizers import IMPLEMENTATION_FLAGS
 from restorekit.errors import CheckpointError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The metadata format :meth:`TrainState.capture` writes (``meta["format"]``)."""
 
 Tensors = dict[str, torch.Tensor]
@@ -63,7 +64,28 @@ def _v1_to_v2(tensors: Tensors, meta: dict[str, Any]) -> None:
     meta.setdefault("parts", {})
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+RENAMED_OPTIONS = {"best_metric": "select_metric"}
+"""Training options stored under an older name (checkpoints, ``config.json`` files)."""
+
+
+def renamed_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each old name of :data:`RENAMED_OPTIONS` replaced by the new one
+    (a value stored under the new name wins)."""
+    out = dict(options)
+    for old, new in RENAMED_OPTIONS.items():
+        if old in out:
+            out.setdefault(new, out.pop(old))
+    return out
+
+
+def _v2_to_v3(tensors: Tensors, meta: dict[str, Any]) -> None:
+    """Version 2: the option choosing ``best`` was ``best_metric`` (now ``select_metric``,
+    evaluated on the validation split)."""
+    if isinstance(meta.get("options"), dict):
+        meta["options"] = renamed_options(meta["options"])
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
 """``MIGRATIONS[v]`` turns version ``v``'s ``(tensors, meta)`` into version ``v + 1``'s, in place.
 When only the metadata is read, ``tensors`` is empty: a migration renaming tensors must
 not require them."""
@@ -526,5 +548,5 @@ class TrainState:
         rng(lambda: restore_rng(tensors, meta["rng"]))
 
 
-__all__ = ["FORMAT_VERSION", "MIGRATIONS", "Best", "Checkpoint", "Stateful", "TrainState",
-           "load", "read_checkpoint", "read_metadata"]
+__all__ = ["FORMAT_VERSION", "MIGRATIONS", "RENAMED_OPTIONS", "Best", "Checkpoint", "Stateful",
+           "TrainState", "load", "read_checkpoint", "read_metadata", "renamed_options"]

@@ -11,8 +11,9 @@ from restorekit.engine import Callback, Trainer
 class PruningCallback(Callback):
     """After each evaluation: ``trial.report(value, epoch)`` of ``metric``, then stop the
     trial (``optuna.TrialPruned``) when ``trial.should_prune()``, as
-    ``optuna_integration``'s PyTorch Lightning and Keras callbacks do. The evaluation's
-    metrics are kept as the trial's ``val`` attribute."""
+    ``optuna_integration``'s PyTorch Lightning and Keras callbacks do. The evaluation (on
+    the validation split) is kept as the trial's ``val`` attribute: its record, with the
+    intervals and the per-image values (:meth:`restorekit.evaluate.Evaluation.record`)."""
 
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial = trial
@@ -25,7 +26,8 @@ class PruningCallback(Callback):
         if value is None or not math.isfinite(value):
             return
         self.trial.report(value, label)
-        self.trial.set_user_attr("val", results)
+        record = getattr(results, "record", None)
+        self.trial.set_user_attr("val", record() if record is not None else dict(results))
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {label} (step {trainer.state.step}) "
                                      f"with {self.metric} {value:.4f}")

@@ -172,7 +172,7 @@ def run_repeats(study: Any, registry: Registry, folder: Path, count: int, top: i
         try:
             model = model_from_metadata(run.path, config, registry, seed=s)
             job = TrainJob(registry, data=attrs.get("data"), holdout=holdout,
-                           train_pairs=train, eval_pairs=val, eval_split="val",
+                           train_pairs=train, eval_pairs=val,
                            metrics=metrics, extra={"study": study.study_name,
                                                    "repeat_of": trial.number, "seed": s})
             result = job.train(model, run, overwrite=True)

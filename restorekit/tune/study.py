@@ -305,9 +305,9 @@ def _objective(ctx: _Context) -> Callable[[Any], float | tuple[float, ...]]:
             preprocess = Pipeline.parse(pipeline, ctx.registry).remember()
             base = preset_values(ctx.model_cls, s.preset, ctx.space.fixed)
             values = ctx.model_cls.options_from_search(base, params)
-            # The trial's best checkpoint is chosen by the study's objective.
+            # The trial's best checkpoint is chosen on validation by the study's objective.
             full, options = schedule.trial_options(
-                ctx.model_cls, {**values, "best_metric": ctx.metric.name}, s.trial_epochs,
+                ctx.model_cls, {**values, "select_metric": ctx.metric.name}, s.trial_epochs,
                 s.limits)
             model = ctx.model_cls(options, preprocess)
         except (RestorekitError, ValueError, TypeError) as exc:
@@ -328,8 +328,9 @@ def _objective(ctx: _Context) -> Callable[[Any], float | tuple[float, ...]]:
         started, timer = time.monotonic(), StepTimer()
         # Optuna prunes single-objective studies only.
         pruning = [] if ctx.objectives else [PruningCallback(trial, ctx.metric.name)]
+        # Validation only: no test_pairs, the test split is final_evaluation's alone.
         job = TrainJob(ctx.registry, data=s.data, holdout=s.holdout,
-                       train_pairs=ctx.train_pairs, eval_pairs=ctx.val_pairs, eval_split="val",
+                       train_pairs=ctx.train_pairs, eval_pairs=ctx.val_pairs,
                        metrics=ctx.metrics, callbacks=[*pruning, timer],
                        extra={"study": s.study, "trial": trial.number})
         try:
@@ -349,7 +350,7 @@ def _objective(ctx: _Context) -> Callable[[Any], float | tuple[float, ...]]:
             trial.set_user_attr("interrupted", True)
             raise KeyboardInterrupt
         value = result.metrics.get(ctx.metric.name)
-        trial.set_user_attr("val", result.metrics)
+        trial.set_user_attr("val", result.validation or result.metrics)
         if value is None or not math.isfinite(value):
             return _failed(trial, f"no finite validation {ctx.metric.name} ({value})")
         if ctx.objectives:
@@ -641,8 +642,10 @@ def is_finished(study: Any, trials: int) -> bool:
 
 
 def final_evaluation(study: Any, registry: Registry, device: str = "auto") -> dict[str, Any]:
-    """Evaluate the reported trials on the test split, once each; stored with the study
-    (user attribute ``test``, by trial number) and returned."""
+    """Evaluate the reported trials on the test split, once each, with each trial's
+    selected checkpoint (``best``, chosen on validation; ``last`` where there is none);
+    stored with the study (user attribute ``test``, by trial number: the evaluation's
+    record and ``"checkpoint"``) and returned."""
     from restorekit import evaluate
 
     attrs = study.user_attrs.get(ATTR, {})
@@ -664,9 +667,11 @@ def final_evaluation(study: Any, registry: Registry, device: str = "auto") -> di
                    f"{study.study_name}' on host {t.user_attrs.get('host', '?')} to evaluate "
                    f"it on the test split")
             continue
-        model = load_trained(run, registry, device=device)
-        scores[str(t.number)] = evaluate.evaluate(test, model.enhance, metrics,
-                                                  desc=f"test, trial {t.number}").record()
+        best = RunDir(run).checkpoint_path(RunDir.BEST)
+        model = load_trained(best if best.is_file() else run, registry, device=device)
+        scores[str(t.number)] = {**evaluate.evaluate(test, model.enhance, metrics,
+                                                     desc=f"test, trial {t.number}").record(),
+                                 "checkpoint": "best" if best.is_file() else "last"}
     study.set_user_attr(TEST_ATTR, scores)
     return scores
 

@@ -880,13 +880,14 @@ def test_a_best_checkpoint_by_any_metric(tick, tmp_path: Path,
     run = RunDir(tmp_path / "runs" / "s")
     best = read_checkpoint(run.checkpoint_path("best"))[1]["best"]
     assert best["metric"] == "ssim" and best["higher_is_better"] is True and best["step"] == 8
-    assert f"best test ssim during training {best['value']:.4f} at step 8" in out
+    assert (f"best checkpoint chosen on the validation split (1 pair) by ssim: epoch 1 (step 8, "
+            f"ssim {best['value']:.4f})") in out
     assert train_tick("m", "--metrics", "ssim,mae", "--best-metric", "mae") == 0
     best = read_checkpoint(RunDir(tmp_path / "runs" / "m").checkpoint_path("best"))[1]["best"]
     assert best["metric"] == "mae" and best["higher_is_better"] is False
     capsys.readouterr()
     assert train_tick("x", "--metrics", "ssim", "--best-metric", "lpips") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "restorekit: error: --best-metric: 'lpips' is not evaluated (metrics: ssim); add it "
-        "to --metrics")
+        "restorekit: error: --select-metric: 'lpips' is not evaluated (metrics: ssim); add "
+        "it to --metrics")
     assert not (tmp_path / "runs" / "x").exists()

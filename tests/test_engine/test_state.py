@@ -107,7 +107,8 @@ def _best_of(run_dir: Path) -> dict:
 
 def test_best_without_psnr_uses_the_first_metric(tmp_path: Path) -> None:
     """Was: best was PSNR only, so with `--metrics ssim` no best checkpoint was written."""
-    result = train(make(epochs=2), train_pairs=TinyPairs(6, 0), test_pairs=TinyPairs(3, 1),
+    result = train(make(epochs=2), train_pairs=TinyPairs(6, 0),
+                   val_pairs=TinyPairs(3, 1), test_pairs=None,
                    run_dir=tmp_path / "r", registry=REGISTRY, metrics=[MAE])
     logged = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").open()]
     lowest = min(logged, key=lambda r: r["mae"])
@@ -118,13 +119,13 @@ def test_best_without_psnr_uses_the_first_metric(tmp_path: Path) -> None:
     assert result.best_checkpoint == tmp_path / "r" / "checkpoints" / "best.safetensors"
 
 
-def test_best_metric_picks_the_metric_and_its_direction(tmp_path: Path) -> None:
-    result = run(tmp_path / "r", make(epochs=2, best_metric="mae"))
+def test_select_metric_picks_the_metric_and_its_direction(tmp_path: Path) -> None:
+    result = run(tmp_path / "r", make(epochs=2, select_metric="mae"))
     assert result.best is not None and result.best.metric == "mae"
     assert not result.best.higher_is_better
-    with pytest.raises(UsageError, match=r"^--best-metric: 'lpips' is not evaluated "
+    with pytest.raises(UsageError, match=r"^--select-metric: 'lpips' is not evaluated "
                                          r"\(metrics: psnr, mae\); add it to --metrics$"):
-        run(tmp_path / "bad", make(epochs=1, best_metric="lpips"))
+        run(tmp_path / "bad", make(epochs=1, select_metric="lpips"))
 
 
 def test_best_is_never_a_statistic_without_direction(tmp_path: Path) -> None:
@@ -134,13 +135,14 @@ def test_best_is_never_a_statistic_without_direction(tmp_path: Path) -> None:
 
     brightness = NoReferenceMetric("brightness", lambda out: float(out.mean()),
                                    higher_is_better=None)
-    result = train(make(epochs=1), train_pairs=TinyPairs(6, 0), test_pairs=TinyPairs(3, 1),
+    result = train(make(epochs=1), train_pairs=TinyPairs(6, 0),
+                   val_pairs=TinyPairs(3, 1), test_pairs=None,
                    run_dir=tmp_path / "r", registry=REGISTRY, metrics=[brightness, MAE])
     assert result.best is not None and result.best.metric == "mae"
-    with pytest.raises(UsageError, match=r"^--best-metric: 'brightness' is a statistic with "
+    with pytest.raises(UsageError, match=r"^--select-metric: 'brightness' is a statistic with "
                                          r"no better direction; choose one of mae$"):
-        train(make(epochs=1, best_metric="brightness"), train_pairs=TinyPairs(6, 0),
-              test_pairs=TinyPairs(3, 1), run_dir=tmp_path / "b", registry=REGISTRY,
+        train(make(epochs=1, select_metric="brightness"), train_pairs=TinyPairs(6, 0),
+              val_pairs=TinyPairs(3, 1), run_dir=tmp_path / "b", registry=REGISTRY,
               metrics=[brightness, MAE])
 
 
@@ -234,8 +236,8 @@ def test_samples_reuse_the_evaluation_outputs(tmp_path: Path) -> None:
             calls.append(image.shape)
             return super().enhance(image, tile)
 
-    train(make(Counting), train_pairs=TinyPairs(6, 0), test_pairs=TinyPairs(3, 1),
-          run_dir=tmp_path / "r", registry=REGISTRY, metrics=METRICS)
+    train(make(Counting), train_pairs=TinyPairs(6, 0), val_pairs=TinyPairs(3, 1),
+          test_pairs=None, run_dir=tmp_path / "r", registry=REGISTRY, metrics=METRICS)
     assert len(calls) == 3 * 3  # three evaluations of three pairs, nothing more
     assert len(list((tmp_path / "r" / "samples").glob("*.png"))) == 3
 
@@ -250,8 +252,8 @@ def test_a_callback_sees_the_events_and_can_stop_training(tmp_path: Path) -> Non
                 raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
-        train(make(), train_pairs=TinyPairs(6, 0), test_pairs=TinyPairs(3, 1),
-              run_dir=tmp_path / "r", registry=REGISTRY, metrics=[PSNR],
+        train(make(), train_pairs=TinyPairs(6, 0), val_pairs=TinyPairs(3, 1),
+              test_pairs=None, run_dir=tmp_path / "r", registry=REGISTRY, metrics=[PSNR],
               callbacks=[Stopper()])
     assert [e[:2] for e in events] == [(1, 3), (2, 6)]
     assert st.read_metadata(tmp_path / "r" / "checkpoints" / "last.safetensors")["step"] == 3

@@ -142,7 +142,8 @@ def cheap_baselines(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(run_dir: Path, model: Tiny | None = None, **kwargs) -> TrainResult:
-    return train(model or make(), train_pairs=TinyPairs(6, 0), test_pairs=TinyPairs(3, 1),
+    return train(model or make(), train_pairs=TinyPairs(6, 0), val_pairs=TinyPairs(3, 1),
+                 test_pairs=TinyPairs(2, 2),
                  run_dir=run_dir, registry=REGISTRY, data_desc="tiny", metrics=METRICS,
                  **kwargs)
 
