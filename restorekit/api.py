@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["API_VERSION", "AnyMetric", "Choice", "Command", "FloatRange", "IntRange", "Metric",
            "Model", "NoOptions", "NoReferenceMetric", "Preprocessor", "SearchRange",
            "StepContext", "TrainableModel", "call_plugin", "check_range", "hookimpl",
-           "print_plugin_traceback", "validate_options"]
+           "validate_options"]
 
 BOUNDS = ("[]", "[)", "(]", "()")
 """How a range's ends count: ``[`` / ``]`` closed (the end is allowed), ``(`` / ``)`` open."""
