@@ -12,7 +12,6 @@ from restorekit.api import (
     Choice,
     Command,
     FloatRange,
-    Image,
     IntRange,
     Metric,
     Model,
@@ -23,6 +22,7 @@ from restorekit.api import (
     StepContext,
     TrainableModel,
 )
+from restorekit.api import Image as Image  # numpy's ndarray: not in __all__ (help() would print it)
 from restorekit.errors import RestorekitError
 from restorekit.hookspecs import hookimpl
 
@@ -31,7 +31,6 @@ __all__ = [
     "Choice",
     "Command",
     "FloatRange",
-    "Image",
     "IntRange",
     "Metric",
     "Model",

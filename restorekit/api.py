@@ -1,15 +1,19 @@
-"""The types a plugin registers: preprocessors, metrics, models and commands.
+"""The types a plugin registers: preprocessors, metrics, models and commands, and the
+``hookimpl`` marker of its hook functions.
 
 Images everywhere in restorekit's public API are ``numpy`` arrays of shape
-``(H, W, 3)``, dtype ``float32``, RGB, values in ``[0, 1]`` (see ``restorekit.data``).
-Networks see ``torch`` tensors ``(N, 3, H, W)`` in ``[0, 1]``.
+``(H, W, 3)``, dtype ``float32``, RGB, values in ``[0, 1]`` (see ``restorekit.data``);
+``Image`` is an alias of ``numpy.ndarray``. Networks see ``torch`` tensors
+``(N, 3, H, W)`` in ``[0, 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -17,16 +21,22 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import pluggy
+
 from restorekit._env import trace_plugins
 from restorekit.errors import PluginError, RestorekitError, UsageError, brief, one_line
+from restorekit.hookspecs import hookimpl
 from restorekit.types import API_VERSION, Image
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["API_VERSION", "AnyMetric", "Choice", "Command", "FloatRange", "Image", "IntRange",
-           "Metric", "Model", "NoOptions", "NoReferenceMetric", "Preprocessor", "SearchRange",
-           "StepContext", "TrainableModel", "call_plugin", "check_range", "validate_options"]
+# ``Image`` (numpy's ndarray) stays out of ``__all__``: pydoc would print ndarray's whole
+# manual in ``help(restorekit.api)``.
+__all__ = ["API_VERSION", "AnyMetric", "Choice", "Command", "FloatRange", "IntRange", "Metric",
+           "Model", "NoOptions", "NoReferenceMetric", "Preprocessor", "SearchRange",
+           "StepContext", "TrainableModel", "call_plugin", "check_range", "hookimpl",
+           "validate_options"]
 
 BOUNDS = ("[]", "[)", "(]", "()")
 """How a range's ends count: ``[`` / ``]`` closed (the end is allowed), ``(`` / ``)`` open."""
@@ -118,6 +128,21 @@ def validate_options(options: Any, only: Any = None) -> None:
             raise UsageError(f"--{f.name.replace('_', '-')}: {problem}")
 
 
+_MACHINERY = tuple(os.path.dirname(os.path.abspath(path)) + os.sep
+                   for path in (__file__, pluggy.__file__, importlib.__file__))
+"""Folders of restorekit, pluggy and importlib: the frames a plugin author skips."""
+
+
+def print_plugin_traceback(exc: BaseException) -> None:
+    """``exc``'s traceback on stderr, starting at the first frame outside restorekit,
+    pluggy and importlib (the plugin's own code), or whole when it never leaves them."""
+    tb = exc.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(_MACHINERY)
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen")):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb or exc.__traceback__, file=sys.stderr)
+
+
 def call_plugin(what: str, plugin: str, fn: Callable[..., Any], *args: Any,
                 **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``; an unexpected exception becomes one line naming the plugin.
@@ -132,7 +157,7 @@ def call_plugin(what: str, plugin: str, fn: Callable[..., Any], *args: Any,
         raise
     except Exception as exc:
         if trace_plugins():
-            traceback.print_exc(file=sys.stderr)
+            print_plugin_traceback(exc)
         who = f"plugin {plugin!r}" if plugin else "a plugin registered at run time"
         raise PluginError(f"{what} of {who} raised {one_line(exc)} (RESTOREKIT_TRACE_PLUGINS=1 "
                           f"shows the traceback)") from exc

@@ -1,8 +1,10 @@
 """Preprocessor pipelines from spec strings such as ``"autogamma,clahe:clip=0.01"``.
 
-Grammar: steps separated by ``,``; a step is ``name`` or ``name:key=value[:key=value...]``.
-Values are parsed by the type of the parameter's default (bool, int, float, str) and
-checked against the preprocessor's declared ``ranges``.
+Grammar: steps separated by ``,``; a step is ``[plugin:]name[:key=value...]``, e.g.
+``clahe:clip=0.01`` or ``nightowl:msr:sigma=3``: the segment after the first is the
+preprocessor's name (qualified by the plugin in front) when it holds no ``=``, since every
+parameter assignment does. Values are parsed by the type of the parameter's default (bool,
+int, float, str) and checked against the preprocessor's declared ``ranges``.
 """
 
 from __future__ import annotations
@@ -125,14 +127,19 @@ class Pipeline:
 
 
 def _parse_step(text: str, registry: Registry) -> Step:
-    name, *assignments = text.split(":")
-    name = name.strip()
+    name, *assignments = [part.strip() for part in text.split(":")]
     if not name:
         raise UsageError("--preprocess: empty step in the pipeline spec")
+    bare = name
+    if assignments and "=" not in assignments[0]:  # plugin:name
+        name = f"{name}:{assignments.pop(0)}"
     try:
         pre: Preprocessor = registry.preprocessor(name)
     except PluginError as exc:
-        raise UsageError(f"--preprocess: {exc}") from None
+        reason = str(exc)
+        if bare != name and bare in registry.items["preprocessors"]:  # "clahe:clip"
+            reason = f"{bare}: expected key=value, got {name.partition(':')[2]!r}"
+        raise UsageError(f"--preprocess: {reason}") from None
     params = dict(pre.params)
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")

@@ -7,9 +7,15 @@ implements an unknown hook (or a known one with the wrong parameters), registers
 model class that lacks a required method or raises inside a hook is recorded as a
 load failure and skipped; ``RESTOREKIT_STRICT_PLUGINS=1`` makes any failure an error.
 
+Every item is addressable by its qualified name ``PLUGIN:NAME`` (``builtin:mae``,
+``nightowl:mae``); restorekit's own modules form the plugin ``builtin``. A bare name
+registered by two plugins is an error that lists the qualified names to use.
+
 Environment variables:
     RESTOREKIT_DISABLE_PLUGINS  comma-separated entry-point names not to load ("*": all)
-    RESTOREKIT_STRICT_PLUGINS   "1": a plugin failure raises ``PluginError``
+                                and single items not to register (``PLUGIN:NAME``)
+    RESTOREKIT_STRICT_PLUGINS   "1": plugin failures raise one ``PluginError`` naming
+                                every broken plugin
     RESTOREKIT_TRACE_PLUGINS    "1": log every entry-point load and hook call to stderr,
                                 and show the traceback of a plugin that fails
 """
@@ -43,11 +49,14 @@ from restorekit.api import (
     Preprocessor,
     SearchRange,
     missing_methods,
+    print_plugin_traceback,
 )
 from restorekit.errors import PluginError, forget_warnings, one_line, warn
 from restorekit.types import API_VERSION
 
 ENTRY_POINT_GROUP = "restorekit"
+BUILTIN = "builtin"
+"""The plugin name of restorekit's own items (``builtin:mae``)."""
 BUILTIN_MODULES = (
     "restorekit.builtin.preprocessors",
     "restorekit.builtin.metrics",
@@ -73,6 +82,15 @@ class PluginInfo:
     error: str | None = None
     conflicts: list[str] = field(default_factory=list)
     """One line per contested name, e.g. ``"models 'x' also registered by 'y'"``."""
+    plugin: str = ""
+    """The name users qualify its items with (``builtin`` for restorekit's own modules)."""
+    warnings: list[str] = field(default_factory=list)
+    """Problems that do not stop it loading (it implements no hooks, say)."""
+    disabled: list[str] = field(default_factory=list)
+    """Its items left out by ``RESTOREKIT_DISABLE_PLUGINS`` (``kind name``)."""
+
+    def __post_init__(self) -> None:
+        self.plugin = self.plugin or self.name
 
 
 @dataclass
@@ -80,22 +98,36 @@ class Registry:
     """Every registered item by kind and name, with the plugin that registered it."""
 
     items: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    """By bare name (a contested name keeps the first plugin's item: see ``conflicts``)."""
     owners: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
     conflicts: dict[str, dict[str, list[str]]] = field(
         default_factory=lambda: {k: {} for k in KINDS})
+    """Bare names registered by more than one plugin: their qualified names."""
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    qualified: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    """Every item by ``PLUGIN:NAME``; a contested item's ``name`` is its qualified name."""
 
     def get(self, kind: str, name: str) -> Any:
-        """The item ``name`` of ``kind``; a clear ``PluginError`` when unknown or contested."""
+        """The item ``name`` (bare or ``PLUGIN:NAME``) of ``kind``; a clear ``PluginError``
+        when unknown, or when a bare name is registered by several plugins."""
+        what = kind[:-1]
+        if ":" in name:
+            try:
+                return self.qualified[kind][name]
+            except KeyError:
+                known = ", ".join(sorted(self.qualified[kind])) or "none"
+                raise PluginError(f"unknown {what} {name!r} (known: {known})") from None
         if name in self.conflicts[kind]:
-            who = " and ".join(repr(p) for p in self.conflicts[kind][name])
-            raise PluginError(f"{kind[:-1]} {name!r} is registered by both {who}; "
-                              f"disable one with RESTOREKIT_DISABLE_PLUGINS")
+            names = self.conflicts[kind][name]
+            who = " and ".join(repr(n.rpartition(":")[0]) for n in names)
+            raise PluginError(f"{what} {name!r} is registered by plugins {who}: name one of "
+                              f"{', '.join(names)}")
         try:
             return self.items[kind][name]
         except KeyError:
             known = ", ".join(sorted(self.items[kind])) or "none"
-            raise PluginError(f"unknown {kind[:-1]} {name!r} (known: {known})") from None
+            raise PluginError(f"unknown {what} {name!r} (known: {known})") from None
 
     def preprocessor(self, name: str) -> Preprocessor:
         return self.get("preprocessors", name)
@@ -118,9 +150,12 @@ class Registry:
         return [p for p in self.plugins.values() if p.error]
 
 
-def _disabled() -> set[str]:
+def _disabled() -> tuple[set[str], set[str]]:
+    """``RESTOREKIT_DISABLE_PLUGINS``: the plugins (``NAME``) and items (``PLUGIN:NAME``)."""
     raw = os.environ.get("RESTOREKIT_DISABLE_PLUGINS", "")
-    return {n.strip() for n in raw.split(",") if n.strip()}
+    names = {n.strip() for n in raw.split(",") if n.strip()}
+    items = {n for n in names if ":" in n}
+    return names - items, items
 
 
 def _where(exc: BaseException, module: str = "") -> str:
@@ -160,18 +195,23 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._registry: Registry | None = None
+        self._broken: dict[str, None] = {}  # strict mode: every failure, in order
         self.tracing = trace_plugins()
         for module_name in BUILTIN_MODULES:
             module = importlib.import_module(module_name)
-            self._register(module, module_name, PluginInfo(module_name, "built-in", __version__))
+            self._register(module, module_name,
+                           PluginInfo(module_name, "built-in", __version__, plugin=BUILTIN))
         if load_entry_points:
             self._load_entry_points()
 
     # -- loading ---------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        disabled = _disabled()
+        disabled, _ = _disabled()
+        if BUILTIN in disabled:
+            warn(f"RESTOREKIT_DISABLE_PLUGINS: the plugin {BUILTIN!r} cannot be disabled as a "
+                 f"whole; name single items instead (e.g. {BUILTIN}:mae)", once=True)
         found = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-        unknown = sorted(disabled - {ep.name for ep in found} - {"*"})
+        unknown = sorted(disabled - {ep.name for ep in found} - {"*", BUILTIN})
         if unknown:
             installed = ", ".join(sorted({ep.name for ep in found})) or "none"
             warn(f"RESTOREKIT_DISABLE_PLUGINS names no installed plugin: "
@@ -198,6 +238,11 @@ class PluginManager:
 
     def _register(self, plugin: object, name: str, info: PluginInfo) -> None:
         self.infos[name] = info
+        if info.source != "built-in" and (info.plugin == BUILTIN or ":" in info.plugin
+                                          or "," in info.plugin):
+            self._fail(info, f"the plugin name {info.plugin!r} is reserved or contains ':' "
+                             f"or ','; rename the entry point")
+            return
         wanted = getattr(plugin, "RESTOREKIT_API", API_VERSION)
         if wanted != API_VERSION:
             self._fail(info, f"needs restorekit plugin API {wanted}, this restorekit "
@@ -242,17 +287,30 @@ class PluginManager:
 
     def _fail(self, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
         info.error = message
-        text = f"plugin {info.name!r} ({info.source}): {message}"
         if exc is not None and (self.tracing or strict_plugins()):
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            print_plugin_traceback(exc)
         if strict_plugins():
-            raise PluginError(text)
+            self._broken[f"plugin {info.name!r} ({info.source}): {message}"] = None
+            return
         warn(f"plugin {info.name!r} ({info.source}) skipped: {message}", once=True)
 
-    def _warn_or_fail(self, info: PluginInfo, message: str) -> None:
+    def _warn_or_fail(self, info: PluginInfo | None, message: str) -> None:
+        """A problem that leaves the plugin loaded: a warning, an error in strict mode."""
+        if info is not None:
+            info.warnings.append(message)
         if strict_plugins():
-            raise PluginError(f"{message} (RESTOREKIT_STRICT_PLUGINS=1)")
+            self._broken[message] = None
+            return
         warn(message, once=True)
+
+    def _raise_strict(self) -> None:
+        """Strict mode: one ``PluginError`` naming every failure recorded so far."""
+        if not self._broken:
+            return
+        problems = list(self._broken)
+        head = "" if len(problems) == 1 else \
+            f"{len(problems)} plugin problems (RESTOREKIT_STRICT_PLUGINS=1): "
+        raise PluginError(head + "; ".join(problems))
 
     # -- registration for tests and embedding -----------------------------------------------
     def register(self, plugin: object, name: str | None = None) -> str:
@@ -269,6 +327,7 @@ class PluginManager:
         if plugin is not None:
             self.pm.unregister(plugin)
         self.infos.pop(name, None)
+        self._broken = {m: None for m in self._broken if not m.startswith(f"plugin {name!r} ")}
         self._registry = None
 
     # -- the registry ------------------------------------------------------------------------
@@ -283,10 +342,12 @@ class PluginManager:
         for info in self.infos.values():
             info.registered = {k: [] for k in KINDS}
             info.conflicts = []
+            info.disabled = []
         impls: dict[str, list[tuple[str, Any]]] = {}
         for kind in KINDS:
             for impl in getattr(self.pm.hook, f"register_{kind}").get_hookimpls():
                 impls.setdefault(impl.plugin_name, []).append((kind, impl))
+        _, disabled = _disabled()
         # Plugins in registration order (built-ins first); each plugin's items join the
         # registry only if all of its hooks succeed, so a failure never half-registers.
         for name, info in list(self.infos.items()):
@@ -296,7 +357,12 @@ class PluginManager:
             if staged is None:
                 continue
             for kind, item in staged:
-                self._add(reg, kind, item, info)
+                self._add(reg, kind, item, info, disabled)
+        used = {f"{i.plugin}:{d.split()[1]}" for i in self.infos.values() for d in i.disabled}
+        if disabled - used:
+            warn(f"RESTOREKIT_DISABLE_PLUGINS names no registered item: "
+                 f"{', '.join(sorted(disabled - used))}", once=True)
+        self._raise_strict()
         return reg
 
     def _call_hooks(self, info: PluginInfo,
@@ -324,28 +390,44 @@ class PluginManager:
             staged.extend((kind, item) for item in items)
         return staged
 
-    def _add(self, reg: Registry, kind: str, item: Any, info: PluginInfo) -> None:
+    def _add(self, reg: Registry, kind: str, item: Any, info: PluginInfo,
+             disabled: set[str]) -> None:
         name = item.name
-        if dataclasses.is_dataclass(item) and not isinstance(item, type):
-            item = dataclasses.replace(item, plugin=info.name)
-        info.registered[kind].append(name)
-        owner = reg.owners[kind].get(name)
-        if owner is not None and owner != info.name:
-            who = reg.conflicts[kind].setdefault(name, [owner])
-            who.append(info.name)
-            for plugin in who:
-                others = ", ".join(repr(p) for p in who if p != plugin)
-                line = f"{kind} {name!r} also registered by {others}"
-                entry = reg.plugins[plugin].conflicts
-                entry[:] = [c for c in entry if not c.startswith(f"{kind} {name!r} ")] + [line]
-            message = (f"{kind[:-1]} {name!r} is registered by both {owner!r} and "
-                       f"{info.name!r}")
-            if strict_plugins():
-                raise PluginError(message)
-            warn(message, once=True)
+        qualified = f"{info.plugin}:{name}"
+        if qualified in disabled:
+            info.disabled.append(f"{kind[:-1]} {name}")
             return
-        reg.items[kind][name] = item
-        reg.owners[kind][name] = info.name
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            item = dataclasses.replace(item, plugin=info.plugin)
+        info.registered[kind].append(name)
+        reg.qualified[kind][qualified] = item
+        owner = reg.owners[kind].get(name)
+        if owner is None or owner == info.name:
+            reg.items[kind][name] = item
+            reg.owners[kind][name] = info.name
+            return
+        first = f"{reg.plugins[owner].plugin}:{name}"
+        names = reg.conflicts[kind].setdefault(name, [first])
+        names.append(qualified)
+        for q in (first, qualified):  # a contested item is known by its qualified name
+            reg.qualified[kind][q] = _renamed(reg.qualified[kind][q], q)
+        who = [q.rpartition(":")[0] for q in names]
+        for each in reg.plugins.values():
+            if name in each.registered[kind] and f"{each.plugin}:{name}" in names:
+                others = ", ".join(repr(p) for p in who if p != each.plugin)
+                line = f"{kind} {name!r} also registered by {others}"
+                each.conflicts[:] = [c for c in each.conflicts
+                                     if not c.startswith(f"{kind} {name!r} ")] + [line]
+        listed = " and ".join(repr(p) for p in who)
+        self._warn_or_fail(None, f"{kind[:-1]} {name!r} is registered by plugins {listed}: "
+                                 f"name one of {', '.join(names)}")
+
+
+def _renamed(item: Any, name: str) -> Any:
+    """``item`` under ``name`` (a model class keeps its own)."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.replace(item, name=name)
+    return item
 
 
 def _validate(kind: str, item: Any) -> None:
@@ -367,6 +449,13 @@ def _validate(kind: str, item: Any) -> None:
     if not item.name or not item.name.replace("_", "").replace("-", "").isalnum():
         raise PluginError(f"invalid {kind[:-1]} name {item.name!r}")
     if kind == "preprocessors":
+        problem = _signature_problem(item)
+        if problem:
+            raise PluginError(f"preprocessor {item.name!r}: {problem}")
+        for key in item.ranges:
+            if key not in item.params:
+                raise PluginError(f"preprocessor {item.name!r}: ranges names {key!r}, which "
+                                  f"is not one of its params")
         for key, where in dict(item.search).items():
             if key not in item.params:
                 raise PluginError(f"preprocessor {item.name!r}: search names {key!r}, which "
@@ -374,6 +463,31 @@ def _validate(kind: str, item: Any) -> None:
             if not isinstance(where, SearchRange):
                 raise PluginError(f"preprocessor {item.name!r}: search[{key!r}] must be a "
                                   f"FloatRange, IntRange or Choice, got {where!r}")
+
+
+def _signature_problem(pre: Preprocessor) -> str | None:
+    """Why ``pre.params`` does not fit ``pre.fn(image, **params)``, with the function's
+    file and line; None when it fits or the signature cannot be read."""
+    try:
+        signature = inspect.signature(pre.fn)
+    except (TypeError, ValueError):
+        return None
+    rest = list(signature.parameters.values())[1:]  # the first one takes the image
+    named = [p.name for p in rest if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    code = getattr(inspect.unwrap(pre.fn), "__code__", None)
+    where = f" (at {code.co_filename}:{code.co_firstlineno})" if code else ""
+    fn = f"{getattr(pre.fn, '__name__', 'fn')}()"
+    if not any(p.kind is p.VAR_KEYWORD for p in rest):
+        unknown = [k for k in pre.params if k not in named]
+        if unknown:
+            return (f"params names {', '.join(map(repr, unknown))}, which {fn} does not take "
+                    f"(it takes: {', '.join(named) or 'only the image'}){where}")
+    required = [p.name for p in rest if p.default is p.empty and p.name not in pre.params
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if required:
+        return (f"{fn} requires {', '.join(map(repr, required))}, which params does not "
+                f"declare (give each a default there){where}")
+    return None
 
 
 def _hook_names() -> list[str]:

@@ -59,18 +59,25 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
         if name in registry.conflicts["commands"] and \
                 registry.plugins[owner].source != "built-in":
             continue  # two plugins claim the verb: neither gets it (the warning said so)
-        p = sub.add_parser(name, help=command.help, add_help=command.add_help,
-                           description=command.help)
-        try:
-            command.configure(p)
-        except Exception as exc:  # a broken plugin command must not take the CLI down
-            sub._name_parser_map.pop(name, None)
-            sub._choices_actions = [a for a in sub._choices_actions if a.dest != name]
-            warn(f"command {name!r} of plugin {owner!r} skipped: its configure raised "
-                 f"{one_line(exc)}")
-            continue
-        p.set_defaults(command_obj=command)
+        _add_command(sub, name, command)
+    for qualified_names in registry.conflicts["commands"].values():
+        for name in qualified_names:  # a contested verb is there as PLUGIN:VERB too
+            _add_command(sub, name, registry.qualified["commands"][name])
     return parser
+
+
+def _add_command(sub: argparse._SubParsersAction, name: str, command: Command) -> None:
+    p = sub.add_parser(name, help=command.help, add_help=command.add_help,
+                       description=command.help)
+    try:
+        command.configure(p)
+    except Exception as exc:  # a broken plugin command must not take the CLI down
+        sub._name_parser_map.pop(name, None)
+        sub._choices_actions = [a for a in sub._choices_actions if a.dest != name]
+        warn(f"command {name!r} of plugin {command.plugin!r} skipped: its configure raised "
+             f"{one_line(exc)}")
+        return
+    p.set_defaults(command_obj=command)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from restorekit.errors import OutputError, PluginError, RestorekitError, UsageError, os_reason
+from restorekit.plugins import Registry
 
 PROG = "restorekit"
 
@@ -154,3 +155,10 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def usable_names(registry: Registry, kind: str) -> list[tuple[str, Any]]:
+    """``(name, item)`` of every item of ``kind`` by the name to type: the bare name, or
+    ``PLUGIN:NAME`` where several plugins register the bare one."""
+    return [(q if q.rpartition(":")[2] in registry.conflicts[kind] else q.rpartition(":")[2],
+             item) for q, item in registry.qualified[kind].items()]

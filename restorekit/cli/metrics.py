@@ -7,10 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
-from restorekit.api import Command, NoReferenceMetric
-from restorekit.cli._common import json_ready
+from restorekit.api import Command, Metric, NoReferenceMetric
+from restorekit.cli._common import json_ready, usable_names
 from restorekit.errors import DataError, UsageError, warn
-from restorekit.plugins import Registry
+from restorekit.plugins import Registry, get_registry
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +28,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_metric_options(parser: argparse.ArgumentParser) -> None:
     """``--metrics``, ``--lpips-weights`` and ``--niqe-params``."""
+    registry = get_registry()
+    full = [n for n, m in usable_names(registry, "metrics") if isinstance(m, Metric)]
+    no_reference = [n for n, m in usable_names(registry, "metrics") if not isinstance(m, Metric)]
     parser.add_argument("--metrics", default=None, metavar="NAMES",
-                        help="comma-separated metric names (default: psnr, ssim, their GT-mean "
-                             "variants, ciede2000 and every plugin metric with ground truth; "
-                             "every no-reference metric without)")
+                        help=f"comma-separated metric names, bare or PLUGIN:NAME; "
+                             f"full-reference: {', '.join(full)}; no-reference: "
+                             f"{', '.join(no_reference)}; `restorekit plugins --details NAME` "
+                             f"describes one (default: psnr, ssim, their GT-mean variants, "
+                             f"ciede2000 and every other full-reference metric with ground "
+                             f"truth; every no-reference metric without)")
     parser.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
                         help="add LPIPS (AlexNet, v0.1) from this local safetensors file "
                              "(docs/metrics.md says how to make it)")

@@ -152,7 +152,8 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                    help="comma-separated metrics of the --eval table and the training "
                         "report (default: psnr, ssim, their GT-mean variants, ciede2000 and "
                         "every plugin metric; a no-reference one scores the output alone), "
-                        "or of --enhance --score (default: every no-reference metric)")
+                        "or of --enhance --score (default: every no-reference metric); "
+                        "bare or PLUGIN:NAME, `restorekit plugins --details` lists them all")
     g.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
                    help="add LPIPS to --eval and the training report, from this local "
                         "safetensors file (docs/metrics.md)")

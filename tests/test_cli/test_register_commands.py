@@ -58,7 +58,7 @@ def test_a_plugin_cannot_take_a_builtin_verb(capsys: pytest.CaptureFixture[str])
         assert main(["plugins"]) == 0
         out, err = capsys.readouterr()
         assert "hijacked" not in out and "conflict: commands 'plugins'" in out
-        assert "command 'plugins' is registered by both" in err
+        assert "command 'plugins' is registered by plugins 'builtin' and 'hijack'" in err
 
 
 def test_a_broken_command_does_not_take_the_cli_down(capsys: pytest.CaptureFixture[str]) -> None:

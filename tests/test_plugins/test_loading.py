@@ -142,7 +142,8 @@ def test_duplicate_names_are_an_error_naming_both_plugins() -> None:
 
     with plugins.registered(Clash(), name="clash"):
         reg = plugins.get_registry()
-        with pytest.raises(PluginError, match="'restorekit.builtin.preprocessors' and 'clash'"):
+        with pytest.raises(PluginError, match="'builtin' and 'clash': name one of "
+                                              "builtin:gamma, clash:gamma"):
             reg.preprocessor("gamma")
 
 
