@@ -14,7 +14,8 @@ callback's hook, in the order of its list (each hook does nothing by default):
 * ``on_stop(trainer, stopped)``: a limit or an interrupt stopped an epoch halfway;
 * ``on_evaluate(trainer, label, results)``: the mean metrics of the evaluation after epoch
   ``label`` (1-based; the epoch in progress when a limit stopped it; a tuning trial's
-  pruning raises here to stop, as Optuna's pruning callbacks do);
+  pruning raises here to stop, as Optuna's pruning callbacks do), a
+  :class:`restorekit.evaluate.Evaluation` (``results.failed``: the empty metrics, why);
 * ``on_log(trainer, group, record)``: a ``losses`` or ``metrics`` record (rank 0);
 * ``on_samples(trainer, label, grid)``: a sample grid (low | enhanced | ground truth);
 * ``on_train_end(trainer, stopped)`` and ``close()`` (always, also after an error).
@@ -40,11 +41,12 @@ from tqdm import tqdm
 from restorekit.api import AnyMetric
 from restorekit.engine.report import write_report
 from restorekit.engine.state import Best
-from restorekit.errors import UsageError
+from restorekit.errors import UsageError, warn
 from restorekit.plugins import Registry
 
 if TYPE_CHECKING:
     from restorekit.engine.trainer import Trainer
+    from restorekit.evaluate import Evaluation
 
 SAMPLE_HEIGHT = 256
 """Sample grid cells are downscaled to at most this many pixels high."""
@@ -198,7 +200,7 @@ class Evaluation(Callback):
         if self.active(trainer) and stopped != "interrupted":
             self.evaluate(trainer, trainer.state.epoch + 1)
 
-    def evaluate(self, trainer: Trainer, label: int) -> dict[str, float]:
+    def evaluate(self, trainer: Trainer, label: int) -> Evaluation:
         """Evaluate, update the best record, log, write samples; the mean metrics."""
         from restorekit import evaluate
 
@@ -221,8 +223,10 @@ class Evaluation(Callback):
             for module, mode in modes.items():
                 module.training = mode
         self.last = results.record()
-        results = {k: float(v) for k, v in results.items()}
-        state.metrics = results
+        state.metrics = {k: float(v) for k, v in results.items()}
+        if state.best is not None and state.best.metric in results.failed:
+            warn(f"no checkpoint is chosen as the best by {state.best.metric} (--best-metric) "
+                 f"while it is empty: {results.failed[state.best.metric]}", once=True)
         if state.best is not None and state.best.improves(results.get(state.best.metric)):
             state.best.value, state.best.step = results[state.best.metric], state.step
         trainer.log("metrics", {"epoch": label, "step": state.step, **self.last})

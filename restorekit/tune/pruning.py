@@ -6,13 +6,15 @@ import math
 from typing import Any
 
 from restorekit.engine import Callback, Trainer
+from restorekit.errors import PluginError
 
 
 class PruningCallback(Callback):
     """After each evaluation: ``trial.report(value, epoch)`` of ``metric``, then stop the
     trial (``optuna.TrialPruned``) when ``trial.should_prune()``, as
     ``optuna_integration``'s PyTorch Lightning and Keras callbacks do. The evaluation's
-    metrics are kept as the trial's ``val`` attribute."""
+    metrics are kept as the trial's ``val`` attribute. An empty ``metric`` (it failed, see
+    :class:`restorekit.evaluate.Evaluation`) fails the trial with the reason."""
 
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial = trial
@@ -21,11 +23,14 @@ class PruningCallback(Callback):
     def on_evaluate(self, trainer: Trainer, label: int, results: dict[str, float]) -> None:
         import optuna
 
+        failed = getattr(results, "failed", {})
+        if self.metric in failed:  # the trial fails with the reason
+            raise PluginError(failed[self.metric])
         value = results.get(self.metric)
         if value is None or not math.isfinite(value):
             return
         self.trial.report(value, label)
-        self.trial.set_user_attr("val", results)
+        self.trial.set_user_attr("val", dict(results))
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {label} (step {trainer.state.step}) "
                                      f"with {self.metric} {value:.4f}")
