@@ -52,6 +52,7 @@ class Pipeline:
         return cls(steps)
 
     def __call__(self, image: Image) -> Image:
+        """``image`` through every step, each result checked (:func:`checked_result`)."""
         for step in self.steps:
             try:
                 out = step.preprocessor.apply(image, **step.params)
@@ -87,7 +88,7 @@ def checked_result(pre: Preprocessor, result: Any, image: Image) -> Image:
                           f"[0, 1])")
     bad = result.size - int(np.count_nonzero(np.isfinite(result)))
     if bad:
-        raise PluginError(f"{what} returned {bad} non-finite values")
+        raise PluginError(f"{what} returned {bad} non-finite value{'s' * (bad != 1)}")
     low, high = float(result.min()), float(result.max())
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise PluginError(f"{what} returned values in [{low:.4g}, {high:.4g}] (expected "

@@ -15,7 +15,7 @@ from restorekit import Metric, Preprocessor, hookimpl, testing
 from restorekit.cli import main
 from restorekit.data import write_image
 from restorekit.engine import RunDir
-from restorekit.errors import PluginError
+from restorekit.errors import PluginError, forget_warnings
 from restorekit.evaluate import Evaluation, format_table, score
 
 SIZE = (24, 16)
@@ -58,7 +58,7 @@ PREPROCESSORS = {  # name -> fn, and the line each one's result gives for a 24x1
               "preprocessor 'bytes' of plugin 'nightowl' returned uint8 values (expected "
               "float32 in [0, 1])"),
     "nanpix": (_nan_pixel,
-               "preprocessor 'nanpix' of plugin 'nightowl' returned 1 non-finite values"),
+               "preprocessor 'nanpix' of plugin 'nightowl' returned 1 non-finite value"),
     "nothing": (lambda image: None,
                 "preprocessor 'nothing' of plugin 'nightowl' returned None (expected a float32 "
                 "array of shape (24, 16, 3))"),
@@ -195,13 +195,14 @@ def test_preprocess_command_stops_with_one_line(owl, tmp_path: Path, name: str,
     assert not (tmp_path / "out" / "a.png").exists()
 
 
-def test_a_good_result_is_float32_in_range(owl, tmp_path: Path) -> None:
-    """float64 results are converted; rounding just outside [0, 1] is clipped."""
-    from restorekit.pipeline import Pipeline
+def test_non_finite_values_are_counted(owl) -> None:
+    from restorekit.pipeline import checked_result
 
-    with testing.isolated(edge=Edge()) as registry:
-        out = Pipeline.parse("edge", registry)(image(0))
-    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    result = image(0)
+    result[:3, :4, 1] = np.inf
+    with pytest.raises(PluginError, match="^preprocessor 'nanpix' of plugin 'nightowl' "
+                                          "returned 12 non-finite values$"):
+        checked_result(owl.preprocessor("nanpix"), result, image(0))
 
 
 class Edge:
@@ -213,6 +214,15 @@ class Edge:
             return out
 
         register(Preprocessor("edge", edge))
+
+
+def test_a_good_result_is_float32_in_range() -> None:
+    """float64 results are converted; rounding just outside [0, 1] is clipped."""
+    from restorekit.pipeline import Pipeline
+
+    with testing.isolated(edge=Edge()) as registry:
+        out = Pipeline.parse("edge", registry)(image(0))
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -237,6 +247,11 @@ def test_training_goes_on_past_a_broken_metric(owl, tmp_path: Path,
     assert records and all(math.isfinite(r["psnr"]) for r in records)
     baselines = run_dir.baselines_path.read_text()
     assert "NaN" not in baselines and '"arr"' not in baselines
+    forget_warnings()  # a new command: in its own process it would warn again
+    code, out, err = run(capsys, "run", "pix2pixhd", "--eval", "--data", "LOL", "--metrics",
+                         "psnr,arr")  # the run just trained
+    assert code == 0 and err == warnings, err
+    assert "an empty cell: the metric failed" in out
 
 
 def test_choosing_the_best_by_a_broken_metric_says_so(owl,
