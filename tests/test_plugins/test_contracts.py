@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from restorekit import Metric, Preprocessor, hookimpl, testing
+from restorekit import Metric, NoReferenceMetric, Preprocessor, hookimpl, testing
 from restorekit.cli import main
 from restorekit.data import write_image
 from restorekit.engine import RunDir
@@ -78,6 +78,8 @@ class NightOwl:
     def register_metrics(self, register):
         for name, (fn, _) in METRICS.items():
             register(Metric(name, fn, higher_is_better=True))
+
+        register(NoReferenceMetric("glow", lambda p: np.ones(2), higher_is_better=None))
 
     @hookimpl
     def register_preprocessors(self, register):
@@ -165,6 +167,18 @@ def test_metrics_command_leaves_a_bad_metric_empty(owl, folders: Path, name: str
     assert result["failed"] == {name: f"{METRICS[name][1]}, scoring pred/0.png against "
                                       f"gt/0.png"}
     assert all(set(row) == {"psnr"} for row in result["images"].values())
+
+
+def test_enhance_score_leaves_a_bad_no_reference_metric_empty(
+        owl, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_image(tmp_path / "in" / "a.png", image(0))
+    code, out, err = run(capsys, "run", "classic", "--enhance", "in", "-o", "out", "--score",
+                         "--metrics", "brightness,glow")
+    assert code == 0 and (tmp_path / "out" / "a.png").is_file()
+    assert err == [f"restorekit: warning: metric 'glow' of plugin 'nightowl' returned an array "
+                   f"of shape (2,) (expected a finite float), scoring {Path('in/a.png')}; its "
+                   f"column is left empty"]
+    assert "an empty cell: the metric failed" in out
 
 
 def test_an_evaluation_never_holds_nan(owl) -> None:
