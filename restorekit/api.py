@@ -158,9 +158,42 @@ def call_plugin(what: str, plugin: str, fn: Callable[..., Any], *args: Any,
     except Exception as exc:
         if trace_plugins():
             print_plugin_traceback(exc)
-        who = f"plugin {plugin!r}" if plugin else "a plugin registered at run time"
-        raise PluginError(f"{what} of {who} raised {one_line(exc)} (RESTOREKIT_TRACE_PLUGINS=1 "
-                          f"shows the traceback)") from exc
+        raise PluginError(f"{of_plugin(what, plugin)} raised {one_line(exc)} "
+                          f"(RESTOREKIT_TRACE_PLUGINS=1 shows the traceback)") from exc
+
+
+def of_plugin(what: str, plugin: str) -> str:
+    """``"metric 'x' of plugin 'y'"``: an item and the plugin that registered it, as error
+    lines name them."""
+    who = f"plugin {plugin!r}" if plugin else "a plugin registered at run time"
+    return f"{what} of {who}"
+
+
+def metric_value(metric: AnyMetric, value: Any) -> float:
+    """``value``, what ``metric.fn`` returned, as the float a metric must return; else a
+    one-line ``PluginError`` naming the metric and its plugin.
+
+    A Python or numpy number, or a 0-d array, is converted; an array, a string, None or
+    NaN is refused, and so is an infinity, except in the metric's better direction (the
+    PSNR of identical images is ``inf``, a perfect score).
+    """
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a numpy scalar, a 0-d array or tensor
+    problem = None
+    if value is None:
+        problem = "None"
+    elif getattr(value, "ndim", None):
+        problem = f"an array of shape {tuple(value.shape)}"
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        problem = f"{brief(value)}, a {type(value).__name__}"
+    elif math.isnan(value):
+        problem = "NaN"
+    elif math.isinf(value) and (value > 0) is not metric.higher_is_better:
+        problem = f"{value}"
+    if problem:
+        raise PluginError(f"{of_plugin(f'metric {metric.name!r}', metric.plugin)} returned "
+                          f"{problem} (expected a finite float)")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -258,9 +291,10 @@ class Metric:
     """The smallest image side the metric is defined for (SSIM's window: 7)."""
 
     def score(self, prediction: Image, target: Image) -> float:
-        """``float(fn(prediction, target))``; a crash becomes one line naming the plugin."""
-        return float(call_plugin(f"metric {self.name!r}", self.plugin, self.fn, prediction,
-                                 target))
+        """``fn(prediction, target)`` as a float (:func:`metric_value`); a crash or another
+        result becomes one line naming the plugin."""
+        return metric_value(self, call_plugin(f"metric {self.name!r}", self.plugin, self.fn,
+                                              prediction, target))
 
 
 @dataclass(frozen=True)
@@ -287,11 +321,12 @@ class NoReferenceMetric:
     """True when ``fn`` needs ``source`` (the input image) and is undefined without it."""
 
     def score(self, prediction: Image, source: Image | None = None) -> float:
-        """``float(fn(prediction, source=source))``; a crash becomes one line naming the
-        plugin. A metric that does not need the input is called as ``fn(prediction)``."""
+        """``fn(prediction, source=source)`` as a float (:func:`metric_value`); a crash or
+        another result becomes one line naming the plugin. A metric that does not need the
+        input is called as ``fn(prediction)``."""
         args = {"source": source} if self.needs_source else {}
-        return float(call_plugin(f"metric {self.name!r}", self.plugin, self.fn, prediction,
-                                 **args))
+        return metric_value(self, call_plugin(f"metric {self.name!r}", self.plugin, self.fn,
+                                              prediction, **args))
 
 
 AnyMetric = Metric | NoReferenceMetric

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from restorekit.api import AnyMetric, Metric, NoReferenceMetric
-from restorekit.errors import DataError, PluginError, UsageError
+from restorekit.errors import DataError, PluginError, UsageError, warn
 from restorekit.pipeline import Pipeline
 from restorekit.plugins import Registry
 from restorekit.types import Image
@@ -117,9 +117,16 @@ def _from_file(name: str, make: Callable[[Path], AnyMetric], path: Path) -> AnyM
 
 
 def score(prediction: Image, target: Image | None, metrics: Sequence[AnyMetric],
-          what: str = "", source: Image | None = None) -> dict[str, float]:
+          what: str = "", source: Image | None = None,
+          failed: dict[str, str] | None = None) -> dict[str, float]:
     """Every metric of one prediction: a full-reference one against ``target`` (same size,
-    else ``DataError``), a no-reference one alone or with ``source``, its input."""
+    else ``DataError``), a no-reference one alone or with ``source``, its input.
+
+    A metric that crashes or returns what is not a float (a ``PluginError`` naming it and
+    its plugin) is left out, with one warning line; its reason joins ``failed`` (metric
+    name -> line), and a metric already there is not scored again (its column stays
+    empty: see :class:`Evaluation`).
+    """
     for other, name in ((target, "ground truth"), (source, "input")):
         if other is not None and prediction.shape != other.shape:
             raise DataError(f"{what}: prediction is {prediction.shape[1]}x"
@@ -130,11 +137,20 @@ def score(prediction: Image, target: Image | None, metrics: Sequence[AnyMetric],
             raise DataError(f"{what}: image is {prediction.shape[0]}x{prediction.shape[1]} "
                             f"(HxW), smaller than the {m.min_size}x{m.min_size} metric "
                             f"{m.name!r} needs")
-    try:
-        return {m.name: m.score(prediction, target) if is_full_reference(m)
-                else m.score(prediction, source) for m in metrics}
-    except ValueError as exc:
-        raise DataError(f"{what}: {exc}") from None
+    failed = {} if failed is None else failed
+    values = {}
+    for m in metrics:
+        if m.name in failed:
+            continue
+        try:
+            values[m.name] = m.score(prediction, target) if is_full_reference(m) \
+                else m.score(prediction, source)
+        except ValueError as exc:
+            raise DataError(f"{what}: {exc}") from None
+        except PluginError as exc:
+            failed[m.name] = f"{exc}, scoring {what}" if what else str(exc)
+            warn(f"{failed[m.name]}; its column is left empty", once=True)
+    return values
 
 
 def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -152,11 +168,21 @@ def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAM
 class Evaluation(dict):
     """The mean of each metric over a set of images (a plain ``{name: mean}`` dict, what
     every caller stores), with the spread: ``images`` (image label -> metric -> value) and
-    ``intervals`` (metric -> 95 % bootstrap interval of the mean, or None)."""
+    ``intervals`` (metric -> 95 % bootstrap interval of the mean, or None).
+
+    A metric that failed on any image (``failed``: name -> reason, from :func:`score`; or
+    missing from an image's row) is empty for the whole evaluation: it is left out of the
+    means, intervals and image rows, never a NaN, and ``failed`` says why.
+    """
 
     def __init__(self, images: Mapping[str, Mapping[str, float]],
-                 metrics: Sequence[AnyMetric]) -> None:
-        names = [m.name for m in metrics]
+                 metrics: Sequence[AnyMetric], failed: Mapping[str, str] | None = None) -> None:
+        reasons = dict(failed or {})
+        for m in metrics:
+            if m.name not in reasons and any(m.name not in row for row in images.values()):
+                reasons[m.name] = f"metric {m.name!r} was not scored on every image"
+        self.failed = {m.name: reasons[m.name] for m in metrics if m.name in reasons}
+        names = [m.name for m in metrics if m.name not in self.failed]
         super().__init__({n: float(np.mean([row[n] for row in images.values()]))
                           for n in names})
         self.images = {label: {n: float(row[n]) for n in names}
@@ -165,10 +191,12 @@ class Evaluation(dict):
                           for n in names}
 
     def to_json(self) -> dict[str, Any]:
-        """``{"mean", "interval", "count", "images"}`` (non-finite values still floats)."""
+        """``{"mean", "interval", "count", "images"}`` (non-finite values still floats),
+        and ``"failed"`` (metric -> reason) when a metric is empty."""
         return {"mean": dict(self), "interval": {n: None if iv is None else list(iv)
                                                  for n, iv in self.intervals.items()},
-                "count": len(self.images), "images": self.images}
+                "count": len(self.images), "images": self.images,
+                **({"failed": self.failed} if self.failed else {})}
 
     def record(self) -> dict[str, Any]:
         """The means, their ``"intervals"`` (metric -> ``[low, high]`` or None) and the
@@ -190,7 +218,7 @@ def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
     ``on_output(i, low, output, high)`` sees each pair's output (e.g. to keep the first few
     for sample images without enhancing them twice).
     """
-    rows = {}
+    rows, failed = {}, {}
     for i in tqdm(range(len(pairs)), desc=desc, unit="img", leave=False,
                   disable=not progress):
         low, high = pairs.pair(i)
@@ -199,10 +227,10 @@ def evaluate(pairs: Any, enhance: Callable[[Image], Image] | None,
             out = low if enhance is None else enhance(low)
         except ValueError as exc:  # e.g. an image too small for the model
             raise DataError(f"{label}: {exc}") from None
-        rows[label] = score(out, high, metrics, what=label, source=low)
+        rows[label] = score(out, high, metrics, what=label, source=low, failed=failed)
         if on_output is not None:
             on_output(i, low, out, high)
-    return Evaluation(rows, metrics)
+    return Evaluation(rows, metrics, failed)
 
 
 def classic_baselines(pairs: Any, metrics: Sequence[AnyMetric], registry: Registry,
@@ -215,14 +243,17 @@ def classic_baselines(pairs: Any, metrics: Sequence[AnyMetric], registry: Regist
     for spec in candidates:
         row = evaluate(pairs, Pipeline.parse(spec, registry), metrics, desc=f"classic {spec}",
                        progress=progress)
-        if best_row is None or _better(first, row[first.name], best_row[first.name]):
+        if best_row is None or _better(first, row.get(first.name), best_row.get(first.name)):
             best_name, best_row = spec, row
     if best_row is not None:
         rows[f"classic ({best_name})"] = best_row
     return rows
 
 
-def _better(metric: AnyMetric, a: float, b: float) -> bool:
+def _better(metric: AnyMetric, a: float | None, b: float | None) -> bool:
+    """Whether ``a`` beats ``b`` (an empty value beats nothing, anything beats it)."""
+    if a is None or b is None:
+        return b is None and a is not None
     return a > b if metric.higher_is_better else a < b
 
 
@@ -252,6 +283,9 @@ def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[AnyM
                      f"images ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})")
     if any(m.name in ("psnr_gtmean", "ssim_gtmean") for m in metrics):
         below.append(GT_MEAN_NOTE)
+    if any(m.name not in row for row in rows.values() for m in metrics):
+        below.append("an empty cell: the metric failed or returned no valid value on some "
+                     "image (the warning above says why)")
     below += notes
     return "\n".join([line(headers), rule, *(line(r) for r in body), *below])
 
@@ -270,7 +304,9 @@ def _interval(row: Mapping[str, Any], name: str) -> Sequence[float] | None:
 
 
 def _cell(row: Mapping[str, float], name: str) -> str:
-    value = row[name]
+    value = row.get(name)
+    if value is None:
+        return ""
     interval = _interval(row, name)
     if interval is None or not math.isfinite(value):
         return f"{value:.4f}"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from restorekit._version import __version__
-from restorekit.api import Preprocessor, check_range
+from restorekit.api import Preprocessor, check_range, of_plugin
 from restorekit.data.cache import ImageCache
 from restorekit.errors import PluginError, UsageError
 from restorekit.plugins import Registry
@@ -29,6 +29,8 @@ from restorekit.types import Image
 MEMO_BYTES = 512 * 2**20
 """What :meth:`Pipeline.remember` keeps by default (about 180 images of 400x600)."""
 
+RANGE_TOLERANCE = 1e-3
+"""How far outside ``[0, 1]`` a preprocessor's result may stray (rounding), then clipped."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -83,12 +85,13 @@ class Pipeline:
         return out
 
     def _run(self, image: Image) -> Image:
+        """``image`` through every step, each result checked (:func:`checked_result`)."""
         for step in self.steps:
             try:
                 out = step.preprocessor.apply(image, **step.params)
             except ValueError as exc:
                 raise UsageError(f"--preprocess: {step}: {exc}") from None
-            image = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+            image = checked_result(step.preprocessor, out, image)
         return image
 
     def cache_key(self) -> str | None:
@@ -124,6 +127,31 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({str(self)!r})"
+
+
+def checked_result(pre: Preprocessor, result: Any, image: Image) -> Image:
+    """``result`` of ``pre`` on ``image`` as float32 in ``[0, 1]``; a one-line
+    ``PluginError`` naming the preprocessor and its plugin when it is not an image of the
+    same shape: a floating-point array (float32; float64 is converted) of finite values in
+    ``[0, 1]`` (:data:`RANGE_TOLERANCE` beyond is rounding, clipped)."""
+    what = of_plugin(f"preprocessor {pre.name!r}", pre.plugin)
+    if not isinstance(result, np.ndarray):
+        got = "None" if result is None else f"a {type(result).__name__}"
+        raise PluginError(f"{what} returned {got} (expected a float32 array of shape "
+                          f"{image.shape})")
+    if result.shape != image.shape:
+        raise PluginError(f"{what} returned {result.shape} for a {image.shape} image")
+    if not np.issubdtype(result.dtype, np.floating):
+        raise PluginError(f"{what} returned {result.dtype} values (expected float32 in "
+                          f"[0, 1])")
+    bad = result.size - int(np.count_nonzero(np.isfinite(result)))
+    if bad:
+        raise PluginError(f"{what} returned {bad} non-finite value{'s' * (bad != 1)}")
+    low, high = float(result.min()), float(result.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise PluginError(f"{what} returned values in [{low:.4g}, {high:.4g}] (expected "
+                          f"float32 in [0, 1])")
+    return np.clip(result.astype(np.float32, copy=False), 0.0, 1.0)
 
 
 def _parse_step(text: str, registry: Registry) -> Step:

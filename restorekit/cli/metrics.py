@@ -94,22 +94,25 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         if missing:
             warn(f"{len(missing)} {'ground-truth' if reference else 'input'} image(s) have "
                  f"no prediction, e.g. {others[missing[0]]}")
-    per_image = {}
+    per_image: dict[str, dict[str, float]] = {}
+    failed: dict[str, str] = {}
     for stem in common:
         pred = read_image(preds[stem])
         if reference:
             per_image[stem] = score(pred, read_image(others[stem]), metrics,
-                                    what=f"{preds[stem]} against {others[stem]}")
+                                    what=f"{preds[stem]} against {others[stem]}",
+                                    failed=failed)
         else:
             source = read_image(others[stem]) if others else None
-            per_image[stem] = score(pred, None, metrics, what=str(preds[stem]), source=source)
-    result = Evaluation(per_image, metrics)
+            per_image[stem] = score(pred, None, metrics, what=str(preds[stem]), source=source,
+                                    failed=failed)
+    result = Evaluation(per_image, metrics, failed)
     if args.json:
         # An infinite PSNR (identical images) is null: JSON has no Infinity.
         print(json.dumps(json_ready(result.to_json()), indent=2, allow_nan=False))
     else:
-        print(format_table({**per_image, "mean": result}, metrics, notes=notes))
-    return 0
+        print(format_table({**result.images, "mean": result}, metrics, notes=notes))
+    return 1 if result.failed else 0  # the other metrics are shown, the failure is an error
 
 
 COMMAND = Command("metrics", "score predictions against ground truth by file stem, or "

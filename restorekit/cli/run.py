@@ -575,7 +575,7 @@ def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
             raise UsageError("--tile: tiles must be at least 64 pixels")
         enhance = functools.partial(model.enhance, tile=tile)
     enhance = _with_tta(enhance, args.tta)
-    written, scores = 0, {}
+    written, scores, failed = 0, {}, {}
     for path in tqdm(usable, desc=f"enhance ({type(model).name})", unit="img"):
         try:
             image = read_image(path)
@@ -590,16 +590,16 @@ def _enhance(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
         if metrics:  # the output as written: 8- or 16-bit levels
             output = read_image(targets[path])
             scores[targets[path].name] = score(output, None, metrics, what=str(path),
-                                               source=image)
+                                               source=image, failed=failed)
     print(f"wrote {written} image(s) to {args.output}"
           + (f" ({len(files) - written} skipped)" if written < len(files) else ""),
           file=sys.stderr if metrics and args.json else sys.stdout)  # stdout: the JSON alone
     if scores:
-        result = Evaluation(scores, metrics)
+        result = Evaluation(scores, metrics, failed)
         if args.json:
             print(json.dumps(json_ready(result.to_json()), indent=2, allow_nan=False))
         else:
-            print(format_table({**scores, "mean": result}, metrics))
+            print(format_table({**result.images, "mean": result}, metrics))
     return 0
 
 

@@ -15,8 +15,8 @@ callback's hook, in the order of its list (each hook does nothing by default):
 * ``on_evaluate(trainer, label, results)``: the validation evaluation after epoch ``label``
   (1-based; the epoch in progress when a limit stopped it), a
   :class:`restorekit.evaluate.Evaluation`: the mean metrics, with per-image values and
-  intervals (a tuning trial's pruning raises here to stop, as Optuna's pruning callbacks
-  do);
+  intervals (``results.failed``: the metrics left empty, and why; a tuning trial's pruning
+  raises here to stop, as Optuna's pruning callbacks do);
 * ``on_log(trainer, group, record)``: a ``losses`` or ``metrics`` record (rank 0);
 * ``on_samples(trainer, label, grid)``: a sample grid (low | enhanced | ground truth);
 * ``on_train_end(trainer, stopped)`` and ``close()`` (always, also after an error).
@@ -46,11 +46,12 @@ from tqdm import tqdm
 from restorekit.api import AnyMetric
 from restorekit.engine.report import write_report
 from restorekit.engine.state import Best
-from restorekit.errors import UsageError
+from restorekit.errors import UsageError, warn
 from restorekit.plugins import Registry
 
 if TYPE_CHECKING:
     from restorekit.engine.trainer import Trainer
+    from restorekit.evaluate import Evaluation
 
 SAMPLE_HEIGHT = 256
 """Sample grid cells are downscaled to at most this many pixels high."""
@@ -254,6 +255,9 @@ class Evaluation(Callback):
                                   desc=f"evaluating ({SPLITS.get(self.split, self.split)})")
         self.last = results.record()
         state.metrics = {k: float(v) for k, v in results.items()}
+        if state.best is not None and state.best.metric in results.failed:
+            warn(f"no checkpoint is chosen as the best by {state.best.metric} (--select-metric) "
+                 f"while it is empty: {results.failed[state.best.metric]}", once=True)
         if state.best is not None and state.best.improves(state.metrics.get(state.best.metric)):
             state.best.value, state.best.step = state.metrics[state.best.metric], state.step
         trainer.log("metrics", {"epoch": label, "step": state.step, "split": self.split,

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from restorekit.engine import Callback, Trainer
+from restorekit.errors import PluginError
 
 
 class PruningCallback(Callback):
@@ -13,7 +14,9 @@ class PruningCallback(Callback):
     trial (``optuna.TrialPruned``) when ``trial.should_prune()``, as
     ``optuna_integration``'s PyTorch Lightning and Keras callbacks do. The evaluation (on
     the validation split) is kept as the trial's ``val`` attribute: its record, with the
-    intervals and the per-image values (:meth:`restorekit.evaluate.Evaluation.record`)."""
+    intervals and the per-image values (:meth:`restorekit.evaluate.Evaluation.record`).
+    An empty ``metric`` (it failed, see :class:`restorekit.evaluate.Evaluation`) fails the
+    trial with the reason."""
 
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial = trial
@@ -22,6 +25,9 @@ class PruningCallback(Callback):
     def on_evaluate(self, trainer: Trainer, label: int, results: dict[str, float]) -> None:
         import optuna
 
+        failed = getattr(results, "failed", {})
+        if self.metric in failed:  # the trial fails with the reason
+            raise PluginError(failed[self.metric])
         value = results.get(self.metric)
         if value is None or not math.isfinite(value):
             return
