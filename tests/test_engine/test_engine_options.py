@@ -109,6 +109,21 @@ def test_fused_optimizer_is_applied_to_the_optimisers_a_model_builds(
     assert warnings(capsys) == []
 
 
+def test_pix2pixhd_gets_the_options_without_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    from restorekit_pix2pixhd.model import Pix2PixHD
+
+    tiny = dict(ngf=4, ndf=4, n_blocks_global=1, n_layers_D=1, num_D=1, fused=False,
+                crop_size=32)
+    model = Pix2PixHD(Pix2PixHD.make_options("quick", **tiny), lambda image: image)
+    model.build(torch.device("cpu"))
+    ctx = testing.step_context(model, "bf16")
+    step_function(model, ctx)(*testing.tiny_batch(2, 32))
+    check_first_step(model, ctx)
+    assert [opt.param_groups[0]["fused"] for opt in model.optimizers().values()] == [True] * 2
+    assert (ctx.autocasts, ctx.updates) == (2, 2)
+    assert warnings(capsys) == []
+
+
 def test_fused_optimizer_names_an_optimiser_without_fused_kernels(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Was: --fused-optimizer silently left an RMSprop unfused."""
