@@ -152,7 +152,7 @@ def test_tutorial_tests_pass(lumen: Path) -> None:
                            str(lumen / "tests")], cwd=lumen, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "5 passed" in proc.stdout
+    assert "6 passed" in proc.stdout
 
 
 @pytest.mark.parametrize("index", range(len(snippets())))

@@ -51,17 +51,19 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     precision: str = field(
         default="auto",
-        metadata={"help": "fp32 (TF32 tensor cores on CUDA), bf16 or fp16 (autocast; fp16 "
-                          "with loss scaling); auto = the measured fastest for the device",
+        metadata={"help": "fp32 (TF32 tensor cores on CUDA), bf16 or fp16 (autocast of the "
+                          "model's ctx.autocast() blocks; fp16 with loss scaling); auto = the "
+                          "measured fastest for the device",
                   "choices": PRECISIONS})
     fused_optimizer: bool = field(
         default=True, metadata={"help": "torch's fused optimiser kernels (one kernel per step "
-                                        "instead of several per parameter) where the "
-                                        "optimiser has them"})
+                                        "instead of several per parameter) for every "
+                                        "optimiser the model builds that has them (a "
+                                        "warning names those that have not)"})
     cuda_graph: bool = field(
-        default=False, metadata={"help": "capture the training step in a CUDA graph and "
-                                         "replay it (CUDA, fp32 or bf16, one process; a "
-                                         "learning-rate change recaptures)"})
+        default=False, metadata={"help": "capture the model's whole training step in a "
+                                         "CUDA graph and replay it (CUDA, fp32 or bf16, one "
+                                         "process; a learning-rate change recaptures)"})
     seed: int = field(default=0, metadata={
         "help": "random seed (python, numpy, torch, data)", "range": (0, 2**32 - 1)})
     max_steps: int = field(default=0, metadata={

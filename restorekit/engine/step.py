@@ -11,7 +11,7 @@ import torch
 from restorekit.api import TrainableModel
 from restorekit.engine import distributed, graphed, optimizers
 from restorekit.engine.config import TrainConfig
-from restorekit.errors import TrainingError
+from restorekit.errors import TrainingError, warn
 
 
 class StepContextImpl:
@@ -30,6 +30,8 @@ class StepContextImpl:
                         for name in optimizers}
         self.updates = 0  # optimiser steps taken in the current train_step
         self.graphed = False  # the step is captured in a CUDA graph (engine.graphed)
+        self.autocasts = 0  # times the model entered autocast() (see check_first_step)
+        self.checked = False  # check_first_step has run
 
     @property
     def amp(self) -> bool:
@@ -38,6 +40,7 @@ class StepContextImpl:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to bfloat16 or float16 as ``precision`` says; a no-op for fp32."""
+        self.autocasts += 1
         if not self.amp:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -67,11 +70,37 @@ def make_step_context(model: TrainableModel, cfg: TrainConfig, device: torch.dev
     (``fused_optimizer``, ``cuda_graph``)."""
     ctx = StepContextImpl(device, dict(model.optimizers()), precision, dist)
     if cfg.fused_optimizer:
-        optimizers.use_fused(ctx.optimizers)
+        fused = optimizers.use_fused(ctx.optimizers)
+        unfused = [f"{name} ({type(opt).__name__})" for name, opt in ctx.optimizers.items()
+                   if name not in fused]
+        if unfused:
+            warn(f"--fused-optimizer: optimizer(s) {', '.join(unfused)} of model "
+                 f"{type(model).name!r} have no fused kernel here; they run unfused", once=True)
     if cfg.cuda_graph:
         graphed.prepare(device, precision, ctx.dist.world_size, ctx.optimizers)
         ctx.graphed = True
     return ctx
+
+
+def check_first_step(model: TrainableModel, ctx: StepContextImpl) -> None:
+    """After the first training step: one warning line for each engine option the model's
+    ``train_step`` bypassed, so that none of them is silently a no-op (``--precision`` needs
+    the forward pass under ``ctx.autocast()``; fp16 loss scaling and gradient averaging
+    across processes need ``ctx.backward_step``)."""
+    if ctx.checked:
+        return
+    ctx.checked = True
+    name = type(model).name
+    if ctx.amp and not ctx.autocasts:
+        warn(f"--precision {ctx.precision}: model {name!r} runs its training step outside "
+             f"ctx.autocast(), so it trains in fp32")
+    if not ctx.updates and ctx.optimizers:
+        needs = [what for what, used in (("fp16 loss scaling", ctx.precision == "fp16"),
+                                         ("gradient averaging across processes",
+                                          ctx.dist.world_size > 1)) if used]
+        if needs:
+            warn(f"model {name!r} steps its optimisers without ctx.backward_step(), so it "
+                 f"runs without {' and '.join(needs)}")
 
 
 def step_function(model: TrainableModel, ctx: StepContextImpl
@@ -83,4 +112,4 @@ def step_function(model: TrainableModel, ctx: StepContextImpl
     return lambda low, high: model.train_step(low, high, ctx)
 
 
-__all__ = ["StepContextImpl", "make_step_context", "step_function"]
+__all__ = ["StepContextImpl", "check_first_step", "make_step_context", "step_function"]

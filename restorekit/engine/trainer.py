@@ -25,7 +25,7 @@ from restorekit.engine.loading import build_model
 from restorekit.engine.monitor import CHECK_EVERY, LossMonitor
 from restorekit.engine.rundir import RunDir
 from restorekit.engine.state import Checkpoint, TrainState, seed_everything
-from restorekit.engine.step import make_step_context, step_function
+from restorekit.engine.step import check_first_step, make_step_context, step_function
 from restorekit.errors import TrainingError, warn
 
 
@@ -165,6 +165,7 @@ class Trainer:
                     self.dist.sync_buffers(model.networks())
                     self.losses.update(self.dist.reduce_losses(step(low, high)),
                                        state.epoch, state.step)
+                    check_first_step(model, ctx)
                     state.step += 1
                     state.step_in_epoch += 1
                     self._in_step = False

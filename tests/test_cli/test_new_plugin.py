@@ -18,15 +18,19 @@ from restorekit.cli.new_plugin import KINDS, create_plugin, plugin_name
 from restorekit.data import write_image
 from restorekit.errors import UsageError
 
-NAMES = {"preprocessor": "brighten", "metric": "meanshift", "model": "tinynet"}
-ITEMS = {"preprocessor": "preprocessors", "metric": "metrics", "model": "models"}
+NAMES = {"preprocessor": "brighten", "metric": "meanshift", "model": "tinynet",
+         "command": "meanlight", "preprocessor,metric,model,command": "nightowl"}
+ITEMS = {"preprocessor": "preprocessors", "metric": "metrics", "model": "models",
+         "command": "commands"}
+ALL = "preprocessor,metric,model,command"
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One plugin of each kind, and one (nightowl) with every kind at once."""
     root = tmp_path_factory.mktemp("scaffold")
     return {kind: create_plugin(NAMES[kind], kind, root / f"restorekit-{NAMES[kind]}")
-            for kind in KINDS}
+            for kind in (*KINDS, ALL)}
 
 
 def fake_install(folder: Path, site: Path) -> None:
@@ -62,9 +66,10 @@ def test_generated_plugins_are_listed_by_restorekit_plugins(
     plugins.reset()
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for kind, name in NAMES.items():
+    for kinds, name in NAMES.items():
         assert f"{name}  0.1.0  (restorekit-{name})  ok" in out
-        assert f"    {ITEMS[kind]}: {name}" in out
+        for kind in kinds.split(","):
+            assert f"    {ITEMS[kind]}: {name}" in out
     reg = plugins.get_registry()
     assert not reg.failures
     for name in NAMES.values():
@@ -73,23 +78,50 @@ def test_generated_plugins_are_listed_by_restorekit_plugins(
 
 
 def test_generated_tests_pass(generated: dict[str, Path]) -> None:
-    folders = list(generated.values())
+    """The plugin with every kind: its tests (each item's own, and testing.check_plugin on
+    all of them) pass as generated."""
+    folder = generated[ALL]
     env = {**os.environ, "RESTOREKIT_EXT": "off",
-           "PYTHONPATH": os.pathsep.join([*map(str, folders), *sys.path])}
+           "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           *[str(f / "tests") for f in folders]],
-                          capture_output=True, text=True, timeout=300, env=env,
-                          cwd=folders[0].parent)
+                           str(folder / "tests")], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "6 passed" in proc.stdout
+    tests = (folder / "tests" / "test_nightowl.py").read_text()
+    assert "testing.check_plugin(nightowl_plugin" in tests
+    assert "testing.step_context(model)" in tests and "class Ctx" not in tests
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, ALL])
 def test_generated_files_are_ruff_clean(generated: dict[str, Path], kind: str) -> None:
-    proc = subprocess.run(["ruff", "check", "--no-cache", "."], cwd=generated[kind],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    """Under the generated project's own ruff settings, from its folder and from above it
+    (issue 23: the scaffold's imports failed I001 there)."""
+    for cwd, target in ((generated[kind], "."), (generated[kind].parent, generated[kind].name)):
+        proc = subprocess.run(["ruff", "check", "--no-cache", target], cwd=cwd,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_several_kinds_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--kind takes a comma-separated list and may be repeated; a command kind."""
+    folder = tmp_path / "owl"
+    assert main(["new-plugin", "nightowl", "--kind", "preprocessor,command", "--kind", "model",
+                 "--kind", "command", "-o", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "created the plugin 'nightowl' (restorekit-nightowl) with the preprocessor, model " \
+        "and command in" in out
+    init = (folder / "nightowl_plugin" / "__init__.py").read_text()
+    hooks = re.findall(r"^def (register_\w+)", init, re.M)
+    assert hooks == ["register_preprocessors", "register_models", "register_commands"]
+    assert (folder / "nightowl_plugin" / "model.py").exists()
+    assert "--kind preprocessor,model,command" in (folder / "README.md").read_text()
+    assert main(["new-plugin", "x", "--kind", "model,sampler", "-o", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "restorekit: error: new-plugin: --kind must be one or more of preprocessor, metric, "
+        "model, command (got 'sampler')")
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name", ["", "1abc", "My-Plugin", "has space", "class", "Upper",
@@ -145,7 +177,8 @@ def test_no_reference_metric_plugin(tmp_path: Path, capsys: pytest.CaptureFixtur
     folder = tmp_path / "restorekit-clipped"
     assert main(["new-plugin", "clipped", "--kind", "metric", "--no-reference", "-o",
                  str(folder)]) == 0
-    assert "created the no-reference metric plugin 'clipped'" in capsys.readouterr().out
+    assert "created the plugin 'clipped' (restorekit-clipped) with the no-reference metric" \
+        in capsys.readouterr().out
     assert "NoReferenceMetric(" in (folder / "clipped_plugin" / "__init__.py").read_text()
     assert "--kind metric --no-reference" in (folder / "README.md").read_text()
     env = {**os.environ, "RESTOREKIT_EXT": "off",
@@ -153,7 +186,7 @@ def test_no_reference_metric_plugin(tmp_path: Path, capsys: pytest.CaptureFixtur
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(folder / "tests")], capture_output=True, text=True, timeout=300,
                           env=env, cwd=folder)
-    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "3 passed" in proc.stdout, proc.stdout + proc.stderr
     if shutil.which("ruff"):
         lint = subprocess.run(["ruff", "check", "--no-cache", "."], cwd=folder,
                               capture_output=True, text=True, timeout=60)
