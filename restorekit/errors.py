@@ -80,16 +80,18 @@ def os_reason(exc: BaseException) -> str:
 _warned: set[str] = set()
 
 
-def warn(message: str, once: bool = False) -> None:
+def warn(message: str, once: bool = False, key: str | None = None) -> None:
     """``restorekit: warning: message`` on stderr, above any progress bar.
 
-    The one way restorekit warns. ``once``: only the first time this message is given in
-    this process (until :func:`forget_warnings`).
+    The one way restorekit warns. ``once``: only the first time this message (or, given,
+    this ``key``: the same problem in other words) is given in this process (until
+    :func:`forget_warnings`).
     """
     if once:
-        if message in _warned:
+        seen = message if key is None else key
+        if seen in _warned:
             return
-        _warned.add(message)
+        _warned.add(seen)
     from tqdm import tqdm
 
     tqdm.write(f"restorekit: warning: {message}", file=sys.stderr)

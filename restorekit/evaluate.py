@@ -149,7 +149,9 @@ def score(prediction: Image, target: Image | None, metrics: Sequence[AnyMetric],
             raise DataError(f"{what}: {exc}") from None
         except PluginError as exc:
             failed[m.name] = f"{exc}, scoring {what}" if what else str(exc)
-            warn(f"{failed[m.name]}; its column is left empty", once=True)
+            # Once per metric and process: the validation and the test split name other images.
+            warn(f"{failed[m.name]}; its column is left empty", once=True,
+                 key=f"metric failed: {m.name}")
     return values
 
 
