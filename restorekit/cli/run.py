@@ -140,8 +140,8 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                         "default: the embedded synthetic low-light set")
     g.add_argument("--split", choices=("train", "val", "test"), default="test",
                    help="split scored by --eval (default: test; val: the validation split "
-                        "that --train and 'restorekit tune' select on, with the default "
-                        "holdout: 20%% of the training pairs, seed 0)")
+                        "that --train and 'restorekit tune' select on, the one the "
+                        "--checkpoint run held out: its --val-fraction and --val-seed)")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and log) unusable pairs instead of stopping")
     g.add_argument("--preprocess", default=None, metavar="SPEC",
@@ -503,6 +503,7 @@ def _load_for_inference(model_cls: type[Model], args: argparse.Namespace,
                              "RUN_OR_FILE")
         checkpoint = newest.path
         print(f"using the newest run: {checkpoint}", file=sys.stderr)
+    args.checkpoint_used = checkpoint  # --split val/train: the run's own holdout
     model = load_trained(checkpoint, registry, device=device)
     if type(model).name != model_cls.name:
         raise UsageError(f"--checkpoint: {checkpoint} holds a {type(model).name!r} model, "
@@ -522,12 +523,38 @@ def _with_tta(enhance: Any, tta: bool) -> Any:
     return functools.partial(self_ensemble, enhance)
 
 
+def _trained_holdout(args: argparse.Namespace) -> Any:
+    """The validation split the run of ``--checkpoint`` held out (its ``config.json``), so
+    that ``--split val`` scores the pairs it selected on and ``--split train`` the pairs it
+    trained on; the default holdout for a model outside a run folder."""
+    from restorekit.data import Holdout
+    from restorekit.engine import RunDir
+
+    used = getattr(args, "checkpoint_used", None)
+    if used is None:
+        return Holdout()
+    path = Path(used)
+    run = RunDir(path if path.is_dir() else path.parent.parent)
+    extra = run.read_config().get("extra", {}) if run.config_path.is_file() else {}
+    if "holdout" not in extra:
+        return Holdout()
+    try:
+        holdout = Holdout.from_dict(extra["holdout"])
+    except ValueError as exc:
+        raise UsageError(f"{run.config_path}: field 'extra.holdout': {exc}") from None
+    if holdout is None and args.split == "val":
+        raise UsageError(f"--split val: {run.path} was trained without a validation split "
+                         f"(--val-fraction 0)")
+    return holdout
+
+
 def _eval(model: Model, args: argparse.Namespace, metrics: list[Any]) -> int:
     from restorekit.data import open_pairs
     from restorekit.evaluate import evaluate, format_table
 
-    pairs = _big_enough(open_pairs(args.data, args.split, skip_bad=args.skip_bad), model,
-                        metrics, args.skip_bad)
+    holdout = _trained_holdout(args) if args.split != "test" else None
+    pairs = _big_enough(open_pairs(args.data, args.split, skip_bad=args.skip_bad,
+                                   holdout=holdout), model, metrics, args.skip_bad)
     label = type(model).name
     if str(model.preprocess):
         label += f" ({model.preprocess})"

@@ -494,10 +494,14 @@ def run_study(settings: TuneSettings, registry: Registry) -> Any:
         preset_values(model_cls, settings.preset, space.fixed), {}))
     warmup = schedule.warmup_epochs(int(getattr(base, "epochs", 4)), settings.trial_epochs)
     study = open_study(settings, metric, space, warmup_epochs=warmup, objectives=objectives)
-    # A deterministic pipeline runs once per training image of folder data, for every trial
-    # with that pipeline (STUDY/cache).
+    # A deterministic pipeline runs once per training image of folder data (in memory); where
+    # trials share pipelines (a grid, a fixed pipeline) also once per study (STUDY/cache). A
+    # search's pipelines have searched parameters, hardly ever the same twice: caching them
+    # on disk would cost a data set's size per trial for nothing.
+    shared = settings.grid is not None or space.pipeline is not None
     train_pairs = open_pairs(settings.data, "train", skip_bad=settings.skip_bad,
-                             holdout=settings.holdout, cache_dir=settings.folder / CACHE)
+                             holdout=settings.holdout,
+                             cache_dir=settings.folder / CACHE if shared else None)
     val_pairs = open_pairs(settings.data, "val", skip_bad=settings.skip_bad,
                            holdout=settings.holdout)
     ctx = _Context(settings, registry, model_cls, space, metrics, metric, settings.folder,

@@ -281,6 +281,25 @@ def test_resume_keeps_the_holdout(dim, tmp_path: Path,
     assert final is not None and final["results"]["last"]["step"] == 9
 
 
+def test_eval_split_val_scores_the_pairs_the_run_selected_on(
+        dim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "dim", "--train", "--name", "v", *FAST, "--val-fraction", "0.5",
+                 "--val-seed", "3", "--epochs", "1"]) == 0
+    selected_on = set(RunDir(tmp_path / "runs" / "v").read_log("metrics")[0]["images"])
+    capsys.readouterr()
+    assert main(["run", "dim", "--eval", "--split", "val", "--checkpoint", "runs/v",
+                 "--data", "data", "--metrics", "psnr", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)["images"]["identity"]
+    # Not the default holdout (20 %, seed 0: one pair), the run's own two pairs.
+    assert set(scored) == selected_on and len(selected_on) == 2
+    assert main(["run", "dim", "--train", "--name", "n", *FAST, "--val-fraction", "0",
+                 "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", "dim", "--eval", "--split", "val", "--checkpoint", "runs/n",
+                 "--data", "data", "--metrics", "psnr"]) == 2
+    assert "was trained without a validation split (--val-fraction 0)" in one_error(capsys)
+
+
 # -- old names -----------------------------------------------------------------------------------
 def test_a_checkpoint_storing_best_metric_still_loads(dim, tmp_path: Path) -> None:
     """Format 2 called the option best_metric; format 3 reads it as select_metric."""

@@ -65,7 +65,8 @@ def test_repeats_give_paired_intervals_and_a_verdict_on_validation_and_test(
         for r in done.values():
             if r["trial"] == t.number:
                 options = _config(r)["options"]
-                assert options == {**t.user_attrs["config"]["options"], "seed": r["seed"]}
+                # What the trial trained with (its limits too), another seed.
+                assert options == {**t.user_attrs["trial_options"], "seed": r["seed"]}
                 assert Path(r["run"]).parent == studies / "pix2pixhd" / "repeats"
     # The test split only after every repeat was trained, once per repeat.
     err = captured.err

@@ -142,7 +142,7 @@ def test_decay_fraction_changes_the_schedule_of_a_shortened_trial(
 
 
 def test_the_quick_presets_schedule_and_evaluations_scale_to_the_trial() -> None:
-    values = dict(Pix2PixHD.presets["quick"], best_metric="psnr")
+    values = dict(Pix2PixHD.presets["quick"], select_metric="psnr")
     full, trial = schedule.trial_options(Pix2PixHD, values, 10,
                                          {"max_steps": 7, "device": "cpu"})
     assert (full.epochs, full.niter, full.niter_decay, full.eval_every) == (100, 50, 50, 10)
