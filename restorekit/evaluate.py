@@ -158,9 +158,11 @@ def score(prediction: Image, target: Image | None, metrics: Sequence[AnyMetric],
 def bootstrap_interval(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
     """The 95 % percentile-bootstrap interval of the mean of ``values`` (images resampled
-    with replacement, seeded); None when a value is not finite (an infinite PSNR)."""
+    with replacement, seeded); None when a value is not finite (an infinite PSNR) and for a
+    single image (resampling one value gives a zero-width interval: no spread measured,
+    not no spread)."""
     data = np.asarray(values, dtype=np.float64)
-    if data.size == 0 or not np.all(np.isfinite(data)):
+    if data.size < 2 or not np.all(np.isfinite(data)):
         return None
     picks = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
     low, high = np.percentile(data[picks].mean(axis=1), [2.5, 97.5])
@@ -282,7 +284,8 @@ def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[AnyM
     if counts or any(_interval(r, m.name) for r in rows.values() for m in metrics):
         over = " or ".join(str(c) for c in counts) + " " if counts else ""
         below.append(f"[low, high]: 95 % bootstrap interval of the mean over the {over}"
-                     f"images ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})")
+                     f"images ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; none "
+                     f"for a single image)")
     if any(m.name in ("psnr_gtmean", "ssim_gtmean") for m in metrics):
         below.append(GT_MEAN_NOTE)
     if any(m.name not in row for row in rows.values() for m in metrics):

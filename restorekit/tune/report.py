@@ -248,7 +248,7 @@ def _scores_table(study: Any) -> str:
 
 
 _INTERVAL_NOTE = ("<p>[low, high]: 95 % bootstrap interval of the mean over the images, where "
-                  "the record has one.</p>")
+                  "the record has one (none for a single image).</p>")
 
 
 def _score(record: dict[str, Any], name: str) -> Any:
