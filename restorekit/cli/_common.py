@@ -51,6 +51,18 @@ def number(kind: type, flag: str, spec: Any = None) -> Callable[[str], Any]:
     return convert
 
 
+def add_metric_files(parser: Any, lpips_use: str = "") -> None:
+    """``--lpips-weights FILE`` and ``--niqe-params FILE``: the metrics built from local files
+    (``lpips_use`` says where LPIPS is added, e.g. "to --eval and the training report")."""
+    parser.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                        help=f"add LPIPS (AlexNet, v0.1){' ' + lpips_use if lpips_use else ''} "
+                             f"from this local safetensors file (docs/metrics.md says how to "
+                             f"make it)")
+    parser.add_argument("--niqe-params", type=Path, default=None, metavar="FILE",
+                        help="add NIQE with the pristine model of this .npz/.mat file "
+                             "(docs/metrics.md)")
+
+
 def print_error(exc: RestorekitError) -> int:
     """Print ``restorekit: error: <message>`` on stderr; the exit status to use."""
     print(f"{PROG}: error: {exc}", file=sys.stderr)

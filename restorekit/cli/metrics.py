@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from restorekit.api import Command, Metric, NoReferenceMetric
-from restorekit.cli._common import json_ready, usable_names
+from restorekit.cli._common import add_metric_files, json_ready, usable_names
 from restorekit.errors import DataError, UsageError, warn
 from restorekit.plugins import Registry, get_registry
 
@@ -38,12 +38,7 @@ def add_metric_options(parser: argparse.ArgumentParser) -> None:
                              f"describes one (default: psnr, ssim, their GT-mean variants, "
                              f"ciede2000 and every other full-reference metric with ground "
                              f"truth; every no-reference metric without)")
-    parser.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
-                        help="add LPIPS (AlexNet, v0.1) from this local safetensors file "
-                             "(docs/metrics.md says how to make it)")
-    parser.add_argument("--niqe-params", type=Path, default=None, metavar="FILE",
-                        help="add NIQE with the pristine model of this .npz/.mat file "
-                             "(docs/metrics.md)")
+    add_metric_files(parser)
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:

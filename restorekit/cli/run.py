@@ -25,6 +25,7 @@ from restorekit.api import MAX_PROCESSES, Command, Model, TrainableModel
 from restorekit.cli._common import (
     PROG,
     Parser,
+    add_metric_files,
     expand_inputs,
     json_ready,
     lookup,
@@ -154,12 +155,7 @@ def add_common_options(parser: argparse.ArgumentParser, model_cls: type[Model]) 
                         "every plugin metric; a no-reference one scores the output alone), "
                         "or of --enhance --score (default: every no-reference metric); "
                         "bare or PLUGIN:NAME, `restorekit plugins --details` lists them all")
-    g.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
-                   help="add LPIPS to --eval and the training report, from this local "
-                        "safetensors file (docs/metrics.md)")
-    g.add_argument("--niqe-params", type=Path, default=None, metavar="FILE",
-                   help="add NIQE, with the pristine model of this .npz/.mat file "
-                        "(docs/metrics.md)")
+    add_metric_files(g, "to --eval and the training report")
     g.add_argument("--tta", action="store_true",
                    help="--eval/--enhance: self-ensemble, the mean over the 8 flips and "
                         "rotations (8x the time; composes with --tile)")
